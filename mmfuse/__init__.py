@@ -1,0 +1,1 @@
+"""The mmfuse command line (`mmfuse ...`, or `python -m mmfuse ...`)."""

@@ -1,0 +1,1 @@
+"""TFX pipeline: data conversion, sample data and the pipeline definition."""

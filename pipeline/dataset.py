@@ -1,0 +1,217 @@
+"""Reads a dataset directory (the contract in schema/README.md) and validates it.
+
+This is the one place that knows the contract: the pipeline's ExampleGen, the
+pre-flight check of `mmfuse run` and `mmfuse evaluate` all read data through it,
+so they agree on what is an error, what is skipped and what is kept.
+
+Errors name the file, row (as the line number in the file) and field. Nothing
+is dropped silently: skipped images are counted in `Dataset.report`.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import datetime
+import io
+import os
+from typing import Dict, List, Optional, Tuple
+
+from PIL import Image
+
+ITEMS_FILE = "items.csv"
+INTERACTIONS_FILE = "interactions.csv"
+ITEM_TEXT_COLUMNS = ("title", "description")
+ITEM_RESERVED_COLUMNS = ("item_id", "image") + ITEM_TEXT_COLUMNS
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating", "query")
+IMAGE_FORMATS = ("JPEG", "PNG")
+# A few unreadable images are skipped (and reported); more than this share of
+# the catalogue's images failing points at a broken dataset, which is an error.
+MAX_BAD_IMAGE_FRACTION = 0.05
+# How many offending rows an error message lists before it just counts.
+ROWS_SHOWN = 5
+
+
+class DatasetError(ValueError):
+    """The dataset directory breaks the contract; the message says where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    item_id: str
+    title: str = ""
+    description: str = ""
+    image_path: str = ""  # absolute; empty when the item has no usable image
+    attributes: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Interaction:
+    row: int  # line number in interactions.csv, for messages
+    user_id: str
+    item_id: str
+    timestamp: Optional[int] = None
+    rating: Optional[float] = None
+    query: str = ""
+
+
+@dataclasses.dataclass
+class Dataset:
+    directory: str
+    items: Dict[str, Item]  # in file order
+    interactions: List[Interaction]
+    report: Dict[str, object]
+
+    def summary(self) -> str:
+        """One line a person reads before the pipeline starts."""
+        parts = [f"{len(self.items)} items", f"{len(self.interactions)} interactions"]
+        for key, value in self.report.items():
+            if value:
+                parts.append(f"{key}: {value}")
+        return f"dataset {self.directory}: " + ", ".join(parts)
+
+
+def read_dataset(directory: str, check_images: bool = True) -> Dataset:
+    """Reads and validates `directory`; raises DatasetError naming what is wrong."""
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        raise DatasetError(f"dataset directory {directory} does not exist")
+    report: Dict[str, object] = collections.OrderedDict()
+    items = _read_items(directory, check_images, report)
+    interactions = _read_interactions(directory, items)
+    return Dataset(directory, items, interactions, report)
+
+
+def _open_csv(path: str, required: Tuple[str, ...]):
+    """Yields (line number, row dict) after checking the header."""
+    try:
+        handle = open(path, newline="", encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [column for column in required if column not in header]
+        if missing:
+            raise DatasetError(
+                f"{path}: missing required column(s) {', '.join(missing)} "
+                f"(header is: {', '.join(header) or 'empty'})")
+        try:
+            for row in reader:
+                yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise DatasetError(f"{path}: line {reader.line_num}: {error}") from None
+
+
+def _read_items(directory: str, check_images: bool, report) -> Dict[str, Item]:
+    path = os.path.join(directory, ITEMS_FILE)
+    items: Dict[str, Item] = collections.OrderedDict()
+    first_seen: Dict[str, int] = {}
+    bad_images: List[str] = []
+    images_named = 0
+    for line, row in _open_csv(path, ("item_id",)):
+        item_id = row["item_id"]
+        if not item_id:
+            raise DatasetError(f"{path}: line {line}: field item_id is empty")
+        if item_id in first_seen:
+            raise DatasetError(
+                f"{path}: line {line}: item_id {item_id!r} repeats line {first_seen[item_id]}")
+        first_seen[item_id] = line
+        image_path = ""
+        if row.get("image"):
+            images_named += 1
+            image_path = os.path.normpath(os.path.join(directory, row["image"]))
+            problem = _image_problem(image_path) if check_images else None
+            if problem:
+                bad_images.append(f"line {line} ({row['image']}): {problem}")
+                image_path = ""
+        attributes = tuple(
+            (column, value) for column, value in row.items()
+            if column not in ITEM_RESERVED_COLUMNS and value)
+        items[item_id] = Item(item_id, row.get("title", ""), row.get("description", ""),
+                              image_path, attributes)
+    if not items:
+        raise DatasetError(f"{path}: no items")
+    if bad_images and len(bad_images) > MAX_BAD_IMAGE_FRACTION * images_named:
+        raise DatasetError(
+            f"{path}: {len(bad_images)} of {images_named} images are missing or unreadable, "
+            f"more than {MAX_BAD_IMAGE_FRACTION:.0%}: " + "; ".join(bad_images[:ROWS_SHOWN]))
+    report["images skipped"] = len(bad_images)
+    if bad_images:
+        report["images skipped, first"] = "; ".join(bad_images[:ROWS_SHOWN])
+    return items
+
+
+def _image_problem(path: str) -> Optional[str]:
+    """Why the image at `path` cannot be used, or None if it decodes."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        return error.strerror or str(error)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in IMAGE_FORMATS:
+                return f"format {image.format} is not JPEG or PNG"
+            image.load()
+    except Exception as error:  # Pillow raises many types for corrupt files
+        return f"does not decode ({error})"
+    return None
+
+
+def _read_interactions(directory: str, items: Dict[str, Item]) -> List[Interaction]:
+    path = os.path.join(directory, INTERACTIONS_FILE)
+    if not os.path.exists(path):
+        return []  # a catalogue-only dataset
+    interactions = []
+    unknown = []
+    for line, row in _open_csv(path, ("user_id", "item_id")):
+        item_id = row["item_id"]
+        if not item_id:
+            raise DatasetError(f"{path}: line {line}: field item_id is empty")
+        if not row["user_id"] and not row.get("query"):
+            raise DatasetError(
+                f"{path}: line {line}: field user_id is empty on a row without a query "
+                "(only anonymous search rows may omit the user)")
+        if item_id not in items:
+            unknown.append(f"line {line} item_id {item_id!r}")
+            continue
+        interactions.append(Interaction(
+            row=line, user_id=row["user_id"], item_id=item_id,
+            timestamp=_parse_timestamp(row.get("timestamp", ""), path, line),
+            rating=_parse_float(row.get("rating", ""), path, line, "rating"),
+            query=row.get("query", "")))
+    if unknown:
+        raise DatasetError(
+            f"{path}: anomaly: {len(unknown)} interaction(s) name items with no row in "
+            f"{ITEMS_FILE}: " + ", ".join(unknown[:ROWS_SHOWN])
+            + (", ..." if len(unknown) > ROWS_SHOWN else ""))
+    return interactions
+
+
+def _parse_timestamp(text: str, path: str, line: int) -> Optional[int]:
+    """Unix seconds or ISO-8601 (naive times are taken as UTC)."""
+    if not text:
+        return None
+    try:
+        return int(float(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise DatasetError(
+            f"{path}: line {line}: field timestamp {text!r} is neither Unix seconds nor ISO-8601"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp())
+
+
+def _parse_float(text: str, path: str, line: int, field: str) -> Optional[float]:
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise DatasetError(f"{path}: line {line}: field {field} {text!r} is not a number") from None

@@ -1,0 +1,109 @@
+"""`create_pipeline`: the mmfuse TFX pipeline as a pure function of its config.
+
+The same function is compiled for Kubeflow (pipeline/kubeflow_runner.py) and
+run locally (pipeline/local_runner.py).
+"""
+import dataclasses
+import os
+from typing import List, Optional, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from tfx import v1 as tfx  # noqa: E402
+from tfx.proto import transform_pb2  # noqa: E402
+
+from pipeline import evaluation  # noqa: E402
+from pipeline.anomalies_gate import AnomaliesGate  # noqa: E402
+from pipeline.example_gen import CATALOG, dataset_example_gen  # noqa: E402
+from pipeline.splits import EVAL, TRAIN  # noqa: E402
+from schema import SCHEMA_FILE  # noqa: E402
+
+MODEL_NAME = "mmfuse"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    data_dir: str
+    pipeline_root: str
+    serving_dir: str  # the TF Serving model base: <serving_dir>/<version>/
+    metadata_path: Optional[str] = None  # SQLite for local runs; None on Kubeflow
+    name: str = MODEL_NAME
+    split: str = "random"
+    modalities: Sequence[str] = ("id", "text", "image")
+    epochs: int = 5
+    seed: int = 42
+    min_recall: float = 0.1  # the release floor on recall@100 (pipeline/evaluation.py)
+    beam_pipeline_args: Sequence[str] = ()
+
+
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    components: List = []
+
+    # Reads the dataset directory into train/eval interactions and the catalog.
+    example_gen = dataset_example_gen(config.data_dir, config.split)
+    components.append(example_gen)
+    # Statistics of every split, for validation and for people (TFDV).
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    components.append(statistics_gen)
+    # The curated schema, the contract every dataset is held to.
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE)
+    components.append(schema_gen)
+    # Compares the data with the schema.
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    components.append(example_validator)
+    # Stops the run on any anomaly, before any time is spent on training.
+    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    components.append(anomalies_gate)
+    # Vocabularies and text/image preprocessing, embedded later in the serving graph.
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn="transform.preprocessing.preprocessing_fn",
+        splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN, CATALOG],
+                                                 transform=[TRAIN, EVAL, CATALOG]))
+    transform.add_upstream_node(anomalies_gate)
+    components.append(transform)
+    # Trains the two-tower model on train interactions joined with the catalog.
+    trainer = tfx.components.Trainer(
+        run_fn="trainer.run.run_fn",
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=[TRAIN, CATALOG]),
+        eval_args=tfx.proto.EvalArgs(splits=[EVAL]),
+        custom_config={"epochs": config.epochs, "seed": config.seed,
+                       "modalities": list(config.modalities)})
+    components.append(trainer)
+    # The latest blessed model, the baseline a candidate must not fall below.
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    components.append(model_resolver)
+    # Retrieval metrics on the eval split; blesses only a good enough model.
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        example_splits=[EVAL],
+        eval_config=evaluation.eval_config(config.min_recall))
+    components.append(evaluator)
+    # Copies a blessed model into the TF Serving layout.
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_dir)))
+    components.append(pusher)
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        enable_cache=False,
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+            if config.metadata_path else None),
+        beam_pipeline_args=list(config.beam_pipeline_args))

@@ -1,0 +1,1 @@
+"""Serving: loading pushed models, the gRPC server and client, deployment files."""

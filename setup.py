@@ -1,0 +1,34 @@
+"""mmfuse: multimodal search and recommendation on TFX, TFRS and TF Serving.
+
+The direct requirements are pinned here; `constraints.txt` pins the whole
+resolved stack so that an install on another day yields the same versions.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="mmfuse",
+    version="0.1.0",
+    description="Multimodal search and recommendation: TFX pipeline, TFRS two-tower "
+    "model with attention fusion, TF Serving.",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["mmfuse", "pipeline", "trainer", "transform", "serving", "schema"]),
+    package_data={"schema": ["*.pbtxt", "README.md"], "serving": ["config/*", "k8s/*"]},
+    install_requires=[
+        "tfx==1.16.0",
+        "tensorflow==2.16.2",
+        "tensorflow-recommenders==0.7.7",
+        "tensorflow-transform==1.16.0",
+        "keras-nlp==0.25.1",
+        "tensorflow-serving-api==2.16.1",
+        "kfp==2.5.0",
+        # tfx-bsl imports dill without declaring it.
+        "dill",
+        # keras-hub's checkpoint loaders need these for the offline text encoder.
+        "sentencepiece",
+        "safetensors",
+        "pillow",
+        "grpcio",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["mmfuse=mmfuse.cli:main"]},
+)

@@ -1,0 +1,113 @@
+"""The serving SavedModel: the signatures of DESIGN.md over an exact top-k.
+
+Every signature feeds raw strings through the Transform graph (the training
+preprocessing itself), embeds them with a tower, and scores the whole catalogue
+with one matrix product and `tf.math.top_k`: ops that stock TF Serving has.
+
+Signatures take `k` as an input. TF Serving requires every signature input in a
+request, so clients send it; `mmfuse serve` fills in k=10 (and an empty
+`user_id` for `search`) when a request leaves them out.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+
+from trainer.model import QUERY_FEATURES, RetrievalModel, ranks_of_items  # noqa: E402
+from transform import features as f  # noqa: E402
+from transform import image_preprocessor  # noqa: E402
+
+DEFAULT_K = 10
+_STRINGS = tf.TensorSpec([None], tf.string)
+_K = tf.TensorSpec([], tf.int32)
+
+
+class ServingModule(tf.Module):
+    def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput):
+        super().__init__()
+        self.model = model
+        self.tft_layer = tft_output.transform_features_layer()
+        self._raw_spec = tft_output.raw_feature_spec()
+        # Index -> item id; index 0 is "unknown" and is never returned.
+        item_ids = [b"<unknown>"] + tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
+        self.item_ids = tf.constant(item_ids)
+        self.candidates = tf.Variable(model.catalog_embeddings(), trainable=False, name="candidates")
+
+    def _transform(self, **raw: tf.Tensor):
+        """Raw [batch] tensors -> transformed features. Features a request does
+        not carry are fed empty, so the Transform graph always sees its full
+        input signature, exactly as in training."""
+        batch_size = tf.shape(next(iter(raw.values())), out_type=tf.int64)[0]
+        inputs = {}
+        for name, spec in self._raw_spec.items():
+            if name in raw:
+                inputs[name] = tf.sparse.from_dense(tf.reshape(raw[name], [-1, 1]))
+            else:
+                inputs[name] = tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], spec.dtype),
+                                               tf.stack([batch_size, 1]))
+        return self.tft_layer(inputs)
+
+    def _query_embeddings(self, transformed):
+        return self.model.query_tower({name: transformed[name] for name in QUERY_FEATURES})
+
+    def _top_k(self, query: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor = None):
+        scores = tf.matmul(query, self.candidates, transpose_b=True)
+        # Column 0 is the unknown item; `exclude` holds an index to leave out per row.
+        banned = tf.one_hot(tf.zeros_like(scores[:, 0], tf.int64), tf.shape(scores)[1], on_value=True,
+                            off_value=False)
+        if exclude is not None:
+            banned |= tf.one_hot(exclude, tf.shape(scores)[1], on_value=True, off_value=False)
+        scores = tf.where(banned, tf.fill(tf.shape(scores), -1e9), scores)
+        k = tf.minimum(tf.maximum(k, 1), tf.shape(scores)[1] - 1)
+        top = tf.math.top_k(scores, k=k)
+        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
+
+    @tf.function(input_signature=[_STRINGS, _K])
+    def recommend(self, user_id, k):
+        return self._top_k(self._query_embeddings(self._transform(user_id=user_id)), k)
+
+    @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
+    def search(self, query, user_id, k):
+        return self._top_k(self._query_embeddings(self._transform(query=query, user_id=user_id)), k)
+
+    @tf.function(input_signature=[_STRINGS, _K])
+    def similar_items(self, item_id, k):
+        item_index = self._transform(item_id=item_id)[f.ITEM_INDEX]
+        query = tf.gather(self.candidates, item_index)
+        return self._top_k(query, k, exclude=item_index)
+
+    @tf.function(input_signature=[_STRINGS, _K])
+    def image_search(self, image, k):
+        pixels = image_preprocessor.preprocess_batch(image)
+        batch_size = tf.shape(image)[0]
+        image_only = {
+            f.ITEM_INDEX: tf.zeros([batch_size], tf.int64),
+            f.ITEM_TOKENS: tf.zeros([batch_size, f.ITEM_TEXT_LENGTH], tf.int64),
+            f.ATTRIBUTE_TOKENS: tf.zeros([batch_size, f.ATTRIBUTES_LENGTH], tf.int64),
+            f.IMAGE_PIXELS: pixels,
+            "image_present": tf.ones([batch_size], tf.float32),
+        }
+        return self._top_k(self.model.item_tower(image_only), k)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def rank_examples(self, examples):
+        """For the Evaluator: the rank of each example's item for its user/query."""
+        raw = tf.io.parse_example(examples, self._raw_spec)
+        transformed = self.tft_layer(raw)
+        ranks = ranks_of_items(self._query_embeddings(transformed), self.candidates,
+                               transformed[f.ITEM_INDEX])
+        return {"rank": ranks}
+
+
+def export_serving_model(model: RetrievalModel, tft_output: tft.TFTransformOutput, path: str) -> None:
+    module = ServingModule(model, tft_output)
+    signatures = {
+        "recommend": module.recommend,
+        "search": module.search,
+        "similar_items": module.similar_items,
+        "image_search": module.image_search,
+        "serving_default": module.rank_examples,
+    }
+    tf.saved_model.save(module, path, signatures=signatures)

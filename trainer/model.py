@@ -1,0 +1,74 @@
+"""The TFRS retrieval model: wires the towers to the catalogue and the task.
+
+The catalogue (every item's transformed content, one row per item index) lives
+inside the model as constant tensors. A training row names its item by index;
+the model looks the content up, so interactions never carry image bytes, and an
+item that nobody clicked is still embedded from its content.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from typing import Dict, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_recommenders as tfrs  # noqa: E402
+
+from trainer.towers import MODALITIES, BagOfTokensEncoder, ItemTower, QueryTower  # noqa: E402
+from transform import features as f  # noqa: E402
+
+CATALOG_FEATURES = (f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS, f.IMAGE_PIXELS, "image_present")
+QUERY_FEATURES = (f.USER_INDEX, f.QUERY_TOKENS)
+
+
+class Catalog(tf.Module):
+    """Item content indexed by item index; row 0 is the empty "unknown" item."""
+
+    def __init__(self, content: Dict[str, np.ndarray]):
+        super().__init__(name="catalog")
+        self.size = len(content[f.ITEM_TOKENS])
+        self.content = {name: tf.constant(content[name]) for name in CATALOG_FEATURES}
+
+    def lookup(self, item_index: tf.Tensor) -> Dict[str, tf.Tensor]:
+        item = {name: tf.gather(values, item_index) for name, values in self.content.items()}
+        item[f.ITEM_INDEX] = item_index
+        return item
+
+    def all_items(self) -> Dict[str, tf.Tensor]:
+        return self.lookup(tf.range(self.size, dtype=tf.int64))
+
+
+class RetrievalModel(tfrs.Model):
+    def __init__(self, catalog: Catalog, vocabulary_sizes: Dict[str, int], dim: int,
+                 modalities: Sequence[str] = MODALITIES, temperature: float = 0.05):
+        super().__init__()
+        self.catalog = catalog
+        text_encoder = BagOfTokensEncoder(vocabulary_sizes[f.TOKEN_VOCABULARY], dim, name="text_encoder")
+        self.item_tower = ItemTower(vocabulary_sizes, text_encoder, dim, modalities, name="item_tower")
+        self.query_tower = QueryTower(vocabulary_sizes, text_encoder, dim, name="query_tower")
+        # In-batch softmax; an item appearing twice in a batch is not its own negative.
+        self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
+
+    def item_embeddings(self, item_index: tf.Tensor) -> tf.Tensor:
+        return self.item_tower(self.catalog.lookup(item_index))
+
+    def catalog_embeddings(self) -> tf.Tensor:
+        """[catalog size, dim]; row 0 (unknown) is excluded by the callers."""
+        return self.item_tower(self.catalog.all_items())
+
+    def compute_loss(self, inputs, training=False):
+        query = self.query_tower({name: inputs[name] for name in QUERY_FEATURES})
+        items = self.item_embeddings(inputs[f.ITEM_INDEX])
+        return self.task(query, items, candidate_ids=inputs[f.ITEM_INDEX])
+
+
+def ranks_of_items(query: tf.Tensor, candidates: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
+    """1-based rank of each row's item among all candidates (row 0 excluded).
+
+    Ties count against the item, so a model that scores everything alike
+    ranks every item last rather than first.
+    """
+    scores = tf.matmul(query, candidates[1:], transpose_b=True)
+    true_scores = tf.gather(scores, item_index - 1, batch_dims=1)
+    return tf.reduce_sum(tf.cast(scores >= true_scores[:, None], tf.float32), axis=1)

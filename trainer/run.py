@@ -1,0 +1,104 @@
+"""`run_fn`: the TFX Trainer's entry point.
+
+Trains the retrieval model on the transformed `train` split (the `catalog`
+split supplies item content), logs losses and retrieval metrics on the `eval`
+split per epoch to TensorBoard, and exports the serving model.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import logging  # noqa: E402
+from typing import Dict, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
+
+from trainer import data, export, ranking  # noqa: E402
+from trainer.model import QUERY_FEATURES, Catalog, RetrievalModel, ranks_of_items  # noqa: E402
+from transform import features as f  # noqa: E402
+
+progress_log = logging.getLogger("mmfuse")
+
+DEFAULTS = {
+    "epochs": 5,
+    # None: sized from the data, so that an epoch has at least ~32 steps.
+    "batch_size": None,
+    "embedding_dim": 64,
+    "learning_rate": 0.01,
+    "temperature": 0.05,
+    "modalities": ["id", "text", "image"],
+    "seed": 42,
+}
+
+
+def hyperparameters(custom_config: Dict) -> Dict:
+    unknown = set(custom_config or {}) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown trainer settings: {', '.join(sorted(unknown))}")
+    return {**DEFAULTS, **(custom_config or {})}
+
+
+def _batch_size(train_rows: int) -> int:
+    """Large batches give in-batch softmax more negatives; small data sets still
+    need enough steps per epoch to learn."""
+    return int(min(1024, max(32, train_rows // 32)))
+
+
+def _split_files(patterns: Sequence[str], split: str) -> str:
+    matching = [pattern for pattern in patterns if f"Split-{split}" in pattern]
+    if len(matching) != 1:
+        raise ValueError(f"expected one {split} split among the Trainer's files {patterns}")
+    return matching[0]
+
+
+class RetrievalEvaluation(tf.keras.callbacks.Callback):
+    """Writes recall@k, ndcg@k and MRR on the eval split to TensorBoard each epoch."""
+
+    def __init__(self, batches: tf.data.Dataset, log_dir: str):
+        super().__init__()
+        self.batches = batches
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "retrieval_eval"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        candidates = self.model.catalog_embeddings()
+        ranks = []
+        for batch in self.batches:
+            query = self.model.query_tower({name: batch[name] for name in QUERY_FEATURES})
+            ranks.append(ranks_of_items(query, candidates, batch[f.ITEM_INDEX]).numpy())
+        metrics = ranking.metrics_from_ranks(np.concatenate(ranks))
+        with self.writer.as_default():
+            for name, value in metrics.items():
+                tf.summary.scalar(name, value, step=epoch)
+        self.writer.flush()
+        progress_log.info("epoch %d eval: %s", epoch + 1,
+                     ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+def run_fn(fn_args: FnArgs) -> None:
+    config = hyperparameters(fn_args.custom_config)
+    tf.keras.utils.set_random_seed(config["seed"])
+    tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    strategy = tf.distribute.get_strategy() if not tf.config.list_physical_devices("GPU") \
+        else tf.distribute.MirroredStrategy()
+
+    catalog_content = data.load_catalog(_split_files(fn_args.train_files, "catalog"), tft_output)
+    train_files = _split_files(fn_args.train_files, "train")
+    batch_size = config["batch_size"] or _batch_size(data.count_records(train_files))
+    train = data.interaction_batches(train_files, tft_output, batch_size, shuffle_seed=config["seed"])
+    evaluation = data.interaction_batches(fn_args.eval_files[0], tft_output, batch_size)
+    progress_log.info("training on %s with batch size %d", strategy.__class__.__name__, batch_size)
+
+    with strategy.scope():
+        model = RetrievalModel(Catalog(catalog_content), data.vocabulary_sizes(tft_output),
+                               config["embedding_dim"], config["modalities"], config["temperature"])
+        model.compile(optimizer=tf.keras.optimizers.Adam(config["learning_rate"]))
+    callbacks = [
+        tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+        RetrievalEvaluation(evaluation, fn_args.model_run_dir),
+    ]
+    model.fit(train, epochs=config["epochs"], validation_data=evaluation, callbacks=callbacks,
+              verbose=2)
+    export.export_serving_model(model, tft_output, fn_args.serving_model_dir)

@@ -1,0 +1,1 @@
+"""Preprocessing shared by training (tf.Transform) and the serving graph."""

@@ -1,0 +1,40 @@
+"""Names and sizes of the transformed features: the contract between
+`transform.preprocessing` and the trainer.
+
+Indices are shifted by one so that 0 always means "absent or unknown": the
+model masks 0 instead of learning an embedding for it.
+"""
+# Raw feature names (schema/schema.pbtxt).
+ITEM_ID = "item_id"
+USER_ID = "user_id"
+QUERY = "query"
+TIMESTAMP = "timestamp"
+RATING = "rating"
+TITLE = "title"
+DESCRIPTION = "description"
+ATTRIBUTES = "attributes"
+IMAGE = "image"
+RAW_STRING_FEATURES = (ITEM_ID, USER_ID, QUERY, TITLE, DESCRIPTION, IMAGE)
+
+# Vocabulary files written by the Transform analysers.
+ITEM_VOCABULARY = "item_id"
+USER_VOCABULARY = "user_id"
+TOKEN_VOCABULARY = "text_token"
+ATTRIBUTE_VOCABULARY = "attribute"
+
+# Transformed feature names.
+ITEM_INDEX = "item_index"
+USER_INDEX = "user_index"
+QUERY_TOKENS = "query_tokens"
+ITEM_TOKENS = "item_tokens"
+ATTRIBUTE_TOKENS = "attribute_tokens"
+IMAGE_PIXELS = "image_pixels"
+RATING_VALUE = "rating_value"
+
+# Fixed lengths of padded token sequences.
+QUERY_LENGTH = 16
+ITEM_TEXT_LENGTH = 64
+ATTRIBUTES_LENGTH = 16
+# Vocabulary caps keep the embedding tables bounded on large catalogues.
+MAX_TEXT_TOKENS = 30000
+MAX_ATTRIBUTE_TOKENS = 5000
