@@ -23,7 +23,7 @@ venv: $(VENV)/.installed
 
 run: venv
 	$(VENV)/bin/mmfuse run --out $(OUT)
-	$(VENV)/bin/mmfuse recommend-local --model-base $(OUT)/serving --k 5
+	$(VENV)/bin/mmfuse predict --model-base $(OUT)/serving/mmfuse --user u0001 --k 5
 
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -30,5 +30,5 @@ setup(
         "grpcio",
     ],
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["mmfuse=mmfuse.cli:main"]},
+    entry_points={"console_scripts": ["mmfuse=mmfuse.cli:console_main"]},
 )

@@ -1,5 +1,3 @@
-import sys
+from mmfuse.cli import console_main
 
-from mmfuse.cli import main
-
-sys.exit(main())
+console_main()

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
     compile_ = kubeflow_commands.add_parser("compile", help="compile the pipeline spec JSON")
     compile_.add_argument("--out", required=True, help="pipeline spec file to write")
-    compile_.add_argument("--data", required=True, help="dataset directory URI (e.g. gs://...)")
+    compile_.add_argument("--data", required=True, help="dataset directory as the pipeline pods see it (gs://... or a mounted path)")
     compile_.add_argument("--pipeline-root", required=True)
     compile_.add_argument("--serving-dir", required=True)
     compile_.add_argument("--image", default="mmfuse-pipeline:latest")
@@ -105,6 +105,7 @@ def _run(args) -> int:
         "blessing": result.blessing_reason,
         "min_recall@100": round(min_recall, 6),
         "metrics": result.metrics,
+        "change_vs_baseline": result.change_vs_baseline,
         "wall_time_s": round(time.time() - started, 1),
     }), flush=True)
     return 0 if result.blessed else 3
@@ -153,5 +154,15 @@ def main(argv=None) -> int:
         return 2
 
 
+def console_main() -> None:
+    """The installed `mmfuse` command. Exits without running interpreter
+    teardown, where TensorFlow 2.16 prints spurious TypeErrors from
+    AtomicFunction.__del__ after the work is done and its output written."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

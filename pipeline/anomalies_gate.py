@@ -9,6 +9,7 @@ from typing import Dict, List
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.io import fileio
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import ExampleAnomalies
@@ -26,7 +27,7 @@ def describe_anomalies(anomalies: ExampleAnomalies) -> List[str]:
     for split in artifact_utils.decode_split_names(anomalies.split_names):
         path = os.path.join(artifact_utils.get_split_uri([anomalies], split), ANOMALIES_FILE)
         proto = anomalies_pb2.Anomalies()
-        with open(path, "rb") as handle:
+        with fileio.open(path, "rb") as handle:
             proto.ParseFromString(handle.read())
         infos: Dict[str, anomalies_pb2.AnomalyInfo] = dict(proto.anomaly_info)
         for feature, info in sorted(infos.items()):

@@ -71,10 +71,35 @@ class Dataset:
         return f"dataset {self.directory}: " + ", ".join(parts)
 
 
+def is_uri(path: str) -> bool:
+    """gs://, s3:// and the like: read through TensorFlow's file systems."""
+    return "://" in path
+
+
+def read_bytes(path: str) -> bytes:
+    if is_uri(path):
+        import tensorflow as tf  # only remote datasets pay for importing TensorFlow
+
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            return handle.read()
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _exists(path: str, directory: bool = False) -> bool:
+    if is_uri(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.isdir(path) if directory else tf.io.gfile.exists(path)
+    return os.path.isdir(path) if directory else os.path.exists(path)
+
+
 def read_dataset(directory: str, check_images: bool = True) -> Dataset:
-    """Reads and validates `directory`; raises DatasetError naming what is wrong."""
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(directory):
+    """Reads and validates `directory` (a local path or a URI such as gs://...);
+    raises DatasetError naming what is wrong."""
+    if not is_uri(directory):
+        directory = os.path.abspath(directory)
+    if not _exists(directory, directory=True):
         raise DatasetError(f"dataset directory {directory} does not exist")
     report: Dict[str, object] = collections.OrderedDict()
     items = _read_items(directory, check_images, report)
@@ -85,10 +110,14 @@ def read_dataset(directory: str, check_images: bool = True) -> Dataset:
 def _open_csv(path: str, required: Tuple[str, ...]):
     """Yields (line number, row dict) after checking the header."""
     try:
-        handle = open(path, newline="", encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    with handle:
+        text = read_bytes(path).decode("utf-8")
+    except (FileNotFoundError, OSError) as error:
+        if not _exists(path):
+            raise DatasetError(f"{path}: file not found") from None
+        raise DatasetError(f"{path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path}: not UTF-8 ({error})") from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [column for column in required if column not in header]
@@ -99,7 +128,7 @@ def _open_csv(path: str, required: Tuple[str, ...]):
         try:
             for row in reader:
                 yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}
-        except (csv.Error, UnicodeDecodeError) as error:
+        except csv.Error as error:
             raise DatasetError(f"{path}: line {reader.line_num}: {error}") from None
 
 
@@ -120,7 +149,9 @@ def _read_items(directory: str, check_images: bool, report) -> Dict[str, Item]:
         image_path = ""
         if row.get("image"):
             images_named += 1
-            image_path = os.path.normpath(os.path.join(directory, row["image"]))
+            image_path = os.path.join(directory, row["image"])
+            if not is_uri(image_path):
+                image_path = os.path.normpath(image_path)
             problem = _image_problem(image_path) if check_images else None
             if problem:
                 bad_images.append(f"line {line} ({row['image']}): {problem}")
@@ -145,10 +176,9 @@ def _read_items(directory: str, check_images: bool, report) -> Dict[str, Item]:
 def _image_problem(path: str) -> Optional[str]:
     """Why the image at `path` cannot be used, or None if it decodes."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        return error.strerror or str(error)
+        data = read_bytes(path)
+    except Exception as error:  # OSError locally, tf.errors.OpError remotely
+        return getattr(error, "strerror", None) or str(error)
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in IMAGE_FORMATS:
@@ -161,7 +191,7 @@ def _image_problem(path: str) -> Optional[str]:
 
 def _read_interactions(directory: str, items: Dict[str, Item]) -> List[Interaction]:
     path = os.path.join(directory, INTERACTIONS_FILE)
-    if not os.path.exists(path):
+    if not _exists(path):
         return []  # a catalogue-only dataset
     interactions = []
     unknown = []

@@ -3,7 +3,7 @@
 TFMA's built-in metrics score one prediction against one label. Retrieval is
 scored by where the held-out item ranks among the whole catalogue, so the
 model's `serving_default` returns that rank per eval example and
-`RetrievalMetrics` turns ranks into recall@k, ndcg@k and MRR.
+`RetrievalMetric` turns ranks into recall@k, ndcg@k and MRR.
 
 A candidate is blessed when its recall@k clears an absolute floor and does not
 fall below the latest blessed model's by more than a small tolerance.
@@ -12,7 +12,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import Dict, Optional, Sequence  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
 
 import apache_beam as beam  # noqa: E402
 import numpy as np  # noqa: E402
@@ -26,62 +26,63 @@ GATE_K = 100
 MAX_RECALL_REGRESSION = 0.01
 
 
-class RetrievalMetrics(metric_types.Metric):
-    """recall@k, ndcg@k for each k, and MRR, from the model's `rank` output."""
+class RetrievalMetric(metric_types.Metric):
+    """One retrieval figure ("recall@100", "ndcg@10", "mrr") from the model's
+    `rank` output. One instance per figure, because TFMA attaches a threshold
+    to a metric instance by its name."""
 
-    def __init__(self, ks: Sequence[int] = ranking.DEFAULT_KS, name: str = "retrieval"):
+    def __init__(self, name: str = f"recall@{GATE_K}"):
+        ks = [int(name.split("@")[1])] if "@" in name else []
+        if name not in ranking.rank_contributions(1.0, ks):
+            raise ValueError(f"unknown retrieval metric {name!r}")
         super().__init__(metric_util.merge_per_key_computations(_retrieval_computations),
-                         ks=list(ks), name=name)
+                         name=name, ks=ks)
 
 
-metric_types.register_metric(RetrievalMetrics)
+metric_types.register_metric(RetrievalMetric)
 
 
-def _retrieval_computations(name: str = "retrieval", ks: Sequence[int] = ranking.DEFAULT_KS,
+def _retrieval_computations(name: str, ks: Sequence[int],
                             eval_config: Optional[tfma.EvalConfig] = None,
                             model_name: str = "", output_name: str = "",
                             example_weighted: bool = False,
                             **unused) -> metric_types.MetricComputations:
-    names = list(ranking.rank_contributions(1.0, ks))
-    keys = {metric: metric_types.MetricKey(name=metric, model_name=model_name,
-                                           output_name=output_name,
-                                           example_weighted=example_weighted)
-            for metric in names}
+    key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
+                                 example_weighted=example_weighted)
     return [metric_types.MetricComputation(
-        keys=list(keys.values()), preprocessors=None,
-        combiner=_RetrievalCombiner(keys, ks, model_name, output_name))]
+        keys=[key], preprocessors=None,
+        combiner=_RankCombiner(key, ks, model_name, output_name))]
 
 
-class _RetrievalCombiner(beam.CombineFn):
-    def __init__(self, keys: Dict[str, metric_types.MetricKey], ks: Sequence[int],
-                 model_name: str, output_name: str):
-        self._keys = keys
+class _RankCombiner(beam.CombineFn):
+    """Averages one metric's per-row contribution over the eval rows."""
+
+    def __init__(self, key: metric_types.MetricKey, ks: Sequence[int], model_name: str,
+                 output_name: str):
+        self._key = key
         self._ks = list(ks)
         self._model_name = model_name
         self._output_name = output_name
 
     def create_accumulator(self):
-        return {"count": 0.0, **{name: 0.0 for name in self._keys}}
+        return [0.0, 0.0]  # total, rows
 
     def add_input(self, accumulator, element: metric_types.StandardMetricInputs):
         ranks = np.asarray(element.get_predictions(self._model_name, self._output_name)).reshape(-1)
         for rank in ranks:
-            accumulator["count"] += 1
-            for name, value in ranking.rank_contributions(float(rank), self._ks).items():
-                accumulator[name] += value
+            accumulator[0] += ranking.rank_contributions(float(rank), self._ks)[self._key.name]
+            accumulator[1] += 1
         return accumulator
 
     def merge_accumulators(self, accumulators):
-        accumulators = list(accumulators)
-        merged = accumulators[0]
-        for other in accumulators[1:]:
-            for name, value in other.items():
-                merged[name] += value
-        return merged
+        totals = [0.0, 0.0]
+        for total, rows in accumulators:
+            totals[0] += total
+            totals[1] += rows
+        return totals
 
     def extract_output(self, accumulator):
-        count = max(accumulator["count"], 1.0)
-        return {key: accumulator[name] / count for name, key in self._keys.items()}
+        return {self._key: accumulator[0] / max(accumulator[1], 1.0)}
 
 
 def eval_config(min_recall: float) -> tfma.EvalConfig:
@@ -91,11 +92,12 @@ def eval_config(min_recall: float) -> tfma.EvalConfig:
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
             absolute={"value": -MAX_RECALL_REGRESSION}))
+    names = list(ranking.rank_contributions(1.0, ranking.DEFAULT_KS))
+    metrics = [
+        tfma.MetricConfig(class_name="RetrievalMetric", module=__name__, config=f'{{"name": "{name}"}}',
+                          threshold=gate if name == f"recall@{GATE_K}" else None)
+        for name in names]
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", prediction_key="rank")],
         slicing_specs=[tfma.SlicingSpec()],
-        metrics_specs=[tfma.MetricsSpec(
-            metrics=[tfma.MetricConfig(
-                class_name="RetrievalMetrics", module=__name__,
-                config=f'{{"ks": {list(ranking.DEFAULT_KS)}}}')],
-            thresholds={f"recall@{GATE_K}": gate})])
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)])

@@ -27,7 +27,7 @@ from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
 from pipeline import splits
-from pipeline.dataset import Dataset, Interaction, Item, read_dataset
+from pipeline.dataset import Dataset, Interaction, Item, read_bytes, read_dataset
 from transform import features as f
 
 CATALOG = "catalog"
@@ -117,8 +117,8 @@ def catalog_example(item: Item) -> tf.train.Example:
     if attributes:
         features[f.ATTRIBUTES] = _bytes(attributes)
     if item.image_path:
-        with open(item.image_path, "rb") as handle:
-            features[f.IMAGE] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[handle.read()]))
+        features[f.IMAGE] = tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[read_bytes(item.image_path)]))
     return tf.train.Example(features=tf.train.Features(feature=features))
 
 

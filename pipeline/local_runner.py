@@ -23,6 +23,7 @@ class RunResult:
     blessed: bool
     pushed_model: Optional[str]
     metrics: Dict[str, float]
+    change_vs_baseline: Dict[str, float]
     blessing_reason: str
 
 
@@ -67,22 +68,31 @@ def _read_result(store, after_id: int) -> RunResult:
     pushed_model = None
     if pushed and pushed.custom_properties["pushed"].int_value:
         pushed_model = pushed.custom_properties["pushed_destination"].string_value
-    metrics, reason = {}, "no evaluation"
+    evaluated = {"metrics": {}, "change_vs_baseline": {}}
+    reason = "no evaluation"
     if evaluation:
-        metrics = candidate_metrics(evaluation.uri)
+        evaluated = candidate_metrics(evaluation.uri)
         reason = validation_summary(evaluation.uri)
-    return RunResult(blessed, pushed_model, metrics, reason)
+    return RunResult(blessed, pushed_model, evaluated["metrics"], evaluated["change_vs_baseline"],
+                     reason)
 
 
-def candidate_metrics(evaluation_uri: str) -> Dict[str, float]:
-    """The candidate model's overall (unsliced) metrics."""
-    result = tfma.load_eval_result(evaluation_uri, model_name="candidate")
-    for slice_key, metrics in result.slicing_metrics:
-        if not slice_key:
-            values = metrics[""][""]
-            return {name: round(value["doubleValue"], 6) for name, value in sorted(values.items())
-                    if "doubleValue" in value}
-    return {}
+def candidate_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+    """The candidate's overall metrics and, when there was a baseline, their
+    change against it. TFMA names the candidate "candidate" only when a
+    baseline was evaluated beside it."""
+    for model_name in ("candidate", ""):
+        result = tfma.load_eval_result(evaluation_uri, model_name=model_name)
+        overall = [metrics for slice_key, metrics in result.slicing_metrics if not slice_key]
+        if overall:
+            values = {name: value["doubleValue"] for name, value in overall[0][""][""].items()
+                      if "doubleValue" in value}
+            return {
+                "metrics": {n: round(v, 6) for n, v in sorted(values.items()) if not n.endswith("_diff")},
+                "change_vs_baseline": {n[:-len("_diff")]: round(v, 6)
+                                       for n, v in sorted(values.items()) if n.endswith("_diff")},
+            }
+    return {"metrics": {}, "change_vs_baseline": {}}
 
 
 def validation_summary(evaluation_uri: str) -> str:

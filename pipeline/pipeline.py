@@ -34,6 +34,9 @@ class PipelineConfig:
     seed: int = 42
     min_recall: float = 0.1  # the release floor on recall@100 (pipeline/evaluation.py)
     beam_pipeline_args: Sequence[str] = ()
+    # Where the curated schema is read from: this checkout locally, the
+    # image's copy on Kubeflow (the compiling machine's path means nothing there).
+    schema_file: str = SCHEMA_FILE
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
@@ -46,7 +49,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     components.append(statistics_gen)
     # The curated schema, the contract every dataset is held to.
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE)
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)
     components.append(schema_gen)
     # Compares the data with the schema.
     example_validator = tfx.components.ExampleValidator(

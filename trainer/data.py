@@ -33,10 +33,13 @@ def _parsed_records(file_pattern: str, tft_output: tft.TFTransformOutput,
                  num_parallel_calls=tf.data.AUTOTUNE))
 
 
-def count_records(file_pattern: str) -> int:
-    files = sorted(tf.io.gfile.glob(file_pattern))
-    return int(tf.data.TFRecordDataset(files, compression_type="GZIP")
-               .reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+def item_counts(file_pattern: str, tft_output: tft.TFTransformOutput) -> np.ndarray:
+    """How often each item index occurs in the (training) interactions."""
+    size = vocabulary_sizes(tft_output)[f.ITEM_VOCABULARY]
+    counts = np.zeros(size, np.int64)
+    for batch in _parsed_records(file_pattern, tft_output, 4096).as_numpy_iterator():
+        counts += np.bincount(batch[f.ITEM_INDEX], minlength=size)
+    return counts
 
 
 def interaction_batches(file_pattern: str, tft_output: tft.TFTransformOutput, batch_size: int,

@@ -41,9 +41,15 @@ class Catalog(tf.Module):
 
 class RetrievalModel(tfrs.Model):
     def __init__(self, catalog: Catalog, vocabulary_sizes: Dict[str, int], dim: int,
-                 modalities: Sequence[str] = MODALITIES, temperature: float = 0.05):
+                 modalities: Sequence[str] = MODALITIES, temperature: float = 0.05,
+                 item_probabilities: np.ndarray = None):
         super().__init__()
         self.catalog = catalog
+        # An item's share of the training rows: the chance it is drawn as an
+        # in-batch negative. Correcting for it keeps the softmax from learning
+        # to push popular items down (Yi et al., RecSys 2019).
+        self.item_probabilities = (None if item_probabilities is None
+                                   else tf.constant(item_probabilities, tf.float32))
         text_encoder = BagOfTokensEncoder(vocabulary_sizes[f.TOKEN_VOCABULARY], dim, name="text_encoder")
         self.item_tower = ItemTower(vocabulary_sizes, text_encoder, dim, modalities, name="item_tower")
         self.query_tower = QueryTower(vocabulary_sizes, text_encoder, dim, name="query_tower")
@@ -60,7 +66,10 @@ class RetrievalModel(tfrs.Model):
     def compute_loss(self, inputs, training=False):
         query = self.query_tower({name: inputs[name] for name in QUERY_FEATURES})
         items = self.item_embeddings(inputs[f.ITEM_INDEX])
-        return self.task(query, items, candidate_ids=inputs[f.ITEM_INDEX])
+        probabilities = (None if self.item_probabilities is None
+                         else tf.gather(self.item_probabilities, inputs[f.ITEM_INDEX]))
+        return self.task(query, items, candidate_ids=inputs[f.ITEM_INDEX],
+                         candidate_sampling_probability=probabilities)
 
 
 def ranks_of_items(query: tf.Tensor, candidates: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:

@@ -86,14 +86,16 @@ def run_fn(fn_args: FnArgs) -> None:
 
     catalog_content = data.load_catalog(_split_files(fn_args.train_files, "catalog"), tft_output)
     train_files = _split_files(fn_args.train_files, "train")
-    batch_size = config["batch_size"] or _batch_size(data.count_records(train_files))
+    counts = data.item_counts(train_files, tft_output)
+    batch_size = config["batch_size"] or _batch_size(int(counts.sum()))
     train = data.interaction_batches(train_files, tft_output, batch_size, shuffle_seed=config["seed"])
     evaluation = data.interaction_batches(fn_args.eval_files[0], tft_output, batch_size)
     progress_log.info("training on %s with batch size %d", strategy.__class__.__name__, batch_size)
 
     with strategy.scope():
         model = RetrievalModel(Catalog(catalog_content), data.vocabulary_sizes(tft_output),
-                               config["embedding_dim"], config["modalities"], config["temperature"])
+                               config["embedding_dim"], config["modalities"], config["temperature"],
+                               item_probabilities=counts / counts.sum())
         model.compile(optimizer=tf.keras.optimizers.Adam(config["learning_rate"]))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),

@@ -1,0 +1,325 @@
+"""Tests of pipeline.example_gen: tf.Example builders and the ExampleGen executor."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import collections  # noqa: E402
+import glob  # noqa: E402
+
+import apache_beam as beam  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from apache_beam.testing import util as beam_util  # noqa: E402
+from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
+from tensorflow_transform.tf_metadata import schema_utils  # noqa: E402
+from tfx.components.example_gen import utils as example_gen_utils  # noqa: E402
+from tfx.dsl.components.base import base_beam_executor  # noqa: E402
+from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
+from tfx.utils import io_utils  # noqa: E402
+
+from pipeline import example_gen, sample_data, splits  # noqa: E402
+from pipeline.dataset import Interaction, Item, read_dataset  # noqa: E402
+from schema import SCHEMA_FILE  # noqa: E402
+
+SCHEMA = io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())
+FEATURE_SPEC = schema_utils.schema_as_feature_spec(SCHEMA).feature_spec
+KIND_OF_TYPE = {schema_pb2.BYTES: "bytes_list", schema_pb2.INT: "int64_list",
+                schema_pb2.FLOAT: "float_list"}
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("sample"))
+    sample_data.write_sample_dataset(directory, num_items=40, num_users=20)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def catalogue_only_dir(tmp_path_factory, sample_dir):
+    directory = str(tmp_path_factory.mktemp("catalogue"))
+    sample_data.write_sample_dataset(directory, num_items=40, num_users=20)
+    os.remove(os.path.join(directory, "interactions.csv"))
+    return directory
+
+
+def values(example, name):
+    feature = example.features.feature[name]
+    kind = feature.WhichOneof("kind")
+    return list(getattr(feature, kind).value) if kind else []
+
+
+def assert_conforms_to_schema(example):
+    """Every feature is in the schema, of its type, within its value count; required ones present."""
+    features = example.features.feature
+    by_name = {feature.name: feature for feature in SCHEMA.feature}
+    for name, feature in features.items():
+        assert name in by_name, f"{name} is not in schema.pbtxt"
+        expected = by_name[name]
+        assert feature.WhichOneof("kind") == KIND_OF_TYPE[expected.type], name
+        count = len(values(example, name))
+        assert count >= expected.value_count.min, name
+        if expected.value_count.max:
+            assert count <= expected.value_count.max, name
+    for expected in SCHEMA.feature:
+        if expected.presence.min_fraction == 1.0:
+            assert expected.name in features, f"required {expected.name} missing"
+
+
+def parse_with_schema(examples):
+    """Parses serialized examples with the schema's feature spec (raises on a type mismatch)."""
+    serialized = tf.constant([e.SerializeToString() for e in examples])
+    return tf.io.parse_example(serialized, FEATURE_SPEC)
+
+
+# --- interaction_example ---------------------------------------------------------------------
+
+
+def test_interaction_example_with_every_field():
+    row = Interaction(row=9, user_id="u1", item_id="i1", timestamp=1_600_000_123, rating=4.5,
+                      query="red mug")
+    example = example_gen.interaction_example(row)
+    assert set(example.features.feature) == {"item_id", "user_id", "query", "timestamp", "rating"}
+    assert values(example, "item_id") == [b"i1"]
+    assert values(example, "user_id") == [b"u1"]
+    assert values(example, "query") == [b"red mug"]
+    assert values(example, "timestamp") == [1_600_000_123]
+    assert values(example, "rating") == [4.5]
+    assert_conforms_to_schema(example)
+
+
+def test_interaction_example_omits_absent_optional_fields():
+    example = example_gen.interaction_example(Interaction(row=2, user_id="", item_id="i7",
+                                                          query="lamp"))
+    assert set(example.features.feature) == {"item_id", "query"}
+    example = example_gen.interaction_example(Interaction(row=2, user_id="u", item_id="i7"))
+    assert set(example.features.feature) == {"item_id", "user_id"}
+    assert_conforms_to_schema(example)
+
+
+def test_interaction_example_keeps_zero_rating_and_timestamp():
+    example = example_gen.interaction_example(
+        Interaction(row=2, user_id="u", item_id="i", timestamp=0, rating=0.0))
+    assert values(example, "timestamp") == [0]
+    assert values(example, "rating") == [0.0]
+
+
+def test_interaction_example_encodes_unicode_as_utf8():
+    example = example_gen.interaction_example(
+        Interaction(row=2, user_id="jürgen", item_id="caf\u00e9-1", query="tasse rot \u2615"))
+    assert values(example, "user_id") == ["jürgen".encode("utf-8")]
+    assert values(example, "item_id") == ["caf\u00e9-1".encode("utf-8")]
+    assert values(example, "query") == ["tasse rot \u2615".encode("utf-8")]
+
+
+# --- catalog_example and attribute_tokens ----------------------------------------------------
+
+
+def test_attribute_tokens_split_pipe_cells_and_skip_blanks():
+    item = Item("m1", attributes=(("genres", "Action|Comedy| |Drama "), ("year", "1995"),
+                                  ("language", "en")))
+    assert list(example_gen.attribute_tokens(item)) == [
+        "genres=Action", "genres=Comedy", "genres=Drama", "year=1995", "language=en"]
+    assert list(example_gen.attribute_tokens(Item("m2"))) == []
+
+
+def test_catalog_example_with_every_modality(tmp_path):
+    image = tmp_path / "a.png"
+    image.write_bytes(b"\x89PNG not checked here")
+    item = Item("a1", title="Red mug", description="A red mug.", image_path=str(image),
+                attributes=(("colour", "red"), ("tags", "kitchen|gift")))
+    example = example_gen.catalog_example(item)
+    assert set(example.features.feature) == {"item_id", "title", "description", "attributes",
+                                             "image"}
+    assert values(example, "item_id") == [b"a1"]
+    assert values(example, "title") == [b"Red mug"]
+    assert values(example, "description") == [b"A red mug."]
+    assert values(example, "attributes") == [b"colour=red", b"tags=kitchen", b"tags=gift"]
+    assert values(example, "image") == [image.read_bytes()]
+    assert_conforms_to_schema(example)
+
+
+def test_catalog_example_omits_absent_modalities():
+    example = example_gen.catalog_example(Item("a2"))
+    assert set(example.features.feature) == {"item_id"}
+    example = example_gen.catalog_example(Item("a3", description="only words"))
+    assert set(example.features.feature) == {"item_id", "description"}
+
+
+def test_catalog_examples_of_the_sample_carry_the_image_files(sample_dir):
+    dataset = read_dataset(sample_dir)
+    with_image = without_image = 0
+    for item in dataset.items.values():
+        example = example_gen.catalog_example(item)
+        assert_conforms_to_schema(example)
+        if item.image_path:
+            with_image += 1
+            with open(item.image_path, "rb") as handle:
+                assert values(example, "image") == [handle.read()]
+        else:
+            without_image += 1
+            assert "image" not in example.features.feature
+        assert ("title" in example.features.feature) == bool(item.title)
+        assert values(example, "attributes") == [
+            f"{column}={value}".encode() for column, value in item.attributes]
+    assert with_image and without_image
+
+
+def test_sample_examples_parse_with_the_schema_feature_spec(sample_dir):
+    dataset = read_dataset(sample_dir)
+    interactions = [example_gen.interaction_example(row) for row in dataset.interactions]
+    catalog = [example_gen.catalog_example(item) for item in dataset.items.values()]
+    for example in interactions + catalog:
+        assert_conforms_to_schema(example)
+
+    parsed = parse_with_schema(interactions)
+    assert parsed["item_id"].dense_shape.numpy()[0] == len(interactions)
+    assert parsed["item_id"].values.shape[0] == len(interactions)  # one per row
+    assert parsed["timestamp"].dtype == tf.int64
+    assert parsed["rating"].values.shape[0] == len(interactions)
+    assert parsed["query"].values.shape[0] == sum(1 for row in dataset.interactions if row.query)
+    assert parsed["user_id"].values.shape[0] == sum(
+        1 for row in dataset.interactions if row.user_id)
+
+    parsed = parse_with_schema(catalog)
+    assert parsed["item_id"].values.shape[0] == len(catalog)
+    assert parsed["image"].values.shape[0] == sum(
+        1 for item in dataset.items.values() if item.image_path)
+    # The image bytes decode as images (the schema gives `image` an image_domain).
+    first = parsed["image"].values[0]
+    assert tf.io.decode_image(first).shape[-1] == 3
+
+
+def test_a_mistyped_example_does_not_parse_with_the_schema():
+    """The spec really checks types: a string rating is rejected."""
+    example = example_gen.interaction_example(Interaction(row=2, user_id="u", item_id="i"))
+    example.features.feature["rating"].bytes_list.value.append(b"4.5")
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        parse_with_schema([example])
+
+
+# --- training_interactions -------------------------------------------------------------------
+
+
+def test_training_interactions_are_the_interactions_when_there_are_some(sample_dir):
+    dataset = read_dataset(sample_dir)
+    assert example_gen.training_interactions(dataset) is dataset.interactions
+
+
+def test_catalogue_only_trains_on_titles_as_anonymous_searches(catalogue_only_dir):
+    dataset = read_dataset(catalogue_only_dir)
+    rows = example_gen.training_interactions(dataset)
+    titled = [item for item in dataset.items.values() if item.title]
+    assert 0 < len(titled) < len(dataset.items)  # the sample has image-only items
+    assert [(row.item_id, row.query) for row in rows] == [(i.item_id, i.title) for i in titled]
+    assert all(row.user_id == "" and row.timestamp is None and row.rating is None
+               for row in rows)
+    # They are valid examples, and both split methods can split them.
+    for method in splits.SPLIT_METHODS:
+        assigned = splits.assign_splits(rows, method)
+        assert set(assigned) <= {splits.TRAIN, splits.EVAL}
+    assert_conforms_to_schema(example_gen.interaction_example(rows[0]))
+
+
+# --- the executor ----------------------------------------------------------------------------
+
+
+def exec_properties(data_dir, method):
+    """The component's own exec properties, as the launcher hands them to the executor."""
+    component = example_gen.dataset_example_gen(data_dir, method)
+    properties = {k: v for k, v in component.exec_properties.items() if v is not None}
+    assert properties["input_base"] == data_dir
+    return properties
+
+
+def interaction_key(example):
+    def first(name):
+        found = values(example, name)
+        return found[0] if found else None
+    return (first("user_id"), first("item_id"), first("timestamp"), first("query"))
+
+
+def row_key(row):
+    return (row.user_id.encode() or None, row.item_id.encode(), row.timestamp,
+            row.query.encode() or None)
+
+
+@pytest.mark.parametrize("method", ["random", "temporal"])
+def test_generate_examples_by_beam_matches_assign_splits(sample_dir, method):
+    dataset = read_dataset(sample_dir)
+    assigned = splits.assign_splits(dataset.interactions, method)
+    expected = {name: [row_key(row) for row, split in zip(dataset.interactions, assigned)
+                       if split == name] for name in (splits.TRAIN, splits.EVAL)}
+    assert expected[splits.TRAIN] and expected[splits.EVAL]
+
+    executor = example_gen.Executor()
+    with beam.Pipeline() as pipeline:
+        result = executor.GenerateExamplesByBeam(pipeline, exec_properties(sample_dir, method))
+        assert set(result) == set(example_gen.SPLIT_NAMES)
+        for name in (splits.TRAIN, splits.EVAL):
+            beam_util.assert_that(result[name] | f"Key[{name}]" >> beam.Map(interaction_key),
+                                  beam_util.equal_to(expected[name]), label=f"Check[{name}]")
+        beam_util.assert_that(
+            result[example_gen.CATALOG] | "ItemIds" >> beam.Map(lambda e: values(e, "item_id")[0]),
+            beam_util.equal_to([item_id.encode() for item_id in dataset.items]),
+            label="CheckCatalog")
+
+
+def read_split(artifact, split):
+    files = glob.glob(os.path.join(artifact_utils.get_split_uri([artifact], split), "*"))
+    assert files, split
+    return [tf.train.Example.FromString(record.numpy())
+            for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_executor_writes_the_three_splits(sample_dir, tmp_path):
+    dataset = read_dataset(sample_dir)
+    assigned = splits.assign_splits(dataset.interactions, "random")
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    executor = example_gen.Executor(base_beam_executor.BaseBeamExecutor.Context(
+        beam_pipeline_args=["--direct_running_mode=in_memory"], tmp_dir=str(tmp_path / "tmp")))
+    executor.Do({}, {"examples": [examples]}, exec_properties(sample_dir, "random"))
+
+    assert artifact_utils.decode_split_names(examples.split_names) == list(
+        example_gen.SPLIT_NAMES)
+    written = {name: read_split(examples, name) for name in example_gen.SPLIT_NAMES}
+    counts = collections.Counter(assigned)
+    assert len(written[splits.TRAIN]) == counts[splits.TRAIN]
+    assert len(written[splits.EVAL]) == counts[splits.EVAL]
+    assert len(written[example_gen.CATALOG]) == len(dataset.items)
+    catalog_ids = [values(e, "item_id")[0].decode() for e in written[example_gen.CATALOG]]
+    assert sorted(catalog_ids) == sorted(dataset.items)
+    assert all("user_id" not in e.features.feature for e in written[example_gen.CATALOG])
+    assert all("title" not in e.features.feature for e in written[splits.TRAIN])
+    assert examples.get_string_custom_property(
+        example_gen_utils.PAYLOAD_FORMAT_PROPERTY_NAME) == "FORMAT_TF_EXAMPLE"
+
+
+def test_executor_on_a_catalogue_only_dataset(catalogue_only_dir):
+    dataset = read_dataset(catalogue_only_dir)
+    rows = example_gen.training_interactions(dataset)
+    assigned = splits.assign_splits(rows, "random")
+    expected = collections.Counter(assigned)
+
+    def count(pcoll, label):
+        return pcoll | f"Count[{label}]" >> beam.combiners.Count.Globally()
+
+    with beam.Pipeline() as pipeline:
+        result = example_gen.Executor().GenerateExamplesByBeam(
+            pipeline, exec_properties(catalogue_only_dir, "random"))
+        for name in (splits.TRAIN, splits.EVAL):
+            beam_util.assert_that(count(result[name], name), beam_util.equal_to([expected[name]]),
+                                  label=f"Check[{name}]")
+            beam_util.assert_that(
+                result[name] | f"Anonymous[{name}]" >> beam.Map(
+                    lambda e: "user_id" in e.features.feature),
+                beam_util.equal_to([False] * expected[name]), label=f"CheckAnonymous[{name}]")
+        beam_util.assert_that(count(result[example_gen.CATALOG], "catalog"),
+                              beam_util.equal_to([len(dataset.items)]), label="CheckCatalog")
+
+
+def test_split_method_comes_from_custom_config(sample_dir):
+    properties = exec_properties(sample_dir, "temporal")
+    assert example_gen._split_method(properties) == "temporal"
+    properties = exec_properties(sample_dir, "random")
+    assert example_gen._split_method(properties) == "random"

@@ -1,0 +1,67 @@
+"""Bad input to `mmfuse run` is a one-line message naming the file, line or
+field, given before any pipeline component starts."""
+import csv
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import pytest  # noqa: E402
+
+from mmfuse.cli import main  # noqa: E402
+from pipeline.sample_data import write_sample_dataset  # noqa: E402
+
+
+@pytest.fixture()
+def sample(tmp_path):
+    data = tmp_path / "data"
+    write_sample_dataset(str(data), num_items=60, num_users=20)
+    return data
+
+
+def _rewrite(path, change):
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    fieldnames, rows = change(list(rows[0].keys()), rows)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _run(capsys, data, out):
+    code = main(["run", "--data", str(data), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert "Component" not in captured.out  # stopped before the pipeline
+    return code, captured.err
+
+
+def test_missing_required_column(sample, tmp_path, capsys):
+    _rewrite(sample / "items.csv", lambda names, rows: ([n for n in names if n != "item_id"], rows))
+    code, err = _run(capsys, sample, tmp_path / "out")
+    assert code == 2
+    assert "items.csv" in err and "missing required column(s) item_id" in err
+
+
+def test_interaction_naming_an_unknown_item(sample, tmp_path, capsys):
+    def unknown(names, rows):
+        rows[4]["item_id"] = "no-such-item"
+        return names, rows
+    _rewrite(sample / "interactions.csv", unknown)
+    code, err = _run(capsys, sample, tmp_path / "out")
+    assert code == 2
+    assert "anomaly" in err and "line 6 item_id 'no-such-item'" in err
+
+
+def test_mostly_corrupt_images(sample, tmp_path, capsys):
+    for image in (sample / "images").iterdir():
+        image.write_bytes(b"garbage")
+    code, err = _run(capsys, sample, tmp_path / "out")
+    assert code == 2
+    assert "images are missing or unreadable" in err
+
+
+def test_unknown_modality_is_a_usage_error(sample, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--data", str(sample), "--out", str(tmp_path), "--modalities", "id,audio"])
+    assert exit_info.value.code == 2
+    assert "--modalities" in capsys.readouterr().err

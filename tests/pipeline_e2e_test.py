@@ -1,0 +1,102 @@
+"""The whole pipeline on the embedded sample, as a user runs it: `mmfuse run`,
+then the pushed SavedModel's signatures. One run (about two minutes) serves
+every test here."""
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline.sample_data import write_sample_dataset  # noqa: E402
+from serving.model_store import load_newest  # noqa: E402
+
+pytestmark = pytest.mark.slow
+COMPONENTS = ("FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+              "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver",
+              "Evaluator", "Pusher")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    write_sample_dataset(str(data))
+    with open(data / "items.csv", newline="") as handle:
+        items = {row["item_id"]: row for row in csv.DictReader(handle)}
+    # One corrupt image must be skipped and reported, not crash the run.
+    corrupt = next(row for row in items.values() if row["image"])
+    (data / corrupt["image"]).write_bytes(b"\xff\xd8 truncated jpeg")
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmfuse", "run", "--data", str(data), "--out", str(root / "out"),
+         "--epochs", "3"],
+        capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    _, model = load_newest(str(root / "out" / "serving" / "mmfuse"))
+    return {"root": root, "data": data, "items": items, "stdout": completed.stdout,
+            "result": result, "model": model, "corrupt": corrupt}
+
+
+def _ask(model, signature, k=10, **inputs):
+    answer = model.signatures[signature](k=tf.constant(k), **{
+        name: tf.constant(value) for name, value in inputs.items()})
+    return [[i.decode() for i in row] for row in answer["item_ids"].numpy()], answer["scores"].numpy()
+
+
+def test_run_reports_progress_and_a_blessed_pushed_model(run):
+    for component in COMPONENTS:
+        assert f"Component {component} is running." in run["stdout"]
+    result = run["result"]
+    assert result["blessed"] is True
+    assert os.path.exists(os.path.join(result["pushed_model"], "saved_model.pb"))
+    # Eval-split metrics, and well above ranking 300 items at random (100/300).
+    assert result["metrics"]["recall@100"] > 0.5
+    assert 0 < result["metrics"]["recall@10"] <= result["metrics"]["recall@20"] <= result["metrics"]["recall@100"]
+
+
+def test_corrupt_image_is_skipped_and_reported(run):
+    assert "images skipped: 1" in run["stdout"]
+    assert run["corrupt"]["image"] in run["stdout"]
+
+
+def test_recommend_returns_k_catalogue_items_for_a_known_user(run):
+    (ids,), scores = _ask(run["model"], "recommend", k=7, user_id=["u0001"])
+    assert len(ids) == len(set(ids)) == 7
+    assert set(ids) <= set(run["items"])
+    assert list(scores[0]) == sorted(scores[0], reverse=True)
+
+
+def test_search_finds_items_matching_the_words(run):
+    items = run["items"]
+    for colour, kind in (("red", "mug"), ("blue", "lamp"), ("green", "shirt")):
+        (ids,), _ = _ask(run["model"], "search", query=[f"{colour} {kind}"], user_id=[""])
+        matching = [i for i in ids if items[i]["colour"] == colour or items[i]["kind"] == kind]
+        assert len(matching) >= 8, (colour, kind, [(items[i]["colour"], items[i]["kind"]) for i in ids])
+
+
+def test_image_search_finds_items_of_the_same_colour(run):
+    items = run["items"]
+    with_image = [i for i, row in items.items() if row["image"] and row != run["corrupt"]]
+    for item_id in with_image[:3]:
+        image = (run["data"] / items[item_id]["image"]).read_bytes()
+        (ids,), _ = _ask(run["model"], "image_search", image=[image])
+        same_colour = [i for i in ids if items[i]["colour"] == items[item_id]["colour"]]
+        assert len(same_colour) >= 5
+
+
+def test_similar_items_leaves_out_the_item_itself(run):
+    (ids,), _ = _ask(run["model"], "similar_items", item_id=["p0001"])
+    assert "p0001" not in ids and len(ids) == 10
+
+
+def test_trainer_writes_tensorboard_logs(run):
+    logs = glob.glob(str(run["root"] / "out" / "pipeline" / "Trainer" / "model_run" / "*" / "**"),
+                     recursive=True)
+    assert any("retrieval_eval" in path and "events.out.tfevents" in path for path in logs)
+    assert any(os.sep + "train" + os.sep in path and "events.out.tfevents" in path for path in logs)

@@ -1,0 +1,70 @@
+"""The towers fuse only the modalities a row has, into unit vectors."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from trainer.towers import BagOfTokensEncoder, ItemTower, ModalityFusion, QueryTower  # noqa: E402
+from transform import features as f  # noqa: E402
+
+SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
+         f.ATTRIBUTE_VOCABULARY: 3}
+DIM = 8
+
+
+def _items(item_index, tokens, image_present):
+    batch = len(item_index)
+    tokens = np.array([row + [0] * (f.ITEM_TEXT_LENGTH - len(row)) for row in tokens], np.int64)
+    return {
+        f.ITEM_INDEX: tf.constant(item_index, tf.int64),
+        f.ITEM_TOKENS: tf.constant(tokens),
+        f.ATTRIBUTE_TOKENS: tf.zeros([batch, f.ATTRIBUTES_LENGTH], tf.int64),
+        f.IMAGE_PIXELS: tf.random.stateless_uniform([batch, 32, 32, 3], seed=(1, 2)),
+        "image_present": tf.constant(image_present, tf.float32),
+    }
+
+
+def test_bag_of_tokens_ignores_padding():
+    encoder = BagOfTokensEncoder(9, DIM)
+    vectors, present = encoder(tf.constant([[3, 4, 0, 0], [3, 4, 0, 7], [0, 0, 0, 0]], tf.int64))
+    table = encoder.embedding.embeddings.numpy()
+    np.testing.assert_allclose(vectors[0], (table[3] + table[4]) / 2, rtol=1e-6)
+    assert not np.allclose(vectors[0], vectors[1])
+    assert present.numpy().tolist() == [1.0, 1.0, 0.0]
+
+
+def test_fusion_averages_only_present_modalities():
+    fusion = ModalityFusion(DIM)
+    a, b = tf.ones([1, DIM]), tf.fill([1, DIM], 5.0)
+    only_a = fusion([(a, tf.ones([1])), (b, tf.zeros([1]))])
+    a_alone = fusion([(a, tf.ones([1]))])
+    np.testing.assert_allclose(only_a, a_alone, rtol=1e-6)
+    np.testing.assert_allclose(tf.norm(only_a, axis=-1), [1.0], rtol=1e-5)
+
+
+def test_item_tower_embeds_items_with_any_single_modality():
+    text = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM)
+    tower = ItemTower(SIZES, text, DIM)
+    # id only, text only, image only: each gets its own unit vector.
+    vectors = tower(_items([2, 0, 0], [[], [3, 4], []], [0, 0, 1])).numpy()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert len({tuple(np.round(v, 5)) for v in vectors}) == 3
+
+
+def test_item_tower_ignores_modalities_left_out():
+    text = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM)
+    tower = ItemTower(SIZES, text, DIM, modalities=("id",))
+    with_content = tower(_items([2], [[3, 4]], [1]))
+    without = tower(_items([2], [[]], [0]))
+    np.testing.assert_allclose(with_content, without, rtol=1e-6)
+
+
+def test_query_words_and_title_words_share_embeddings():
+    text = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM)
+    items = ItemTower(SIZES, text, DIM)
+    queries = QueryTower(SIZES, text, DIM)
+    queries({f.USER_INDEX: tf.constant([1], tf.int64), f.QUERY_TOKENS: tf.constant([[3] + [0] * 15], tf.int64)})
+    items(_items([1], [[3]], [0]))
+    assert queries.text.embedding is items.text.embedding

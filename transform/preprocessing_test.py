@@ -1,0 +1,97 @@
+"""Runs `preprocessing_fn` through tf.Transform's Beam implementation on a few
+raw examples, and checks the serving-time preprocessors on their own."""
+import io
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+import tensorflow_transform.beam as tft_beam  # noqa: E402
+from PIL import Image  # noqa: E402
+from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils  # noqa: E402
+from tfx.utils import io_utils  # noqa: E402
+from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
+
+from schema import SCHEMA_FILE  # noqa: E402
+from transform import features as f  # noqa: E402
+from transform import image_preprocessor, text_preprocessor  # noqa: E402
+from transform.preprocessing import preprocessing_fn  # noqa: E402
+
+
+def _png(colour, size=(40, 20)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_text_is_lowercased_and_split_on_punctuation():
+    tokens = text_preprocessor.tokenize(tf.constant(["Red, CERAMIC mug!", "", "Ünïcode—text"]), 8)
+    assert tokens.to_list() == [[b"red", b"ceramic", b"mug"], [], ["ünïcode".encode(), b"text"]]
+
+
+def test_tokens_are_cut_at_the_limit():
+    assert text_preprocessor.tokenize(tf.constant(["a b c d e"]), 3).to_list() == [[b"a", b"b", b"c"]]
+
+
+def test_image_keeps_aspect_ratio_and_normalises():
+    pixels = image_preprocessor.preprocess(tf.constant(_png((255, 0, 0))), size=16).numpy()
+    assert pixels.shape == (16, 16, 3)
+    # A flat red picture stays flat red after resize and centre crop.
+    np.testing.assert_allclose(pixels[..., 0], (255 - 127) / 128, atol=1e-3)
+    np.testing.assert_allclose(pixels[..., 1], -127 / 128, atol=1e-3)
+
+
+def test_image_that_does_not_decode_is_an_error():
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        image_preprocessor.preprocess(tf.constant(b"not an image"))
+
+
+@pytest.fixture(scope="module")
+def transformed(tmp_path_factory):
+    schema = io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())
+    metadata = dataset_metadata.DatasetMetadata(schema)
+    raw = [
+        {"item_id": [b"a"], "title": [b"Red mug"], "attributes": [b"colour=red"],
+         "image": [_png((255, 0, 0))]},
+        {"item_id": [b"b"], "title": [b"Blue lamp"], "description": [b"A tall lamp."]},
+        {"item_id": [b"a"], "user_id": [b"u1"], "query": [b"red MUG"]},
+        {"item_id": [b"b"], "query": [b"lamp"]},
+    ]
+    spec = schema_utils.schema_as_feature_spec(schema).feature_spec
+    rows = [{name: row.get(name, []) for name in spec} for row in raw]
+    temp = str(tmp_path_factory.mktemp("tft"))
+    with tft_beam.Context(temp_dir=temp):
+        (outputs, _), transform_fn = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            preprocessing_fn, output_record_batches=False)
+    output_dir = os.path.join(temp, "transform_fn")
+    _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
+    return outputs, tft.TFTransformOutput(output_dir)
+
+
+def test_ids_and_words_share_vocabularies(transformed):
+    outputs, tft_output = transformed
+    items = tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
+    assert sorted(items) == [b"a", b"b"]
+    assert outputs[0][f.ITEM_INDEX] == outputs[2][f.ITEM_INDEX] == items.index(b"a") + 1
+    # "red mug" in a query maps to the same ids as in the title.
+    title, query = outputs[0][f.ITEM_TOKENS], outputs[2][f.QUERY_TOKENS]
+    assert list(query[:2]) == list(title[:2]) and query[0] > 0
+    assert len(title) == f.ITEM_TEXT_LENGTH and not any(title[2:])
+
+
+def test_absent_values_are_index_zero(transformed):
+    outputs, tft_output = transformed
+    assert b"" not in tft_output.vocabulary_by_name(f.USER_VOCABULARY)
+    assert outputs[3][f.USER_INDEX] == 0  # anonymous search row
+    assert outputs[1][f.USER_INDEX] == 0  # catalogue row
+    assert not any(outputs[2][f.ITEM_TOKENS])
+
+
+def test_only_rows_with_an_image_carry_pixels(transformed):
+    outputs, _ = transformed
+    size = image_preprocessor.IMAGE_SIZE
+    assert len(outputs[0][f.IMAGE_PIXELS]) == size * size * 3
+    assert [len(row[f.IMAGE_PIXELS]) for row in outputs[1:]] == [0, 0, 0]
