@@ -27,6 +27,7 @@ setup(
         "sentencepiece",
         "safetensors",
         "pillow",
+        "python-dateutil",
         "grpcio",
     ],
     extras_require={"test": ["pytest"]},

@@ -14,9 +14,11 @@ import csv
 import dataclasses
 import datetime
 import io
+import math
 import os
 from typing import Dict, List, Optional, Tuple
 
+import dateutil.parser
 from PIL import Image
 
 ITEMS_FILE = "items.csv"
@@ -110,13 +112,17 @@ def read_dataset(directory: str, check_images: bool = True) -> Dataset:
 def _open_csv(path: str, required: Tuple[str, ...]):
     """Yields (line number, row dict) after checking the header."""
     try:
-        text = read_bytes(path).decode("utf-8")
+        data = read_bytes(path)
+        # utf-8-sig: spreadsheets often save "CSV UTF-8" with a byte-order mark.
+        text = data.decode("utf-8-sig")
     except (FileNotFoundError, OSError) as error:
         if not _exists(path):
             raise DatasetError(f"{path}: file not found") from None
         raise DatasetError(f"{path}: {error}") from None
     except UnicodeDecodeError as error:
-        raise DatasetError(f"{path}: not UTF-8 ({error})") from None
+        line = data[:error.start].count(b"\n") + 1
+        raise DatasetError(f"{path}: line {line}: not UTF-8 ({error.reason} at byte {error.start})"
+                           ) from None
     with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
@@ -220,28 +226,32 @@ def _read_interactions(directory: str, items: Dict[str, Item]) -> List[Interacti
 
 
 def _parse_timestamp(text: str, path: str, line: int) -> Optional[int]:
-    """Unix seconds or ISO-8601 (naive times are taken as UTC)."""
+    """Unix seconds or ISO-8601 in any of its forms (naive times are UTC)."""
     if not text:
         return None
     try:
-        return int(float(text))
+        seconds = float(text)
     except ValueError:
-        pass
-    try:
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise DatasetError(
-            f"{path}: line {line}: field timestamp {text!r} is neither Unix seconds nor ISO-8601"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return int(moment.timestamp())
+        try:
+            moment = dateutil.parser.isoparse(text)
+        except (ValueError, OverflowError):
+            raise DatasetError(f"{path}: line {line}: field timestamp {text!r} is neither "
+                               "Unix seconds nor ISO-8601") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        seconds = moment.timestamp()
+    if not math.isfinite(seconds) or abs(seconds) >= 2**63:
+        raise DatasetError(f"{path}: line {line}: field timestamp {text!r} is out of range")
+    return int(seconds)
 
 
 def _parse_float(text: str, path: str, line: int, field: str) -> Optional[float]:
     if not text:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise DatasetError(f"{path}: line {line}: field {field} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DatasetError(f"{path}: line {line}: field {field} {text!r} is not a finite number")
+    return value

@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import csv  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -216,29 +217,19 @@ def test_empty_item_id_in_interactions_names_the_line(tmp_path):
         read_dataset(str(tmp_path))
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2021-13-01T00:00:00", "12:00"])
-def test_bad_timestamp_names_line_and_field(tmp_path, text):
+@pytest.mark.parametrize("field, text", [
+    ("timestamp", "yesterday"), ("timestamp", "2021-13-01T00:00:00"), ("timestamp", "12:00"),
+    ("rating", "five"), ("rating", "4,5"), ("rating", "4.5 stars"),
+])
+def test_bad_value_names_file_line_and_field(tmp_path, field, text):
     items_csv(tmp_path)
-    interactions_csv(tmp_path, f"user_id,item_id,timestamp\nu1,a1,100\nu1,a2,{text}\n")
-    with pytest.raises(DatasetError) as error:
-        read_dataset(str(tmp_path))
-    message = str(error.value)
-    assert "interactions.csv" in message
-    assert "line 3" in message
-    assert "timestamp" in message
-    assert repr(text) in message
-
-
-@pytest.mark.parametrize("text", ["five", "4,5", "4.5 stars"])
-def test_bad_rating_names_line_and_field(tmp_path, text):
-    items_csv(tmp_path)
-    interactions_csv(tmp_path, f'user_id,item_id,rating\nu1,a1,4\nu1,a1,3\nu1,a2,"{text}"\n')
+    interactions_csv(tmp_path, f'user_id,item_id,{field}\nu1,a1,100\nu1,a1,3\nu1,a2,"{text}"\n')
     with pytest.raises(DatasetError) as error:
         read_dataset(str(tmp_path))
     message = str(error.value)
     assert "interactions.csv" in message
     assert "line 4" in message
-    assert "rating" in message
+    assert field in message
     assert repr(text) in message
 
 
@@ -260,6 +251,24 @@ def test_timestamps_in_unix_seconds_or_iso_8601(tmp_path, text, expected):
     (row,) = read_dataset(str(tmp_path)).interactions
     assert row.timestamp == expected
     assert isinstance(row.timestamp, int)
+
+
+@pytest.fixture
+def new_york_time(monkeypatch):
+    """A local time zone other than UTC, so naive times taken as local would show."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize("text", ["2021-01-01T00:00:00", "2021-01-01 00:00:00", "2021-01-01"])
+def test_naive_timestamps_are_utc_whatever_the_local_zone(tmp_path, new_york_time, text):
+    items_csv(tmp_path)
+    interactions_csv(tmp_path, f"user_id,item_id,timestamp\nu1,a1,{text}\n")
+    (row,) = read_dataset(str(tmp_path)).interactions
+    assert row.timestamp == NEW_YEAR_2021
 
 
 def test_missing_timestamp_and_rating_are_none(tmp_path):
@@ -428,12 +437,9 @@ def test_non_utf8_items_file_is_a_dataset_error(tmp_path):
     assert "UTF-8" in str(error.value)
 
 
-# --- known defects (see the report); strict, so a fix makes them fail loudly -----------------
+# --- edge cases of timestamps ------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="dataset._parse_timestamp: int(float('inf')) raises OverflowError, "
-                          "which is not caught")
 def test_infinite_timestamp_is_a_dataset_error(tmp_path):
     items_csv(tmp_path)
     interactions_csv(tmp_path, "user_id,item_id,timestamp\nu1,a1,inf\n")
@@ -441,9 +447,6 @@ def test_infinite_timestamp_is_a_dataset_error(tmp_path):
         read_dataset(str(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, raises=DatasetError,
-                   reason="Python 3.10 datetime.fromisoformat accepts only 3 or 6 "
-                          "fraction digits; ISO-8601 allows any number")
 def test_iso_timestamp_with_one_fraction_digit(tmp_path):
     items_csv(tmp_path)
     interactions_csv(tmp_path, "user_id,item_id,timestamp\nu1,a1,2021-01-01T00:00:00.5Z\n")
@@ -451,10 +454,20 @@ def test_iso_timestamp_with_one_fraction_digit(tmp_path):
     assert row.timestamp == NEW_YEAR_2021
 
 
-@pytest.mark.xfail(strict=True, reason="dataset._parse_timestamp accepts values outside int64 "
-                                       "(e.g. 1e300); interaction_example then fails in Beam")
 def test_timestamp_outside_int64_is_a_dataset_error(tmp_path):
     items_csv(tmp_path)
     interactions_csv(tmp_path, "user_id,item_id,timestamp\nu1,a1,1e300\n")
     with pytest.raises(DatasetError, match="line 2"):
         read_dataset(str(tmp_path))
+
+
+def test_non_finite_rating_is_a_dataset_error(tmp_path):
+    items_csv(tmp_path)
+    interactions_csv(tmp_path, "user_id,item_id,rating\nu1,a1,nan\n")
+    with pytest.raises(DatasetError, match="line 2: field rating 'nan' is not a finite number"):
+        read_dataset(str(tmp_path))
+
+
+def test_items_csv_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "items.csv").write_bytes("\ufeffitem_id,title\na1,Lamp\n".encode("utf-8"))
+    assert list(read_dataset(str(tmp_path)).items) == ["a1"]

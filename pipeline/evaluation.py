@@ -31,7 +31,9 @@ class RetrievalMetric(metric_types.Metric):
     `rank` output. One instance per figure, because TFMA attaches a threshold
     to a metric instance by its name."""
 
-    def __init__(self, name: str = f"recall@{GATE_K}"):
+    def __init__(self, name: str = f"recall@{GATE_K}", ks: Optional[Sequence[int]] = None):
+        # `ks` follows from the name; it is accepted because TFMA rebuilds a
+        # metric from its get_config(), which includes it.
         ks = [int(name.split("@")[1])] if "@" in name else []
         if name not in ranking.rank_contributions(1.0, ks):
             raise ValueError(f"unknown retrieval metric {name!r}")

@@ -154,9 +154,9 @@ def test_eval_config_gates_only_recall_at_100():
     assert threshold.change_threshold.direction == tfma.MetricDirection.HIGHER_IS_BETTER
     assert threshold.change_threshold.absolute.value == pytest.approx(
         -evaluation.MAX_RECALL_REGRESSION)
-    assert evaluation.eval_config(0.05).metrics_specs[0].metrics[
-        [m.HasField("threshold") for m in spec.metrics].index(True)
-    ].threshold.value_threshold.lower_bound.value == pytest.approx(0.05)
+    (other,) = [m for m in evaluation.eval_config(0.05).metrics_specs[0].metrics
+                if m.HasField("threshold")]
+    assert other.threshold.value_threshold.lower_bound.value == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("has_baseline", [True, False])
@@ -194,14 +194,11 @@ def test_gate_rejects_below_the_floor_or_a_regression():
     assert not validate(0.5, 0.6)  # loses 0.1 to the baseline
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="RetrievalMetric passes ks= to Metric.__init__, so get_config() holds "
-                          "'ks', which RetrievalMetric.__init__ does not accept")
 def test_metric_config_round_trips():
     metric = evaluation.RetrievalMetric("ndcg@10")
     again = evaluation.RetrievalMetric.from_config(metric.get_config())
     assert again.name == "ndcg@10"
     # The documented way to turn metric objects into specs relies on the round trip.
-    (computation,) = metric_specs.to_computations(
+    computations = metric_specs.to_computations(
         metric_specs.specs_from_metrics([metric]), eval_config=tfma.EvalConfig())
-    assert computation.keys[0].name == "ndcg@10"
+    assert "ndcg@10" in {key.name for computation in computations for key in computation.keys}

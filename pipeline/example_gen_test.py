@@ -35,7 +35,7 @@ def sample_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def catalogue_only_dir(tmp_path_factory, sample_dir):
+def catalogue_only_dir(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("catalogue"))
     sample_data.write_sample_dataset(directory, num_items=40, num_users=20)
     os.remove(os.path.join(directory, "interactions.csv"))
@@ -49,7 +49,7 @@ def values(example, name):
 
 
 def assert_conforms_to_schema(example):
-    """Every feature is in the schema, of its type, within its value count; required ones present."""
+    """Each feature is in the schema, of its type, within its value count; required ones present."""
     features = example.features.feature
     by_name = {feature.name: feature for feature in SCHEMA.feature}
     for name, feature in features.items():

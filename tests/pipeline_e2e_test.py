@@ -3,10 +3,7 @@ then the pushed SavedModel's signatures. One run (about two minutes) serves
 every test here."""
 import csv
 import glob
-import json
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -15,6 +12,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipeline.sample_data import write_sample_dataset  # noqa: E402
 from serving.model_store import load_newest  # noqa: E402
+from tests.mmfuse_runs import run_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.slow
 COMPONENTS = ("FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
@@ -32,14 +30,9 @@ def run(tmp_path_factory):
     # One corrupt image must be skipped and reported, not crash the run.
     corrupt = next(row for row in items.values() if row["image"])
     (data / corrupt["image"]).write_bytes(b"\xff\xd8 truncated jpeg")
-    completed = subprocess.run(
-        [sys.executable, "-m", "mmfuse", "run", "--data", str(data), "--out", str(root / "out"),
-         "--epochs", "3"],
-        capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    stdout, result = run_pipeline(data, root / "out", epochs=3)
     _, model = load_newest(str(root / "out" / "serving" / "mmfuse"))
-    return {"root": root, "data": data, "items": items, "stdout": completed.stdout,
+    return {"root": root, "data": data, "items": items, "stdout": stdout,
             "result": result, "model": model, "corrupt": corrupt}
 
 

@@ -22,7 +22,7 @@ def rank_contributions(rank: float, ks: Sequence[int] = DEFAULT_KS) -> Dict[str,
 
 
 def metrics_from_ranks(ranks: Sequence[float], ks: Sequence[int] = DEFAULT_KS) -> Dict[str, float]:
-    totals: Dict[str, float] = {}
+    totals = {name: 0.0 for name in rank_contributions(1.0, ks)}
     for rank in ranks:
         for name, value in rank_contributions(rank, ks).items():
             totals[name] = totals.get(name, 0.0) + value
