@@ -74,13 +74,16 @@ def test_search_finds_items_matching_the_words(run):
 
 
 def test_image_search_finds_items_of_the_same_colour(run):
+    """The sample's images are drawn in the item's colour: a photo must find
+    mostly same-coloured items (at random, 1 in 8)."""
     items = run["items"]
-    with_image = [i for i, row in items.items() if row["image"] and row != run["corrupt"]]
-    for item_id in with_image[:3]:
+    with_image = [i for i, row in items.items() if row["image"] and row != run["corrupt"]][:10]
+    shares = []
+    for item_id in with_image:
         image = (run["data"] / items[item_id]["image"]).read_bytes()
         (ids,), _ = _ask(run["model"], "image_search", image=[image])
-        same_colour = [i for i in ids if items[i]["colour"] == items[item_id]["colour"]]
-        assert len(same_colour) >= 5
+        shares.append(sum(items[i]["colour"] == items[item_id]["colour"] for i in ids) / len(ids))
+    assert sum(shares) / len(shares) >= 0.5, shares
 
 
 def test_similar_items_leaves_out_the_item_itself(run):

@@ -42,7 +42,7 @@ class Catalog(tf.Module):
 class RetrievalModel(tfrs.Model):
     def __init__(self, catalog: Catalog, vocabulary_sizes: Dict[str, int], dim: int,
                  modalities: Sequence[str] = MODALITIES, temperature: float = 0.05,
-                 item_probabilities: np.ndarray = None):
+                 item_probabilities: np.ndarray = None, modality_dropout: float = 0.0):
         super().__init__()
         self.catalog = catalog
         # An item's share of the training rows: the chance it is drawn as an
@@ -51,21 +51,24 @@ class RetrievalModel(tfrs.Model):
         self.item_probabilities = (None if item_probabilities is None
                                    else tf.constant(item_probabilities, tf.float32))
         text_encoder = BagOfTokensEncoder(vocabulary_sizes[f.TOKEN_VOCABULARY], dim, name="text_encoder")
-        self.item_tower = ItemTower(vocabulary_sizes, text_encoder, dim, modalities, name="item_tower")
+        self.item_tower = ItemTower(vocabulary_sizes, text_encoder, dim, modalities, modality_dropout,
+                                    name="item_tower")
         self.query_tower = QueryTower(vocabulary_sizes, text_encoder, dim, name="query_tower")
         # In-batch softmax; an item appearing twice in a batch is not its own negative.
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
 
-    def item_embeddings(self, item_index: tf.Tensor) -> tf.Tensor:
-        return self.item_tower(self.catalog.lookup(item_index))
+    def item_embeddings(self, item_index: tf.Tensor, training=None) -> tf.Tensor:
+        return self.item_tower(self.catalog.lookup(item_index), training=training)
 
     def catalog_embeddings(self) -> tf.Tensor:
         """[catalog size, dim]; row 0 (unknown) is excluded by the callers."""
         return self.item_tower(self.catalog.all_items())
 
     def compute_loss(self, inputs, training=False):
-        query = self.query_tower({name: inputs[name] for name in QUERY_FEATURES})
-        items = self.item_embeddings(inputs[f.ITEM_INDEX])
+        # TFRS calls compute_loss directly, not through a layer call, so
+        # `training` (modality dropout) has to be passed on by hand.
+        query = self.query_tower({name: inputs[name] for name in QUERY_FEATURES}, training=training)
+        items = self.item_embeddings(inputs[f.ITEM_INDEX], training=training)
         probabilities = (None if self.item_probabilities is None
                          else tf.gather(self.item_probabilities, inputs[f.ITEM_INDEX]))
         return self.task(query, items, candidate_ids=inputs[f.ITEM_INDEX],

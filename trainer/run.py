@@ -27,8 +27,10 @@ DEFAULTS = {
     # None: sized from the data, so that an epoch has at least ~32 steps.
     "batch_size": None,
     "embedding_dim": 64,
-    "learning_rate": 0.01,
+    "learning_rate": 0.003,
     "temperature": 0.05,
+    # Share of present item modalities hidden per training row (cold start).
+    "modality_dropout": 0.2,
     "modalities": ["id", "text", "image"],
     "seed": 42,
 }
@@ -95,7 +97,8 @@ def run_fn(fn_args: FnArgs) -> None:
     with strategy.scope():
         model = RetrievalModel(Catalog(catalog_content), data.vocabulary_sizes(tft_output),
                                config["embedding_dim"], config["modalities"], config["temperature"],
-                               item_probabilities=counts / counts.sum())
+                               item_probabilities=counts / counts.sum(),
+                               modality_dropout=config["modality_dropout"])
         model.compile(optimizer=tf.keras.optimizers.Adam(config["learning_rate"]))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),

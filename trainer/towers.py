@@ -1,8 +1,9 @@
 """The towers: small composable Keras layers, one per input kind.
 
 Each modality encoder maps its input to a vector and a presence mask; a tower
-fuses the present modalities of a row into one L2-normalised vector, so an item
-with only a photo and an item with only a title land in the same space.
+fuses the present modalities of a row with attention into one L2-normalised
+vector, so an item with only a photo and an item with only a title land in the
+same space.
 Index 0 of every vocabulary means "absent or unknown" and is masked out.
 """
 import os
@@ -64,39 +65,88 @@ class ImageEncoder(tf.keras.layers.Layer):
         return self.features(pixels), present
 
 
-class ModalityFusion(tf.keras.layers.Layer):
-    """The mean of the present modality vectors, projected and L2-normalised.
+class ModalityAttention(tf.keras.layers.Layer):
+    """Fuses the present modalities of each row with multi-head attention.
 
-    A row with no modality present becomes the zero vector, which scores 0
-    against every candidate.
+    Each modality vector gets a learned modality-type embedding; a fusion
+    token, starting from the mean of the present modalities, attends over them
+    (absent ones masked out), then a residual feed-forward block and L2
+    normalisation give the row's vector. Starting from the mean keeps the
+    easy-to-learn average as the baseline that attention refines.
+    With `return_attention=True` it also returns how much each modality
+    contributed: the fusion token's attention weights, [batch, modalities],
+    averaged over heads.
+
+    In training, modality dropout hides each present modality with
+    probability `modality_dropout`, always keeping at least one, so the tower
+    learns to place an item seen only by its photo or only by its title.
+    A row with no modality at all attends only to the fusion token.
     """
 
-    def __init__(self, dim: int, **kwargs):
+    def __init__(self, num_modalities: int, dim: int, num_heads: int = 4,
+                 modality_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.projection = tf.keras.layers.Dense(dim)
+        self.num_modalities = num_modalities
+        self.modality_dropout = modality_dropout
+        self.modality_type = tf.keras.layers.Embedding(num_modalities + 1, dim)
+        self.attention = tf.keras.layers.MultiHeadAttention(num_heads, key_dim=max(dim // num_heads, 1))
+        self.attention_norm = tf.keras.layers.LayerNormalization()
+        self.feed_forward = tf.keras.Sequential([
+            tf.keras.layers.Dense(2 * dim, activation="gelu"), tf.keras.layers.Dense(dim)])
+        self.output_norm = tf.keras.layers.LayerNormalization()
 
-    def call(self, encoded: Sequence[Encoded]) -> tf.Tensor:
-        vectors = tf.stack([vector for vector, _ in encoded], axis=1)
-        masks = tf.stack([mask for _, mask in encoded], axis=1)
-        total = tf.reduce_sum(vectors * masks[:, :, None], axis=1)
-        mean = total / tf.maximum(tf.reduce_sum(masks, axis=1), 1.0)[:, None]
-        return tf.math.l2_normalize(self.projection(mean), axis=-1)
+    def _drop_modalities(self, present: tf.Tensor) -> tf.Tensor:
+        keep = tf.cast(tf.random.uniform(tf.shape(present)) >= self.modality_dropout, tf.float32)
+        kept = present * keep
+        # Rows that lost every modality get one of their present ones back.
+        fallback = tf.one_hot(tf.argmax(present + tf.random.uniform(tf.shape(present)) * present,
+                                        axis=1), self.num_modalities)
+        emptied = tf.cast(tf.reduce_sum(kept, axis=1, keepdims=True) == 0, tf.float32)
+        return kept + emptied * fallback * present
+
+    def call(self, encoded: Sequence[Encoded], training=None, return_attention=False):
+        vectors = tf.stack([vector for vector, _ in encoded], axis=1)  # [batch, M, dim]
+        present = tf.stack([mask for _, mask in encoded], axis=1)  # [batch, M]
+        if training and self.modality_dropout > 0:
+            present = self._drop_modalities(present)
+        batch_size = tf.shape(vectors)[0]
+        types = self.modality_type(tf.range(self.num_modalities + 1))  # fusion token first
+        mean = (tf.reduce_sum(vectors * present[:, :, None], axis=1)
+                / tf.maximum(tf.reduce_sum(present, axis=1, keepdims=True), 1.0))
+        fusion_token = (mean + types[:1])[:, None, :]
+        tokens = tf.concat([fusion_token, vectors + types[None, 1:]], axis=1)
+        visible = tf.concat([tf.ones([batch_size, 1]), present], axis=1)
+        attended, scores = self.attention(
+            fusion_token, tokens, attention_mask=tf.cast(visible[:, None, :], tf.bool),
+            return_attention_scores=True, training=training)
+        fused = self.attention_norm(fusion_token[:, 0] + attended[:, 0])
+        fused = tf.math.l2_normalize(self.output_norm(fused + self.feed_forward(fused)), axis=-1)
+        if return_attention:
+            return fused, tf.reduce_mean(scores[:, :, 0, 1:], axis=1)
+        return fused
 
 
 class ItemTower(tf.keras.layers.Layer):
     """Item id, text, attributes and image -> the item's vector."""
 
     def __init__(self, vocabulary_sizes: Dict[str, int], text_encoder: BagOfTokensEncoder,
-                 dim: int, modalities: Sequence[str] = MODALITIES, **kwargs):
+                 dim: int, modalities: Sequence[str] = MODALITIES, modality_dropout: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.modalities = tuple(modalities)
         self.item_id = IdEncoder(vocabulary_sizes[f.ITEM_VOCABULARY], dim)
         self.text = text_encoder
         self.attributes = BagOfTokensEncoder(vocabulary_sizes[f.ATTRIBUTE_VOCABULARY], dim)
         self.image = ImageEncoder(dim)
-        self.fusion = ModalityFusion(dim)
+        self.modality_attention = ModalityAttention(
+            len(self.modality_names()), dim, modality_dropout=modality_dropout)
 
-    def call(self, item: Dict[str, tf.Tensor]) -> tf.Tensor:
+    def modality_names(self) -> Tuple[str, ...]:
+        """The fused modalities, in the order of the attention weights."""
+        names = {"id": ("item_id",), "text": ("text", "attributes"), "image": ("image",)}
+        return tuple(name for modality in self.modalities for name in names[modality])
+
+    def call(self, item: Dict[str, tf.Tensor], training=None, return_attention=False):
         encoded = []
         if "id" in self.modalities:
             encoded.append(self.item_id(item[f.ITEM_INDEX]))
@@ -105,7 +155,7 @@ class ItemTower(tf.keras.layers.Layer):
             encoded.append(self.attributes(item[f.ATTRIBUTE_TOKENS]))
         if "image" in self.modalities:
             encoded.append(self.image(item[f.IMAGE_PIXELS], item["image_present"]))
-        return self.fusion(encoded)
+        return self.modality_attention(encoded, training=training, return_attention=return_attention)
 
 
 class QueryTower(tf.keras.layers.Layer):
@@ -120,7 +170,8 @@ class QueryTower(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.user_id = IdEncoder(vocabulary_sizes[f.USER_VOCABULARY], dim)
         self.text = text_encoder
-        self.fusion = ModalityFusion(dim)
+        self.modality_attention = ModalityAttention(2, dim)
 
-    def call(self, query: Dict[str, tf.Tensor]) -> tf.Tensor:
-        return self.fusion([self.user_id(query[f.USER_INDEX]), self.text(query[f.QUERY_TOKENS])])
+    def call(self, query: Dict[str, tf.Tensor], training=None) -> tf.Tensor:
+        return self.modality_attention(
+            [self.user_id(query[f.USER_INDEX]), self.text(query[f.QUERY_TOKENS])], training=training)

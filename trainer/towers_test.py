@@ -6,7 +6,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.towers import BagOfTokensEncoder, ItemTower, ModalityFusion, QueryTower  # noqa: E402
+from trainer.towers import BagOfTokensEncoder, ItemTower, ModalityAttention, QueryTower  # noqa: E402
 from transform import features as f  # noqa: E402
 
 SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
@@ -35,13 +35,23 @@ def test_bag_of_tokens_ignores_padding():
     assert present.numpy().tolist() == [1.0, 1.0, 0.0]
 
 
-def test_fusion_averages_only_present_modalities():
-    fusion = ModalityFusion(DIM)
-    a, b = tf.ones([1, DIM]), tf.fill([1, DIM], 5.0)
-    only_a = fusion([(a, tf.ones([1])), (b, tf.zeros([1]))])
-    a_alone = fusion([(a, tf.ones([1]))])
-    np.testing.assert_allclose(only_a, a_alone, rtol=1e-6)
-    np.testing.assert_allclose(tf.norm(only_a, axis=-1), [1.0], rtol=1e-5)
+def test_attention_ignores_absent_modalities():
+    fusion = ModalityAttention(2, DIM)
+    a, b = tf.random.stateless_normal([1, DIM], seed=(1, 1)), tf.fill([1, DIM], 5.0)
+    fused, weights = fusion([(a, tf.ones([1])), (b, tf.zeros([1]))], return_attention=True)
+    changed_absent = fusion([(a, tf.ones([1])), (-b, tf.zeros([1]))])
+    np.testing.assert_allclose(fused, changed_absent, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tf.norm(fused, axis=-1), [1.0], rtol=1e-5)
+    assert weights.shape == (1, 2) and weights[0, 1] == 0.0 and weights[0, 0] > 0.0
+
+
+def test_modality_dropout_keeps_at_least_one_present_modality():
+    fusion = ModalityAttention(3, DIM, modality_dropout=0.9)
+    present = tf.constant([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]] * 200)
+    dropped = fusion._drop_modalities(present).numpy()
+    assert (dropped.sum(axis=1) >= 1).all()
+    assert (dropped <= present.numpy()).all()  # never invents a modality
+    assert dropped.mean() < present.numpy().mean() * 0.6
 
 
 def test_item_tower_embeds_items_with_any_single_modality():
