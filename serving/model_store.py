@@ -11,6 +11,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from typing import List, Tuple  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
+# Registers the tokenizer ops (WordpieceTokenizeWithOffsets, CaseFoldUTF8...)
+# that the text encoder inside the serving graph uses. TF Serving's binary has
+# them linked in; a Python process has to import them.
+import tensorflow_text  # noqa: E402,F401
 
 
 def versions(model_base: str) -> List[int]:

@@ -3,17 +3,26 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import Dict, List  # noqa: E402
+from typing import Dict, List, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
 from transform import features as f  # noqa: E402
-from transform import image_preprocessor  # noqa: E402
+from trainer import image_encoder, text_encoder  # noqa: E402
 
 VOCABULARIES = (f.ITEM_VOCABULARY, f.USER_VOCABULARY, f.TOKEN_VOCABULARY, f.ATTRIBUTE_VOCABULARY)
-_IMAGE_SHAPE = (image_preprocessor.IMAGE_SIZE, image_preprocessor.IMAGE_SIZE, 3)
+# Frozen features and their sizes; each comes with a "<name>_present" flag.
+EMBEDDING_DIMS = {
+    f.ITEM_TEXT_EMBEDDING: text_encoder.EMBEDDING_DIM,
+    f.QUERY_TEXT_EMBEDDING: text_encoder.EMBEDDING_DIM,
+    f.IMAGE_EMBEDDING: image_encoder.EMBEDDING_DIM,
+}
+CATALOG_FEATURES = (f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS, f.ITEM_TEXT_EMBEDDING,
+                    f.ITEM_TEXT_EMBEDDING + "_present", f.IMAGE_EMBEDDING, f.IMAGE_EMBEDDING + "_present")
+QUERY_FEATURES = (f.USER_INDEX, f.QUERY_TOKENS, f.QUERY_TEXT_EMBEDDING,
+                  f.QUERY_TEXT_EMBEDDING + "_present")
 
 
 def vocabulary_sizes(tft_output: tft.TFTransformOutput) -> Dict[str, int]:
@@ -21,12 +30,15 @@ def vocabulary_sizes(tft_output: tft.TFTransformOutput) -> Dict[str, int]:
     return {name: tft_output.vocabulary_size_by_name(name) + 1 for name in VOCABULARIES}
 
 
-def _parsed_records(file_pattern: str, tft_output: tft.TFTransformOutput,
-                    batch_size: int) -> tf.data.Dataset:
+def _parsed_records(file_pattern: str, tft_output: tft.TFTransformOutput, batch_size: int,
+                    features: Sequence[str]) -> tf.data.Dataset:
+    """Batches of the named transformed features (parsing only those: the
+    frozen embeddings are most of a record's bytes)."""
     files = sorted(tf.io.gfile.glob(file_pattern))
     if not files:
         raise FileNotFoundError(f"no transformed examples match {file_pattern}")
-    spec = tft_output.transformed_feature_spec()
+    spec = {name: value for name, value in tft_output.transformed_feature_spec().items()
+            if name in features}
     return (tf.data.TFRecordDataset(files, compression_type="GZIP")
             .batch(batch_size)
             .map(lambda records: tf.io.parse_example(records, spec),
@@ -37,7 +49,7 @@ def item_counts(file_pattern: str, tft_output: tft.TFTransformOutput) -> np.ndar
     """How often each item index occurs in the (training) interactions."""
     size = vocabulary_sizes(tft_output)[f.ITEM_VOCABULARY]
     counts = np.zeros(size, np.int64)
-    for batch in _parsed_records(file_pattern, tft_output, 4096).as_numpy_iterator():
+    for batch in _parsed_records(file_pattern, tft_output, 4096, [f.ITEM_INDEX]).as_numpy_iterator():
         counts += np.bincount(batch[f.ITEM_INDEX], minlength=size)
     return counts
 
@@ -45,26 +57,29 @@ def item_counts(file_pattern: str, tft_output: tft.TFTransformOutput) -> np.ndar
 def interaction_batches(file_pattern: str, tft_output: tft.TFTransformOutput, batch_size: int,
                         shuffle_seed=None) -> tf.data.Dataset:
     """Batches of the features the query tower and the task need."""
-    dataset = _parsed_records(file_pattern, tft_output, batch_size).unbatch()
+    dataset = _parsed_records(file_pattern, tft_output, batch_size,
+                              QUERY_FEATURES + (f.ITEM_INDEX,)).unbatch()
     if shuffle_seed is not None:
         dataset = dataset.shuffle(100_000, seed=shuffle_seed, reshuffle_each_iteration=True)
-    keep = (f.USER_INDEX, f.QUERY_TOKENS, f.ITEM_INDEX)
-    return (dataset.batch(batch_size)
-            .map(lambda batch: {name: batch[name] for name in keep})
-            .prefetch(tf.data.AUTOTUNE))
+    return dataset.batch(batch_size).map(dense_embeddings).prefetch(tf.data.AUTOTUNE)
 
 
-def _dense_images(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """Sparse flattened pixels (empty rows = no image) -> images and presence."""
-    pixels = batch[f.IMAGE_PIXELS]
-    batch_size = tf.shape(batch[f.ITEM_INDEX])[0]
-    values_per_row = tf.math.bincount(tf.cast(pixels.indices[:, 0], tf.int32),
-                                      minlength=batch_size, maxlength=batch_size)
-    dense = tf.sparse.to_dense(tf.sparse.reset_shape(pixels, [tf.cast(batch_size, tf.int64),
-                                                              np.prod(_IMAGE_SHAPE)]))
-    return {**batch,
-            f.IMAGE_PIXELS: tf.reshape(dense, (-1,) + _IMAGE_SHAPE),
-            "image_present": tf.cast(values_per_row > 0, tf.float32)}
+def dense_embeddings(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Variable-length frozen features (an empty row = input absent) ->
+    dense [batch, dim] plus a 0/1 "<name>_present" flag. Used on training
+    batches and, in the serving graph, on the Transform layer's output."""
+    dense = dict(features)
+    for name, dim in EMBEDDING_DIMS.items():
+        if name not in features:
+            continue
+        values = features[name]
+        batch_size = tf.shape(values, out_type=tf.int64)[0]
+        values_per_row = tf.math.bincount(values.indices[:, 0], minlength=batch_size,
+                                          maxlength=batch_size, dtype=tf.int64)
+        dense[name] = tf.reshape(tf.sparse.to_dense(tf.sparse.reset_shape(values, [batch_size, dim])),
+                                 [-1, dim])
+        dense[name + "_present"] = tf.cast(values_per_row > 0, tf.float32)
+    return dense
 
 
 def load_catalog(file_pattern: str, tft_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
@@ -73,11 +88,13 @@ def load_catalog(file_pattern: str, tft_output: tft.TFTransformOutput) -> Dict[s
     content = {
         f.ITEM_TOKENS: np.zeros((size, f.ITEM_TEXT_LENGTH), np.int64),
         f.ATTRIBUTE_TOKENS: np.zeros((size, f.ATTRIBUTES_LENGTH), np.int64),
-        f.IMAGE_PIXELS: np.zeros((size,) + _IMAGE_SHAPE, np.float32),
-        "image_present": np.zeros((size,), np.float32),
     }
+    for name in (f.ITEM_TEXT_EMBEDDING, f.IMAGE_EMBEDDING):
+        content[name] = np.zeros((size, EMBEDDING_DIMS[name]), np.float32)
+        content[name + "_present"] = np.zeros((size,), np.float32)
     seen: List[np.ndarray] = []
-    batches = _parsed_records(file_pattern, tft_output, 1024).map(_dense_images)
+    batches = _parsed_records(file_pattern, tft_output, 1024,
+                              CATALOG_FEATURES + (f.ITEM_INDEX,)).map(dense_embeddings)
     for batch in batches.as_numpy_iterator():
         rows = batch[f.ITEM_INDEX]
         seen.append(rows)

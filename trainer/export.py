@@ -15,9 +15,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
-from trainer.model import QUERY_FEATURES, RetrievalModel, ranks_of_items  # noqa: E402
+from trainer.data import QUERY_FEATURES, dense_embeddings  # noqa: E402
+from trainer.model import RetrievalModel, ranks_of_items  # noqa: E402
 from transform import features as f  # noqa: E402
-from transform import image_preprocessor  # noqa: E402
 
 DEFAULT_K = 10
 _STRINGS = tf.TensorSpec([None], tf.string)
@@ -47,7 +47,7 @@ class ServingModule(tf.Module):
             else:
                 inputs[name] = tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], spec.dtype),
                                                tf.stack([batch_size, 1]))
-        return self.tft_layer(inputs)
+        return dense_embeddings(self.tft_layer(inputs))
 
     def _query_embeddings(self, transformed):
         return self.model.query_tower({name: transformed[name] for name in QUERY_FEATURES})
@@ -80,22 +80,18 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[_STRINGS, _K])
     def image_search(self, image, k):
-        pixels = image_preprocessor.preprocess_batch(image)
-        batch_size = tf.shape(image)[0]
-        image_only = {
-            f.ITEM_INDEX: tf.zeros([batch_size], tf.int64),
-            f.ITEM_TOKENS: tf.zeros([batch_size, f.ITEM_TEXT_LENGTH], tf.int64),
-            f.ATTRIBUTE_TOKENS: tf.zeros([batch_size, f.ATTRIBUTES_LENGTH], tf.int64),
-            f.IMAGE_PIXELS: pixels,
-            "image_present": tf.ones([batch_size], tf.float32),
-        }
+        transformed = self._transform(image=image)
+        # The photo as an item with no other modality: the catalogue's empty row 0 plus the image.
+        image_only = self.model.catalog.lookup(tf.zeros_like(transformed[f.ITEM_INDEX]))
+        for name in (f.IMAGE_EMBEDDING, f.IMAGE_EMBEDDING + "_present"):
+            image_only[name] = transformed[name]
         return self._top_k(self.model.item_tower(image_only), k)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def rank_examples(self, examples):
         """For the Evaluator: the rank of each example's item for its user/query."""
         raw = tf.io.parse_example(examples, self._raw_spec)
-        transformed = self.tft_layer(raw)
+        transformed = dense_embeddings(self.tft_layer(raw))
         ranks = ranks_of_items(self._query_embeddings(transformed), self.candidates,
                                transformed[f.ITEM_INDEX])
         return {"rank": ranks}

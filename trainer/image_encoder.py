@@ -31,9 +31,9 @@ from typing import Dict, Optional  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from transform.image_preprocessor import INPUT_SIZE  # noqa: E402
+
 EMBEDDING_DIM = 1280
-INPUT_SIZE = 224
-RESIZE_SHORT_SIDE = 256
 NUM_CLASSES = 1000
 
 # (repeats, kernel, stride, expand ratio, input channels, output channels).
@@ -254,7 +254,7 @@ def load_image_encoder() -> tf.keras.Model:
     """Preprocessed images [batch, 224, 224, 3] -> pooled features [batch, 1280].
 
     Inputs are RGB, resized (short side 256) and centre-cropped to 224, mapped
-    with (x - 127) / 128 (see `preprocess`). The model is frozen: its
+    with (x - 127) / 128 (see transform/image_preprocessor.py). The model is frozen: its
     BatchNorm layers always use the checkpoint's moving statistics.
     """
     model = _build()
@@ -315,22 +315,3 @@ def imagenet_logits(features: tf.Tensor) -> tf.Tensor:
         with tf.init_scope():  # build eagerly even when first called inside a tf.function
             _classifier = load_imagenet_classifier()
     return _classifier(features)
-
-
-def preprocess(encoded: tf.Tensor) -> tf.Tensor:
-    """One encoded JPEG/PNG -> [224, 224, 3] float32, as the encoder expects.
-
-    Resizes the short side to 256 (keeping the aspect ratio) and centre-crops
-    224, the ImageNet evaluation recipe the checkpoint was scored with.
-    """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = RESIZE_SHORT_SIDE / tf.reduce_min(shape)
-    size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), RESIZE_SHORT_SIDE)
-    resized = tf.image.resize(image, size, method="bicubic", antialias=True)
-    # Bicubic overshoots; clip so the (x - 127) / 128 range matches real pixels.
-    resized = tf.clip_by_value(resized, 0.0, 255.0)
-    top = (size[0] - INPUT_SIZE) // 2
-    left = (size[1] - INPUT_SIZE) // 2
-    cropped = tf.image.crop_to_bounding_box(resized, top, left, INPUT_SIZE, INPUT_SIZE)
-    return (cropped - 127.0) / 128.0

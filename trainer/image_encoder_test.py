@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from transform import image_preprocessor  # noqa: E402
 from trainer import image_encoder  # noqa: E402
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "testdata",
@@ -94,7 +95,7 @@ def test_features_shape_dtype_range_and_determinism(encoder):
     np.testing.assert_array_equal(first.numpy(), second.numpy())
     # Pooled ReLU6 activations: non-negative, at most 6; not unit vectors.
     assert 0.0 <= float(tf.reduce_min(first)) and float(tf.reduce_max(first)) <= 6.0
-    assert encoder.input_shape == (None, image_encoder.INPUT_SIZE, image_encoder.INPUT_SIZE, 3)
+    assert encoder.input_shape == (None, image_preprocessor.INPUT_SIZE, image_preprocessor.INPUT_SIZE, 3)
 
 
 def test_encoder_and_classifier_are_frozen(encoder):
@@ -141,7 +142,7 @@ def test_keras_encoder_round_trips_through_a_saved_model(encoder, tmp_path):
 
 def test_preprocess_resizes_crops_and_scales():
     tall = tf.cast(tf.random.stateless_uniform([80, 60, 3], seed=(5, 6), maxval=256), tf.uint8)
-    pixels = image_encoder.preprocess(tf.io.encode_jpeg(tall))
+    pixels = image_preprocessor.preprocess(tf.io.encode_jpeg(tall))
     assert pixels.shape == (224, 224, 3) and pixels.dtype == tf.float32
     assert -127.0 / 128.0 <= float(tf.reduce_min(pixels))
     assert float(tf.reduce_max(pixels)) <= 128.0 / 128.0
@@ -214,7 +215,7 @@ def test_real_products_land_on_plausible_imagenet_classes(encoder):
     hits = {}
     for article_type, paths in chosen.items():
         assert len(paths) == PER_TYPE, article_type
-        pixels = tf.stack([image_encoder.preprocess(tf.io.read_file(p)) for p in paths])
+        pixels = tf.stack([image_preprocessor.preprocess(tf.io.read_file(p)) for p in paths])
         logits = image_encoder.imagenet_logits(encoder(pixels)).numpy()
         top5 = np.argsort(-logits, axis=1)[:, :5]
         hits[article_type] = sum(bool(PLAUSIBLE[article_type] & set(row)) for row in top5)
@@ -234,7 +235,7 @@ def test_runs_inside_a_transform_preprocessing_fn(encoder, tmp_path):
         {"image": tf.io.FixedLenFeature([], tf.string)})
 
     def preprocessing_fn(inputs):
-        pixels = tf.map_fn(image_encoder.preprocess, inputs["image"],
+        pixels = tf.map_fn(image_preprocessor.preprocess, inputs["image"],
                            fn_output_signature=tf.TensorSpec([224, 224, 3], tf.float32))
         module = tft.make_and_track_object(image_encoder.ImageEncoderModule,
                                            name="image_encoder")
@@ -245,5 +246,5 @@ def test_runs_inside_a_transform_preprocessing_fn(encoder, tmp_path):
             preprocessing_fn)
     features = np.stack([row["features"] for row in transformed])
     # preprocess() resamples 224 -> 256 -> 224, so compare against it run eagerly.
-    expected = encoder(tf.stack([image_encoder.preprocess(r["image"]) for r in rows])).numpy()
+    expected = encoder(tf.stack([image_preprocessor.preprocess(r["image"]) for r in rows])).numpy()
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)

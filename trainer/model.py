@@ -15,11 +15,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-from trainer.towers import MODALITIES, BagOfTokensEncoder, ItemTower, QueryTower  # noqa: E402
+from trainer.data import CATALOG_FEATURES, QUERY_FEATURES  # noqa: E402
+from trainer.towers import MODALITIES, BagOfTokensEncoder, FeatureProjection, ItemTower, QueryTower  # noqa: E402
 from transform import features as f  # noqa: E402
-
-CATALOG_FEATURES = (f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS, f.IMAGE_PIXELS, "image_present")
-QUERY_FEATURES = (f.USER_INDEX, f.QUERY_TOKENS)
 
 
 class Catalog(tf.Module):
@@ -50,10 +48,11 @@ class RetrievalModel(tfrs.Model):
         # to push popular items down (Yi et al., RecSys 2019).
         self.item_probabilities = (None if item_probabilities is None
                                    else tf.constant(item_probabilities, tf.float32))
-        text_encoder = BagOfTokensEncoder(vocabulary_sizes[f.TOKEN_VOCABULARY], dim, name="text_encoder")
-        self.item_tower = ItemTower(vocabulary_sizes, text_encoder, dim, modalities, modality_dropout,
-                                    name="item_tower")
-        self.query_tower = QueryTower(vocabulary_sizes, text_encoder, dim, name="query_tower")
+        words = BagOfTokensEncoder(vocabulary_sizes[f.TOKEN_VOCABULARY], dim, name="words")
+        sentence = FeatureProjection(dim, name="sentence")
+        self.item_tower = ItemTower(vocabulary_sizes, words, sentence, dim, modalities,
+                                    modality_dropout, name="item_tower")
+        self.query_tower = QueryTower(vocabulary_sizes, words, sentence, dim, name="query_tower")
         # In-batch softmax; an item appearing twice in a batch is not its own negative.
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
 

@@ -17,7 +17,8 @@ import tensorflow_transform as tft  # noqa: E402
 from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
 from trainer import data, export, ranking  # noqa: E402
-from trainer.model import QUERY_FEATURES, Catalog, RetrievalModel, ranks_of_items  # noqa: E402
+from trainer.data import QUERY_FEATURES  # noqa: E402
+from trainer.model import Catalog, RetrievalModel, ranks_of_items  # noqa: E402
 from transform import features as f  # noqa: E402
 
 progress_log = logging.getLogger("mmfuse")

@@ -20,6 +20,8 @@ still come from the tensorflow_text library: a server must load it (TF Serving
 builds that link tensorflow_text, or `import tensorflow_text` in Python).
 """
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # keras-hub must run on TensorFlow to export a TF graph; the machines have no
@@ -203,10 +205,13 @@ def _export(out: Path, root: Optional[str]) -> None:
     }, indent=2))
 
 
+def _saved_model_dir(root: Optional[str]) -> Path:
+    return cache_dir(root) / f"saved_model-v{_EXPORT_FORMAT}-max{MAX_TOKENS}"
+
+
 def export_saved_model(root: Optional[str] = None) -> Path:
     """Builds (once) and returns the SavedModel directory with `embed`."""
-    target = cache_dir(root) / f"saved_model-v{_EXPORT_FORMAT}-max{MAX_TOKENS}"
-    return _build_once(target, lambda out: _export(out, root)) / "saved_model"
+    return _build_once(_saved_model_dir(root), lambda out: _export(out, root)) / "saved_model"
 
 
 class TextEncoder(tf.Module):
@@ -246,4 +251,10 @@ def load_text_encoder(root: Optional[str] = None) -> TextEncoder:
     encoder loaded outside the function is not tracked by the transform graph,
     whose export then fails on the vocabulary table's resource handle.
     """
+    if not _saved_model_dir(root).is_dir():
+        # The first use may come inside a graph trace (tf.Transform), where a
+        # SavedModel cannot be written: the cache is built in a fresh process.
+        subprocess.run([sys.executable, "-c",
+                        "import sys; from trainer.text_encoder import export_saved_model; "
+                        "export_saved_model(sys.argv[1] or None)", root or ""], check=True)
     return TextEncoder(str(export_saved_model(root)))

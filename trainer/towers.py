@@ -45,24 +45,17 @@ class BagOfTokensEncoder(tf.keras.layers.Layer):
         return total / tf.maximum(count, 1.0)[:, None], tf.cast(count > 0, tf.float32)
 
 
-class ImageEncoder(tf.keras.layers.Layer):
-    """Projects preprocessed pixels [batch, size, size, 3] to a vector.
-
-    `present` comes from the catalogue: an absent image is all zeros, which is
-    also a valid (grey) picture, so pixels alone cannot tell.
-    """
+class FeatureProjection(tf.keras.layers.Layer):
+    """Maps a frozen pretrained feature (MiniLM text, EfficientNet image) into
+    the towers' space; its presence flag comes with it from the data."""
 
     def __init__(self, dim: int, **kwargs):
         super().__init__(**kwargs)
-        self.features = tf.keras.Sequential([
-            tf.keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
-            tf.keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
-            tf.keras.layers.GlobalAveragePooling2D(),
-            tf.keras.layers.Dense(dim),
-        ])
+        self.projection = tf.keras.Sequential([
+            tf.keras.layers.Dense(2 * dim, activation="gelu"), tf.keras.layers.Dense(dim)])
 
-    def call(self, pixels: tf.Tensor, present: tf.Tensor) -> Encoded:
-        return self.features(pixels), present
+    def call(self, features: tf.Tensor, present: tf.Tensor) -> Encoded:
+        return self.projection(features), present
 
 
 class ModalityAttention(tf.keras.layers.Layer):
@@ -127,23 +120,24 @@ class ModalityAttention(tf.keras.layers.Layer):
 
 
 class ItemTower(tf.keras.layers.Layer):
-    """Item id, text, attributes and image -> the item's vector."""
+    """Item id, text (words, sentence embedding, attributes) and image -> the item's vector."""
 
-    def __init__(self, vocabulary_sizes: Dict[str, int], text_encoder: BagOfTokensEncoder,
-                 dim: int, modalities: Sequence[str] = MODALITIES, modality_dropout: float = 0.0,
-                 **kwargs):
+    def __init__(self, vocabulary_sizes: Dict[str, int], words: BagOfTokensEncoder,
+                 sentence: FeatureProjection, dim: int, modalities: Sequence[str] = MODALITIES,
+                 modality_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.modalities = tuple(modalities)
         self.item_id = IdEncoder(vocabulary_sizes[f.ITEM_VOCABULARY], dim)
-        self.text = text_encoder
+        self.words = words
+        self.sentence = sentence
         self.attributes = BagOfTokensEncoder(vocabulary_sizes[f.ATTRIBUTE_VOCABULARY], dim)
-        self.image = ImageEncoder(dim)
+        self.image = FeatureProjection(dim)
         self.modality_attention = ModalityAttention(
             len(self.modality_names()), dim, modality_dropout=modality_dropout)
 
     def modality_names(self) -> Tuple[str, ...]:
         """The fused modalities, in the order of the attention weights."""
-        names = {"id": ("item_id",), "text": ("text", "attributes"), "image": ("image",)}
+        names = {"id": ("item_id",), "text": ("words", "sentence", "attributes"), "image": ("image",)}
         return tuple(name for modality in self.modalities for name in names[modality])
 
     def call(self, item: Dict[str, tf.Tensor], training=None, return_attention=False):
@@ -151,27 +145,33 @@ class ItemTower(tf.keras.layers.Layer):
         if "id" in self.modalities:
             encoded.append(self.item_id(item[f.ITEM_INDEX]))
         if "text" in self.modalities:
-            encoded.append(self.text(item[f.ITEM_TOKENS]))
+            encoded.append(self.words(item[f.ITEM_TOKENS]))
+            encoded.append(self.sentence(item[f.ITEM_TEXT_EMBEDDING],
+                                         item[f.ITEM_TEXT_EMBEDDING + "_present"]))
             encoded.append(self.attributes(item[f.ATTRIBUTE_TOKENS]))
         if "image" in self.modalities:
-            encoded.append(self.image(item[f.IMAGE_PIXELS], item["image_present"]))
+            encoded.append(self.image(item[f.IMAGE_EMBEDDING], item[f.IMAGE_EMBEDDING + "_present"]))
         return self.modality_attention(encoded, training=training, return_attention=return_attention)
 
 
 class QueryTower(tf.keras.layers.Layer):
-    """User id and query text -> the vector that items are scored against.
+    """User id and query text (words, sentence embedding) -> the vector items are scored against.
 
-    The text encoder is the item tower's, so query words and title words share
-    embeddings from the first step.
+    The word and sentence encoders are the item tower's, so a query and a
+    title with the same words start out close.
     """
 
-    def __init__(self, vocabulary_sizes: Dict[str, int], text_encoder: BagOfTokensEncoder,
-                 dim: int, **kwargs):
+    def __init__(self, vocabulary_sizes: Dict[str, int], words: BagOfTokensEncoder,
+                 sentence: FeatureProjection, dim: int, **kwargs):
         super().__init__(**kwargs)
         self.user_id = IdEncoder(vocabulary_sizes[f.USER_VOCABULARY], dim)
-        self.text = text_encoder
-        self.modality_attention = ModalityAttention(2, dim)
+        self.words = words
+        self.sentence = sentence
+        self.modality_attention = ModalityAttention(3, dim)
 
     def call(self, query: Dict[str, tf.Tensor], training=None) -> tf.Tensor:
-        return self.modality_attention(
-            [self.user_id(query[f.USER_INDEX]), self.text(query[f.QUERY_TOKENS])], training=training)
+        return self.modality_attention([
+            self.user_id(query[f.USER_INDEX]),
+            self.words(query[f.QUERY_TOKENS]),
+            self.sentence(query[f.QUERY_TEXT_EMBEDDING], query[f.QUERY_TEXT_EMBEDDING + "_present"]),
+        ], training=training)

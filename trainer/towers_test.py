@@ -6,7 +6,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.towers import BagOfTokensEncoder, ItemTower, ModalityAttention, QueryTower  # noqa: E402
+from trainer.towers import BagOfTokensEncoder, FeatureProjection, ItemTower, ModalityAttention, QueryTower  # noqa: E402
 from transform import features as f  # noqa: E402
 
 SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
@@ -21,8 +21,10 @@ def _items(item_index, tokens, image_present):
         f.ITEM_INDEX: tf.constant(item_index, tf.int64),
         f.ITEM_TOKENS: tf.constant(tokens),
         f.ATTRIBUTE_TOKENS: tf.zeros([batch, f.ATTRIBUTES_LENGTH], tf.int64),
-        f.IMAGE_PIXELS: tf.random.stateless_uniform([batch, 32, 32, 3], seed=(1, 2)),
-        "image_present": tf.constant(image_present, tf.float32),
+        f.ITEM_TEXT_EMBEDDING: tf.random.stateless_normal([batch, 384], seed=(1, 3)),
+        f.ITEM_TEXT_EMBEDDING + "_present": tf.constant([float(any(row)) for row in tokens]),
+        f.IMAGE_EMBEDDING: tf.random.stateless_uniform([batch, 1280], seed=(1, 2)),
+        f.IMAGE_EMBEDDING + "_present": tf.constant(image_present, tf.float32),
     }
 
 
@@ -55,8 +57,7 @@ def test_modality_dropout_keeps_at_least_one_present_modality():
 
 
 def test_item_tower_embeds_items_with_any_single_modality():
-    text = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM)
-    tower = ItemTower(SIZES, text, DIM)
+    tower = ItemTower(SIZES, BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM), DIM)
     # id only, text only, image only: each gets its own unit vector.
     vectors = tower(_items([2, 0, 0], [[], [3, 4], []], [0, 0, 1])).numpy()
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
@@ -64,17 +65,19 @@ def test_item_tower_embeds_items_with_any_single_modality():
 
 
 def test_item_tower_ignores_modalities_left_out():
-    text = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM)
-    tower = ItemTower(SIZES, text, DIM, modalities=("id",))
+    tower = ItemTower(SIZES, BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM), DIM,
+                      modalities=("id",))
     with_content = tower(_items([2], [[3, 4]], [1]))
     without = tower(_items([2], [[]], [0]))
     np.testing.assert_allclose(with_content, without, rtol=1e-6)
 
 
-def test_query_words_and_title_words_share_embeddings():
-    text = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM)
-    items = ItemTower(SIZES, text, DIM)
-    queries = QueryTower(SIZES, text, DIM)
-    queries({f.USER_INDEX: tf.constant([1], tf.int64), f.QUERY_TOKENS: tf.constant([[3] + [0] * 15], tf.int64)})
+def test_query_and_item_text_share_encoders():
+    words, sentence = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM)
+    items = ItemTower(SIZES, words, sentence, DIM)
+    queries = QueryTower(SIZES, words, sentence, DIM)
+    queries({f.USER_INDEX: tf.constant([1], tf.int64), f.QUERY_TOKENS: tf.constant([[3] + [0] * 15], tf.int64),
+             f.QUERY_TEXT_EMBEDDING: tf.zeros([1, 384]), f.QUERY_TEXT_EMBEDDING + "_present": tf.ones([1])})
     items(_items([1], [[3]], [0]))
-    assert queries.text.embedding is items.text.embedding
+    assert queries.words.embedding is items.words.embedding
+    assert queries.sentence is items.sentence

@@ -28,8 +28,11 @@ USER_INDEX = "user_index"
 QUERY_TOKENS = "query_tokens"
 ITEM_TOKENS = "item_tokens"
 ATTRIBUTE_TOKENS = "attribute_tokens"
-IMAGE_PIXELS = "image_pixels"
-RATING_VALUE = "rating_value"
+# Frozen pretrained features, present only on rows that have the input
+# (variable-length: a row without it stores nothing).
+ITEM_TEXT_EMBEDDING = "item_text_embedding"
+QUERY_TEXT_EMBEDDING = "query_text_embedding"
+IMAGE_EMBEDDING = "image_embedding"
 
 # Fixed lengths of padded token sequences.
 QUERY_LENGTH = 16

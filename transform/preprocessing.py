@@ -2,8 +2,11 @@
 
 Ids and words become vocabulary indices (0 = absent or unknown), text is
 normalised and tokenised by `text_preprocessor`, images are decoded, resized and
-normalised by `image_preprocessor`. The Transform graph is embedded in the
-exported model, so serving requests go through this same code.
+normalised by `image_preprocessor`. The frozen pretrained encoders (MiniLM for
+text, EfficientNet-Lite0 for images) run here, once per row that has the input,
+so training steps never run them and their output is cached in the Transform
+artifact. The Transform graph is embedded in the exported model, so serving
+requests go through this same code, encoders included.
 """
 import os
 
@@ -13,15 +16,25 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
 from transform import features as f  # noqa: E402
+from trainer.image_encoder import EMBEDDING_DIM as IMAGE_DIM  # noqa: E402
+from trainer.image_encoder import ImageEncoderModule  # noqa: E402
+from trainer.text_encoder import EMBEDDING_DIM as TEXT_DIM  # noqa: E402
+from trainer.text_encoder import load_text_encoder  # noqa: E402
 from transform import image_preprocessor, text_preprocessor  # noqa: E402
 
 
 def preprocessing_fn(inputs):
+    # Created inside the function so that the Transform graph tracks (and
+    # saves) the encoders' variables and vocabulary.
+    text_encoder = tft.make_and_track_object(load_text_encoder, name="text_encoder")
+    image_encoder = tft.make_and_track_object(ImageEncoderModule, name="image_encoder")
+
     item_id = _single_string(inputs[f.ITEM_ID])
     user_id = _single_string(inputs[f.USER_ID])
-    query_tokens = text_preprocessor.tokenize(_single_string(inputs[f.QUERY]), f.QUERY_LENGTH)
-    item_text = tf.strings.join(
-        [_single_string(inputs[f.TITLE]), _single_string(inputs[f.DESCRIPTION])], " ")
+    query = _single_string(inputs[f.QUERY])
+    query_tokens = text_preprocessor.tokenize(query, f.QUERY_LENGTH)
+    title, description = _single_string(inputs[f.TITLE]), _single_string(inputs[f.DESCRIPTION])
+    item_text = tf.strings.strip(tf.strings.join([title, description], " "))
     item_tokens = text_preprocessor.tokenize(item_text, f.ITEM_TEXT_LENGTH)
     attribute_tokens = tf.RaggedTensor.from_sparse(inputs[f.ATTRIBUTES])[:, :f.ATTRIBUTES_LENGTH]
     attribute_tokens = tf.strings.lower(attribute_tokens)
@@ -43,7 +56,11 @@ def preprocessing_fn(inputs):
             tft.vocabulary(attribute_tokens.flat_values, top_k=f.MAX_ATTRIBUTE_TOKENS,
                            vocab_filename=f.ATTRIBUTE_VOCABULARY),
             f.ATTRIBUTES_LENGTH),
-        f.IMAGE_PIXELS: _image_pixels(_single_string(inputs[f.IMAGE])),
+        f.ITEM_TEXT_EMBEDDING: _embed_present(item_text, text_encoder.embed, TEXT_DIM),
+        f.QUERY_TEXT_EMBEDDING: _embed_present(tf.strings.strip(query), text_encoder.embed, TEXT_DIM),
+        f.IMAGE_EMBEDDING: _embed_present(
+            _single_string(inputs[f.IMAGE]),
+            lambda images: image_encoder(image_preprocessor.preprocess_batch(images)), IMAGE_DIM),
     }
 
 
@@ -69,12 +86,10 @@ def _padded_indices(tokens: tf.RaggedTensor, vocabulary, length: int) -> tf.Tens
     return indices.to_tensor(default_value=0, shape=[None, length])
 
 
-def _image_pixels(encoded: tf.Tensor) -> tf.SparseTensor:
-    """Flattened pixels of each present image; rows without an image stay empty,
-    so interaction rows cost no storage."""
-    present = tf.strings.length(encoded) > 0
-    pixels = image_preprocessor.preprocess_batch(tf.boolean_mask(encoded, present))
-    pixels_per_image = image_preprocessor.IMAGE_SIZE * image_preprocessor.IMAGE_SIZE * 3
-    lengths = tf.where(present, pixels_per_image, 0)
-    ragged = tf.RaggedTensor.from_row_lengths(tf.reshape(pixels, [-1]), tf.cast(lengths, tf.int64))
-    return ragged.to_sparse()
+def _embed_present(values: tf.Tensor, encode, dim: int) -> tf.SparseTensor:
+    """Encodes the non-empty rows of `values` [batch]; empty rows stay empty,
+    so rows without the input cost neither encoder time nor storage."""
+    present = tf.strings.length(values) > 0
+    embedded = tf.reshape(encode(tf.boolean_mask(values, present)), [-1])
+    lengths = tf.cast(tf.where(present, dim, 0), tf.int64)
+    return tf.RaggedTensor.from_row_lengths(embedded, lengths).to_sparse()

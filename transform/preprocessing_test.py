@@ -18,6 +18,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
 from schema import SCHEMA_FILE  # noqa: E402
 from transform import features as f  # noqa: E402
 from transform import image_preprocessor, text_preprocessor  # noqa: E402
+from trainer.image_encoder import ImageEncoderModule  # noqa: E402
+from trainer.text_encoder import load_text_encoder  # noqa: E402
 from transform.preprocessing import preprocessing_fn  # noqa: E402
 
 
@@ -37,8 +39,8 @@ def test_tokens_are_cut_at_the_limit():
 
 
 def test_image_keeps_aspect_ratio_and_normalises():
-    pixels = image_preprocessor.preprocess(tf.constant(_png((255, 0, 0))), size=16).numpy()
-    assert pixels.shape == (16, 16, 3)
+    pixels = image_preprocessor.preprocess(tf.constant(_png((255, 0, 0)))).numpy()
+    assert pixels.shape == (224, 224, 3)
     # A flat red picture stays flat red after resize and centre crop.
     np.testing.assert_allclose(pixels[..., 0], (255 - 127) / 128, atol=1e-3)
     np.testing.assert_allclose(pixels[..., 1], -127 / 128, atol=1e-3)
@@ -90,8 +92,28 @@ def test_absent_values_are_index_zero(transformed):
     assert not any(outputs[2][f.ITEM_TOKENS])
 
 
-def test_only_rows_with_an_image_carry_pixels(transformed):
+def test_only_rows_with_the_input_carry_frozen_features(transformed):
     outputs, _ = transformed
-    size = image_preprocessor.IMAGE_SIZE
-    assert len(outputs[0][f.IMAGE_PIXELS]) == size * size * 3
-    assert [len(row[f.IMAGE_PIXELS]) for row in outputs[1:]] == [0, 0, 0]
+    lengths = [(len(row[f.ITEM_TEXT_EMBEDDING]), len(row[f.QUERY_TEXT_EMBEDDING]),
+                len(row[f.IMAGE_EMBEDDING])) for row in outputs]
+    assert lengths == [(384, 0, 1280), (384, 0, 0), (0, 384, 0), (0, 384, 0)]
+
+
+def test_frozen_features_equal_the_encoders_run_directly(transformed):
+    """Training reads the Transform output; serving runs the encoders through
+    the Transform layer: both must give the encoders' own output."""
+    outputs, tft_output = transformed
+    encoder = load_text_encoder()
+    expected = encoder.embed(tf.constant(["Red mug", "red MUG"])).numpy()
+    np.testing.assert_allclose(outputs[0][f.ITEM_TEXT_EMBEDDING], expected[0], atol=1e-5)
+    np.testing.assert_allclose(outputs[2][f.QUERY_TEXT_EMBEDDING], expected[1], atol=1e-5)
+    pixels = image_preprocessor.preprocess_batch(tf.constant([_png((255, 0, 0))]))
+    np.testing.assert_allclose(outputs[0][f.IMAGE_EMBEDDING], ImageEncoderModule()(pixels)[0],
+                               rtol=1e-4, atol=1e-4)
+    layer = tft_output.transform_features_layer()
+    served = layer({"query": tf.sparse.from_dense(tf.constant([["red MUG"]])),
+                    "image": tf.sparse.from_dense(tf.constant([[_png((255, 0, 0))]]))})
+    np.testing.assert_allclose(tf.sparse.to_dense(served[f.QUERY_TEXT_EMBEDDING])[0], expected[1],
+                               atol=1e-5)
+    np.testing.assert_allclose(tf.sparse.to_dense(served[f.IMAGE_EMBEDDING])[0],
+                               outputs[0][f.IMAGE_EMBEDDING], rtol=1e-4, atol=1e-4)
