@@ -97,5 +97,11 @@ def test_similar_items_leaves_out_the_item_itself(run):
 def test_trainer_writes_tensorboard_logs(run):
     logs = glob.glob(str(run["root"] / "out" / "pipeline" / "Trainer" / "model_run" / "*" / "**"),
                      recursive=True)
-    assert any("retrieval_eval" in path and "events.out.tfevents" in path for path in logs)
+    eval_logs = [path for path in logs if "retrieval_eval" in path and "events.out.tfevents" in path]
+    assert eval_logs
+    tags = {value.tag for path in eval_logs for event in tf.compat.v1.train.summary_iterator(path)
+            for value in event.summary.value}
+    assert {"recall@100", "ndcg@10", "mrr"} <= tags
+    # How much attention each item modality gets, for people to read.
+    assert {f"modality_attention/{m}" for m in ("item_id", "words", "sentence", "attributes", "image")} <= tags
     assert any(os.sep + "train" + os.sep in path and "events.out.tfevents" in path for path in logs)

@@ -58,7 +58,9 @@ def _split_files(patterns: Sequence[str], split: str) -> str:
 
 
 class RetrievalEvaluation(tf.keras.callbacks.Callback):
-    """Writes recall@k, ndcg@k and MRR on the eval split to TensorBoard each epoch."""
+    """Writes recall@k, ndcg@k and MRR on the eval split to TensorBoard each
+    epoch, and how much attention the item tower gives each modality (mean
+    over the catalogue's items that have it, and the per-item distribution)."""
 
     def __init__(self, batches: tf.data.Dataset, log_dir: str):
         super().__init__()
@@ -72,9 +74,16 @@ class RetrievalEvaluation(tf.keras.callbacks.Callback):
             query = self.model.query_tower({name: batch[name] for name in QUERY_FEATURES})
             ranks.append(ranks_of_items(query, candidates, batch[f.ITEM_INDEX]).numpy())
         metrics = ranking.metrics_from_ranks(np.concatenate(ranks))
+        _, attention = self.model.item_tower(self.model.catalog.all_items(), return_attention=True)
         with self.writer.as_default():
             for name, value in metrics.items():
                 tf.summary.scalar(name, value, step=epoch)
+            for index, modality in enumerate(self.model.item_tower.modality_names()):
+                weights = attention[1:, index]  # row 0 is the empty "unknown" item
+                used = tf.boolean_mask(weights, weights > 0)
+                tf.summary.scalar(f"modality_attention/{modality}",
+                                  tf.reduce_mean(used) if tf.size(used) else 0.0, step=epoch)
+                tf.summary.histogram(f"modality_attention/{modality}", used, step=epoch)
         self.writer.flush()
         progress_log.info("epoch %d eval: %s", epoch + 1,
                      ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
