@@ -31,6 +31,13 @@ def interactions_csv(directory, text):
     return write(directory, "interactions.csv", text)
 
 
+def dataset_error(directory) -> str:
+    """The message of the DatasetError that reading `directory` must raise."""
+    with pytest.raises(DatasetError) as error:
+        read_dataset(str(directory))
+    return str(error.value)
+
+
 def read_rows(path):
     with open(path, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -129,9 +136,7 @@ def test_missing_items_file(tmp_path):
 
 def test_missing_item_id_column_names_file_and_column(tmp_path):
     items_csv(tmp_path, "id,title\na1,Mug\n")
-    with pytest.raises(DatasetError) as error:
-        read_dataset(str(tmp_path))
-    message = str(error.value)
+    message = dataset_error(tmp_path)
     assert "items.csv" in message
     assert "item_id" in message
     assert "missing required column" in message
@@ -151,9 +156,7 @@ def test_header_only_items_file_is_an_error(tmp_path):
 
 def test_empty_item_id_names_the_line(tmp_path):
     items_csv(tmp_path, "item_id,title\na1,Mug\n  ,Lamp\na3,Chair\n")
-    with pytest.raises(DatasetError) as error:
-        read_dataset(str(tmp_path))
-    message = str(error.value)
+    message = dataset_error(tmp_path)
     assert "items.csv" in message
     assert "line 3" in message
     assert "item_id" in message
@@ -162,9 +165,7 @@ def test_empty_item_id_names_the_line(tmp_path):
 
 def test_duplicate_item_id_names_both_lines(tmp_path):
     items_csv(tmp_path, "item_id,title\na1,Mug\na2,Lamp\na3,Chair\na2,Other lamp\n")
-    with pytest.raises(DatasetError) as error:
-        read_dataset(str(tmp_path))
-    message = str(error.value)
+    message = dataset_error(tmp_path)
     assert "items.csv" in message
     assert "line 5" in message  # the repeat
     assert "line 3" in message  # the first
@@ -177,9 +178,7 @@ def test_duplicate_item_id_names_both_lines(tmp_path):
 def test_unknown_items_are_an_anomaly_naming_lines_and_ids(tmp_path):
     items_csv(tmp_path)
     interactions_csv(tmp_path, "user_id,item_id\nu1,a1\nu1,zz9\nu2,a2\nu2,zz7\n")
-    with pytest.raises(DatasetError) as error:
-        read_dataset(str(tmp_path))
-    message = str(error.value)
+    message = dataset_error(tmp_path)
     assert "interactions.csv" in message
     assert "anomaly" in message
     assert "2 interaction(s)" in message
@@ -192,9 +191,7 @@ def test_many_unknown_items_are_counted_and_the_list_is_cut(tmp_path):
     items_csv(tmp_path)
     rows = "".join(f"u1,x{index}\n" for index in range(8))
     interactions_csv(tmp_path, "user_id,item_id\n" + rows)
-    with pytest.raises(DatasetError) as error:
-        read_dataset(str(tmp_path))
-    message = str(error.value)
+    message = dataset_error(tmp_path)
     assert "8 interaction(s)" in message
     assert "line 6 item_id 'x4'" in message  # the fifth one is listed
     assert "'x5'" not in message  # the sixth is only counted
@@ -224,9 +221,7 @@ def test_empty_item_id_in_interactions_names_the_line(tmp_path):
 def test_bad_value_names_file_line_and_field(tmp_path, field, text):
     items_csv(tmp_path)
     interactions_csv(tmp_path, f'user_id,item_id,{field}\nu1,a1,100\nu1,a1,3\nu1,a2,"{text}"\n')
-    with pytest.raises(DatasetError) as error:
-        read_dataset(str(tmp_path))
-    message = str(error.value)
+    message = dataset_error(tmp_path)
     assert "interactions.csv" in message
     assert "line 4" in message
     assert field in message
@@ -291,9 +286,7 @@ def test_empty_user_id_is_allowed_on_a_search_row(tmp_path):
 def test_empty_user_id_without_query_names_the_line(tmp_path):
     items_csv(tmp_path)
     interactions_csv(tmp_path, "user_id,item_id,query\n,a1,red mug\nu1,a2,\n ,a2,\n")
-    with pytest.raises(DatasetError) as error:
-        read_dataset(str(tmp_path))
-    message = str(error.value)
+    message = dataset_error(tmp_path)
     assert "interactions.csv" in message
     assert "line 4" in message
     assert "user_id" in message
