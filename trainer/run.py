@@ -68,13 +68,14 @@ class RetrievalEvaluation(tf.keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "retrieval_eval"))
 
     def on_epoch_end(self, epoch, logs=None):
-        candidates = self.model.catalog_embeddings()
+        # One pass over the catalogue gives the candidates and the attention.
+        candidates, attention = self.model.item_tower(self.model.catalog.all_items(),
+                                                      return_attention=True)
         ranks = []
         for batch in self.batches:
             query = self.model.query_tower({name: batch[name] for name in QUERY_FEATURES})
             ranks.append(ranks_of_items(query, candidates, batch[f.ITEM_INDEX]).numpy())
         metrics = ranking.metrics_from_ranks(np.concatenate(ranks))
-        _, attention = self.model.item_tower(self.model.catalog.all_items(), return_attention=True)
         with self.writer.as_default():
             for name, value in metrics.items():
                 tf.summary.scalar(name, value, step=epoch)
