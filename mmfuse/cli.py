@@ -30,6 +30,27 @@ def _modalities(text: str):
     return tuple(chosen)
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {text!r}")
+    return value
+
+
+def _cutoffs(text: str):
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--k takes comma-separated positive whole numbers, not {text!r}")
+    return ks
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfuse", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,8 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory (pipeline outputs, serving/)")
     run.add_argument("--modalities", type=_modalities, default=MODALITIES)
     run.add_argument("--split", choices=SPLIT_METHODS, default="random")
-    run.add_argument("--epochs", type=int, default=5)
+    run.add_argument("--epochs", type=_non_negative, default=5,
+                     help="training epochs (0 exports the untrained model)")
     run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--no-cache", action="store_true",
+                     help="run every component, even those whose inputs, options, data and "
+                          "code are unchanged since an earlier run into OUT")
     run.add_argument("--min-recall", type=float, default=None,
                      help=f"release floor on recall@{GATE_K} (default: twice what ranking at "
                           "random would reach, at most 0.5)")
@@ -61,6 +86,47 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--user", required=True)
     predict.add_argument("--k", type=int, default=10)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="offline metrics of a pushed model on a dataset's eval split")
+    evaluate.add_argument("--data", required=True, help="dataset directory")
+    evaluate.add_argument("--model", required=True,
+                          help="pushed model: a version directory or the model base above it")
+    evaluate.add_argument("--split", choices=SPLIT_METHODS, default="random")
+    evaluate.add_argument("--k", type=_cutoffs, default=(10, 20, 100),
+                          help="comma-separated cut-offs (default 10,20,100)")
+    evaluate.add_argument("--exclude-seen", action="store_true",
+                          help="leave each user's train items out of their recommendations")
+
+    serve = commands.add_parser(
+        "serve", help="serve the pushed models over TF Serving's gRPC API (a local stand-in "
+                      "for tensorflow_model_server)")
+    serve.add_argument("--model-base", required=True,
+                       help="TF Serving model base directory (<base>/<version>/saved_model.pb)")
+    serve.add_argument("--port", type=int, default=8500)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: this machine only)")
+    serve.add_argument("--model-name", help="model name requests use (default: the base "
+                                            "directory's name)")
+    serve.add_argument("--poll-seconds", type=float, default=2.0,
+                       help="how often to look for a new version")
+    serve.add_argument("--max-request-bytes", type=int, default=16 << 20,
+                       help="larger requests are refused (RESOURCE_EXHAUSTED)")
+    serve.add_argument("--batching-parameters-file",
+                       help="TF Serving BatchingParameters text proto (default: "
+                            "serving/deploy/batching.config)")
+
+    query = commands.add_parser("query", help="ask a TF Serving gRPC server one question")
+    query.add_argument("--server", required=True, help="HOST:PORT")
+    query.add_argument("--user", help="recommend for this user, or personalise --text")
+    asked = query.add_mutually_exclusive_group()
+    asked.add_argument("--text", help="search by text")
+    asked.add_argument("--image", help="search by an image file (JPEG or PNG)")
+    asked.add_argument("--item", help="items similar to this item")
+    query.add_argument("--k", type=int, default=10)
+    query.add_argument("--json", action="store_true", help="print one JSON line")
+    query.add_argument("--model-name", default="mmfuse")
+    query.add_argument("--timeout", type=float, default=10.0, help="seconds")
+
     kubeflow = commands.add_parser("kubeflow", help="Kubeflow Pipelines v2")
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
     compile_ = kubeflow_commands.add_parser("compile", help="compile the pipeline spec JSON")
@@ -74,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     from pipeline import local_runner
+    from pipeline.fingerprint import code_fingerprint, dataset_fingerprint
     from pipeline.pipeline import MODEL_NAME, PipelineConfig
 
     local_runner.show_progress()
@@ -96,7 +163,8 @@ def _run(args) -> int:
         serving_dir=os.path.join(out, "serving", MODEL_NAME),
         metadata_path=os.path.join(out, "metadata.sqlite"),
         split=args.split, modalities=args.modalities, epochs=args.epochs, seed=args.seed,
-        min_recall=min_recall)
+        min_recall=min_recall, enable_cache=not args.no_cache,
+        cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint()}")
     started = time.time()
     result = local_runner.run(config)
     print(json.dumps({
@@ -124,6 +192,76 @@ def _predict(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from evaluation.evaluate import evaluate_model
+
+    try:
+        result = evaluate_model(args.data, args.model, args.split, args.k, args.exclude_seen)
+    except FileNotFoundError as error:  # no model at --model
+        print(f"mmfuse evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def _serve(args) -> int:
+    from serving.batching import DEFAULT_PARAMETERS_FILE
+    from serving.server import serve
+
+    try:
+        serve(args.model_base, port=args.port, host=args.host, model_name=args.model_name,
+              poll_seconds=args.poll_seconds, max_request_bytes=args.max_request_bytes,
+              batching_parameters_file=args.batching_parameters_file or DEFAULT_PARAMETERS_FILE)
+    except (OSError, ValueError) as error:  # no model base, port taken, bad batching file
+        print(f"mmfuse serve: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _query(args) -> int:
+    import grpc
+
+    from serving import client
+
+    try:
+        if args.k < 1:
+            raise ValueError(f"--k must be at least 1, not {args.k}")
+        image = None
+        if args.image is not None:
+            try:
+                with open(args.image, "rb") as handle:
+                    image = handle.read()
+            except OSError as error:
+                raise ValueError(f"cannot read image {args.image}: {error.strerror}") from None
+        signature, inputs = client.question(user=args.user, text=args.text, image=image,
+                                            item=args.item)
+    except ValueError as error:
+        print(f"mmfuse query: error: {error}", file=sys.stderr)
+        return 2
+    request = client.predict_request(signature, inputs, args.k, args.model_name)
+    try:
+        with client.connect(args.server, args.timeout) as channel:
+            answer = client.ask(channel, request, args.timeout)
+    except ConnectionError as error:
+        print(f"mmfuse query: {error}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as error:
+        print(f"mmfuse query: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"signature": answer.signature, "model_version": answer.model_version,
+                          "item_ids": answer.item_ids[0], "scores": answer.scores[0]}))
+        return 0
+    subject = {"recommend": f"user {args.user}", "search": f"{args.text!r}",
+               "image_search": f"image {args.image}", "similar_items": f"item {args.item}"}
+    personal = f" for user {args.user}" if signature == "search" and args.user else ""
+    print(f"{signature} {subject[signature]}{personal} (model {args.model_name} version "
+          f"{answer.model_version}):")
+    for rank, (item_id, score) in enumerate(zip(answer.item_ids[0], answer.scores[0]), start=1):
+        print(f"  {rank:2d}. {item_id}  {score:.4f}")
+    return 0
+
+
 def _kubeflow_compile(args) -> int:
     from pipeline.kubeflow_runner import compile_pipeline
 
@@ -148,6 +286,12 @@ def main(argv=None) -> int:
             return 0
         if args.command == "predict":
             return _predict(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "query":
+            return _query(args)
         return _kubeflow_compile(args)
     except DatasetError as error:
         print(f"mmfuse {args.command}: error: {error}", file=sys.stderr)

@@ -34,10 +34,13 @@ CATALOG = "catalog"
 SPLIT_NAMES = (splits.TRAIN, splits.EVAL, CATALOG)
 
 
-def dataset_example_gen(data_dir: str, split_method: str) -> FileBasedExampleGen:
-    """The ExampleGen component over dataset directory `data_dir`."""
+def dataset_example_gen(data_dir: str, split_method: str, cache_key: str = "") -> FileBasedExampleGen:
+    """The ExampleGen component over dataset directory `data_dir`. `cache_key`
+    stands for what the driver cannot see (pipeline/fingerprint.py); the
+    executor ignores it."""
     custom = any_pb2.Any()
-    custom.Pack(struct_pb2.Struct(fields={"split": struct_pb2.Value(string_value=split_method)}))
+    custom.Pack(struct_pb2.Struct(fields={"split": struct_pb2.Value(string_value=split_method),
+                                          "cache_key": struct_pb2.Value(string_value=cache_key)}))
     # Every split names the CSV files so the driver fingerprints them; the
     # executor assigns rows to splits itself (a temporal split needs each
     # user's whole history at once).

@@ -26,6 +26,9 @@ from pipeline.pipeline import PipelineConfig, create_pipeline  # noqa: E402
 # arguments here instead: --runner=DataflowRunner, --project, --region,
 # --temp_location=gs://..., and --sdk_container_image set to the same image.
 BEAM_PIPELINE_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+# Kubeflow's cache would key ExampleGen on the compiled spec alone and so
+# reuse it after the data changed; every run there reads the data afresh.
+ENABLE_CACHE = False
 # The Dockerfile installs the project from /src.
 IMAGE_SCHEMA_FILE = "/src/schema/schema.pbtxt"
 
@@ -36,7 +39,8 @@ def compile_pipeline(output_file: str, data_dir: str, pipeline_root: str, servin
     under `data_dir`, `pipeline_root` or `serving_dir` is read or written."""
     config = PipelineConfig(data_dir=data_dir, pipeline_root=pipeline_root,
                             serving_dir=serving_dir, metadata_path=None,
-                            beam_pipeline_args=BEAM_PIPELINE_ARGS, schema_file=IMAGE_SCHEMA_FILE)
+                            beam_pipeline_args=BEAM_PIPELINE_ARGS, schema_file=IMAGE_SCHEMA_FILE,
+                            enable_cache=ENABLE_CACHE)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(output_file),

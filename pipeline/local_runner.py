@@ -11,6 +11,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow_model_analysis as tfma  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from ml_metadata import metadata_store  # noqa: E402
+from ml_metadata.proto import metadata_store_pb2  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
 from pipeline.pipeline import PipelineConfig, create_pipeline  # noqa: E402
@@ -28,10 +29,12 @@ class RunResult:
 
 
 class _ProgressFilter(logging.Filter):
-    """Lets through mmfuse's own messages and TFX's per-component start/finish."""
+    """Lets through mmfuse's own messages, TFX's per-component start/finish,
+    and TFX's note when a component's outputs come from the cache."""
 
     def filter(self, record):
-        return record.name == "mmfuse" or record.getMessage().startswith("Component ")
+        return record.name == "mmfuse" or record.getMessage().startswith(
+            ("Component ", "A cached execution"))
 
 
 def show_progress() -> None:
@@ -50,20 +53,31 @@ def show_progress() -> None:
 def run(config: PipelineConfig) -> RunResult:
     store = metadata_store.MetadataStore(
         tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
-    last_id = max((a.id for a in store.get_artifacts()), default=0)
+    last_run = max((c.id for c in store.get_contexts_by_type("pipeline_run")), default=0)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
-    return _read_result(store, last_id)
+    return _read_result(_outputs_of_run(store, after_context_id=last_run))
 
 
-def _latest(store, type_name: str, after_id: int):
-    artifacts = [a for a in store.get_artifacts_by_type(type_name) if a.id > after_id]
-    return max(artifacts, key=lambda a: a.id) if artifacts else None
+def _outputs_of_run(store, after_context_id: int) -> Dict[str, metadata_store_pb2.Artifact]:
+    """The Evaluator's and the Pusher's outputs in the run just finished, by
+    artifact type. A component whose result came from the cache published the
+    earlier artifact again, so it counts as this run's output too."""
+    runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.id > after_context_id]
+    if not runs:
+        return {}
+    execution_types = {t.id: t.name for t in store.get_execution_types()}
+    executions = [e for e in store.get_executions_by_context(max(runs, key=lambda c: c.id).id)
+                  if execution_types[e.type_id].endswith((".Evaluator", ".Pusher"))]
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    output_ids = sorted({e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT})
+    artifact_types = {t.id: t.name for t in store.get_artifact_types()}
+    return {artifact_types[a.type_id]: a for a in store.get_artifacts_by_id(output_ids)}
 
 
-def _read_result(store, after_id: int) -> RunResult:
-    blessing = _latest(store, "ModelBlessing", after_id)
-    pushed = _latest(store, "PushedModel", after_id)
-    evaluation = _latest(store, "ModelEvaluation", after_id)
+def _read_result(outputs: Dict[str, metadata_store_pb2.Artifact]) -> RunResult:
+    blessing = outputs.get("ModelBlessing")
+    pushed = outputs.get("PushedModel")
+    evaluation = outputs.get("ModelEvaluation")
     blessed = bool(blessing and blessing.custom_properties["blessed"].int_value)
     pushed_model = None
     if pushed and pushed.custom_properties["pushed"].int_value:
@@ -103,6 +117,13 @@ def validation_summary(evaluation_uri: str) -> str:
     failures = []
     for per_slice in validation.metric_validations_per_slice:
         for failure in per_slice.failures:
-            failures.append(f"{failure.metric_key.name}={failure.metric_value.double_value.value:.4f} "
-                            f"fails {failure.message or 'its threshold'}")
+            name = failure.metric_key.name
+            value = failure.metric_value.double_value.value
+            threshold = failure.metric_threshold
+            if failure.metric_key.is_diff:
+                failures.append(f"{name} changed by {value:+.4f} against the latest blessed model "
+                                f"(allowed: {threshold.change_threshold.absolute.value:+.4f})")
+            else:
+                failures.append(f"{name}={value:.4f} is below the release floor "
+                                f"{threshold.value_threshold.lower_bound.value:.4f}")
     return "; ".join(failures) or "validation failed"

@@ -37,13 +37,17 @@ class PipelineConfig:
     # Where the curated schema is read from: this checkout locally, the
     # image's copy on Kubeflow (the compiling machine's path means nothing there).
     schema_file: str = SCHEMA_FILE
+    # Reuse outputs of earlier runs whose inputs are unchanged; `cache_key`
+    # must then change with the data and the code (pipeline/fingerprint.py).
+    enable_cache: bool = True
+    cache_key: str = ""
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     components: List = []
 
     # Reads the dataset directory into train/eval interactions and the catalog.
-    example_gen = dataset_example_gen(config.data_dir, config.split)
+    example_gen = dataset_example_gen(config.data_dir, config.split, config.cache_key)
     components.append(example_gen)
     # Statistics of every split, for validation and for people (TFDV).
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -105,7 +109,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,
         components=components,
-        enable_cache=False,
+        enable_cache=config.enable_cache,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
             if config.metadata_path else None),
