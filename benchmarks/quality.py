@@ -1,0 +1,427 @@
+"""Quality benchmark: the model's variants against the baselines on the real data sets.
+
+    .venv/bin/python -m benchmarks.quality [--datasets movielens,fashion,home-depot]
+        [--variants popularity,ease,bm25,id,text,image,fusion] [--epochs 5]
+        [--out runs/benchmark] [--data-root ../shared/data] [--skip-runs]
+
+Per data set it converts the raw data into OUT/data/<data set> (once), runs each
+variant, prints one table per protocol (with the wall time of training and of
+evaluating) and, last, the command that reproduces them; OUT/quality.json keeps
+the figures.
+
+Variants. Baselines, fitted on the train split of the pipeline's random split:
+`popularity`, `ease` (L2 500), `bm25` (search over item text). Models, each
+`mmfuse run --data D --out OUT/<data set>/<variant> --modalities M --epochs E
+--min-recall 0` in a subprocess (log in run.log beside it) and then evaluated
+on the model it pushed: `id` (M = id: the plain TFRS two-tower model), `text`,
+`image`, `fusion` (id,text,image). `--min-recall 0` keeps the release floor from
+withholding a weak variant; a variant the gate still refuses (worse than an
+earlier run into the same directory) is reported as not pushed, never
+evaluated on an older model. `--skip-runs` evaluates what earlier runs pushed.
+
+Protocols (all figures from evaluation/, see evaluation/evaluate.py):
+
+- movielens (MovieLens-100K, random split): recommendation recall@10/20/100,
+  ndcg@10/20, coverage@100, averaged over held-out ratings; once with each
+  user's train items excluded from their lists, once without (the TFRS
+  tutorial's protocol and the pipeline Evaluator's).
+- fashion (44k products, no interactions): text -> image retrieval. A fixed 20%
+  of the products that have an image (md5 of the id) are held out: the
+  benchmark writes the dataset variant OUT/data/fashion-text-hidden in which
+  their title AND attribute cells are empty (attributes feed the item tower's
+  text modality, and the query words are attribute values, so leaving them
+  would let text match text), keeping only the image. The pipeline trains a
+  catalogue-only dataset on each titled product as a search for itself, so it
+  sees only the other 80% in training, while every held-out product is in the
+  catalogue through its image alone. Queries: "<colour> <article type>" for the
+  50 most frequent (colour, article type) pairs among the held-out products.
+  Each query ranks the held-out products only (the ranker scores all of them;
+  the top 10 are kept): precision@10 = share of those 10 with both the colour
+  and the article type of the query (from the original catalogue). "chance" is
+  the share of held-out products that match, averaged over the queries.
+- home-depot (search relevance judgements, anonymous queries; the random split
+  splits by query text, so every eval query is unseen): judged re-ranking
+  nDCG@10 (each eval query's judged products ordered by the ranker, gain =
+  relevance 1-3), and over the whole catalogue recall@100 and nDCG@10 with the
+  products judged relevance >= 2.5 as the relevant ones. Popularity is close to
+  a random order here (most products are judged once), a reference point for
+  the judged nDCG, whose floor is high with gains 1-3.
+- sample (the embedded sample dataset; not in the default list): the
+  recommendation protocols and search, a quick smoke test of this script.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from evaluation import rankers  # noqa: E402
+from evaluation.evaluate import evaluate, split_rows  # noqa: E402
+from pipeline.converters import FASHION_ATTRIBUTES, convert, write_dataset  # noqa: E402
+from pipeline.dataset import Dataset, read_dataset  # noqa: E402
+from pipeline.sample_data import write_sample_dataset  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINES = ("popularity", "ease", "bm25")
+MODEL_MODALITIES = {"id": "id", "text": "text", "image": "image", "fusion": "id,text,image"}
+VARIANTS = BASELINES + tuple(MODEL_MODALITIES)
+EASE_L2 = 500.0
+HELD_OUT_FRACTION = 0.2
+FASHION_QUERIES = 50
+HOME_DEPOT_RELEVANT = 2.5
+
+
+@dataclasses.dataclass
+class Table:
+    title: str
+    columns: List[str]
+    rows: List[Dict[str, object]] = dataclasses.field(default_factory=list)
+
+    def render(self) -> str:
+        header = ["variant", *self.columns, "train_s", "eval_s", "note"]
+        cells = [header] + [[_cell(row.get(name), name) for name in header] for row in self.rows]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+        lines = ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip()
+                 for line in cells]
+        return "\n".join([self.title, *lines])
+
+
+def _cell(value, column: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if column.endswith("_s") else f"{value:.4f}"
+    return str(value)
+
+
+@dataclasses.dataclass
+class Protocol:
+    title: str
+    question: str  # rankers.RECOMMEND or rankers.SEARCH
+    columns: List[str]
+    measure: Callable[[Dataset, rankers.Ranker], Dict[str, object]]
+
+
+@dataclasses.dataclass
+class DataSpec:
+    prepare: Callable[[argparse.Namespace], str]  # -> the dataset directory runs and evaluation use
+    protocols: List[Protocol]
+    not_applicable: Dict[str, str]  # variant -> why
+
+
+# --- Data ---------------------------------------------------------------------------------
+
+def _converted(options, name: str, converter: str, source: str) -> str:
+    """OUT/data/<name>, converted from the raw data set on first use."""
+    dst = os.path.join(options.out, "data", name)
+    if not os.path.exists(os.path.join(dst, "items.csv")):
+        _progress(f"converting {source} into {dst}")
+        convert(converter, os.path.join(options.data_root, source), dst)
+    return dst
+
+
+def _prepare_movielens(options) -> str:
+    return _converted(options, "movielens", "movielens-100k", "movielens-100k")
+
+
+def _prepare_home_depot(options) -> str:
+    return _converted(options, "home-depot", "home-depot", "home-depot-search-relevance")
+
+
+def _prepare_sample(options) -> str:
+    dst = os.path.join(options.out, "data", "sample")
+    if not os.path.exists(os.path.join(dst, "items.csv")):
+        write_sample_dataset(dst)
+    return dst
+
+
+def _is_held_out(item_id: str) -> bool:
+    bucket = int.from_bytes(hashlib.md5(item_id.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    return bucket < HELD_OUT_FRACTION
+
+
+def _prepare_fashion(options) -> str:
+    """The catalogue with the held-out products' text and attributes hidden
+    (the module docstring); their images stay where the conversion put them."""
+    original = _converted(options, "fashion", "fashion-small", "fashion-product-images-small")
+    dst = os.path.join(options.out, "data", "fashion-text-hidden")
+    if os.path.exists(os.path.join(dst, "items.csv")):
+        return dst
+    os.makedirs(dst, exist_ok=True)
+    rows = []
+    for item in read_dataset(original, check_images=False).items.values():
+        row = {"item_id": item.item_id, "title": item.title,
+               "image": os.path.relpath(item.image_path, dst) if item.image_path else "",
+               **dict(item.attributes)}
+        if item.image_path and _is_held_out(item.item_id):
+            row.update({"title": "", **{name: "" for name in FASHION_ATTRIBUTES}})
+        rows.append(row)
+    write_dataset(dst, rows, FASHION_ATTRIBUTES)
+    return dst
+
+
+# --- Protocols ----------------------------------------------------------------------------
+
+RECOMMENDATION_COLUMNS = ["recall@10", "recall@20", "recall@100", "ndcg@10", "ndcg@20",
+                          "coverage@100"]
+
+
+def _recommendation(exclude_seen: bool) -> Callable:
+    def measure(dataset, ranker):
+        result = evaluate(dataset, ranker, "random", (10, 20, 100), exclude_seen)
+        return {name: result.get(name) for name in RECOMMENDATION_COLUMNS}
+    return measure
+
+
+def _search(dataset, ranker):
+    search = evaluate(dataset, ranker, "random", (10, 20, 100)).get("search", {})
+    return {name: search.get(name) for name in ("recall@10", "recall@100", "ndcg@10",
+                                                "judged_ndcg@10")}
+
+
+def _home_depot(dataset, ranker):
+    search = evaluate(dataset, ranker, "random", (10, 100),
+                      min_rating=HOME_DEPOT_RELEVANT)["search"]
+    return {"judged_ndcg@10": search.get("judged_ndcg@10"), "recall@100": search.get("recall@100"),
+            "ndcg@10": search.get("ndcg@10"), "queries": search.get("queries"),
+            "judged_queries": search.get("judged_queries")}
+
+
+@functools.lru_cache(maxsize=None)
+def _fashion_queries(original_dir: str):
+    """(query text, colour, article type) for the most frequent pairs among the
+    held-out products, and those products' ids and true attributes."""
+    original = read_dataset(original_dir, check_images=False)
+    held_out = {item.item_id: dict(item.attributes) for item in original.items.values()
+                if item.image_path and _is_held_out(item.item_id)}
+    pairs = collections.Counter((attributes["colour"], attributes["article_type"])
+                                for attributes in held_out.values()
+                                if attributes.get("colour") and attributes.get("article_type"))
+    queries = [(f"{colour} {article_type}", colour, article_type)
+               for (colour, article_type), _ in pairs.most_common(FASHION_QUERIES)]
+    return queries, held_out
+
+
+def _matches(attributes, colour, article_type) -> bool:
+    return attributes.get("colour") == colour and attributes.get("article_type") == article_type
+
+
+def _fashion_text_to_image(options):
+    def measure(dataset, ranker):
+        queries, held_out = _fashion_queries(os.path.join(options.out, "data", "fashion"))
+        candidates = list(held_out)
+        scores = ranker.score_search([text for text, _, _ in queries], [""] * len(queries),
+                                     [candidates] * len(queries))
+        precision = []
+        for (_, colour, article_type), item_scores in zip(queries, scores):
+            order = sorted(range(len(candidates)), key=lambda i: -item_scores[i])[:10]
+            precision.append(sum(_matches(held_out[candidates[i]], colour, article_type)
+                                 for i in order) / 10)
+        return {"precision@10": sum(precision) / len(precision), "queries": len(queries),
+                "held_out": len(held_out)}
+    return measure
+
+
+def _fashion_chance(options) -> Dict[str, object]:
+    queries, held_out = _fashion_queries(os.path.join(options.out, "data", "fashion"))
+    shares = [sum(_matches(attributes, colour, article_type) for attributes in held_out.values())
+              / len(held_out) for _, colour, article_type in queries]
+    return {"precision@10": sum(shares) / len(shares), "queries": len(queries),
+            "held_out": len(held_out), "note": "share of held-out products matching"}
+
+
+def _specs(options) -> Dict[str, DataSpec]:
+    recommendation = [
+        Protocol("random split, seen items excluded", rankers.RECOMMEND, RECOMMENDATION_COLUMNS,
+                 _recommendation(True)),
+        Protocol("random split, seen items not excluded (TFRS tutorial, Evaluator)",
+                 rankers.RECOMMEND, RECOMMENDATION_COLUMNS, _recommendation(False)),
+    ]
+    return {
+        "movielens": DataSpec(_prepare_movielens, recommendation,
+                              {"bm25": "no search rows"}),
+        "fashion": DataSpec(_prepare_fashion, [
+            Protocol("text -> image over held-out products", rankers.SEARCH,
+                     ["precision@10", "queries", "held_out"], _fashion_text_to_image(options))],
+            {name: "no interactions" for name in ("popularity", "ease")}
+            | {"bm25": "held-out products have no text"}),
+        "home-depot": DataSpec(_prepare_home_depot, [
+            Protocol(f"unseen queries (whole catalogue: relevant = relevance >= "
+                     f"{HOME_DEPOT_RELEVANT})", rankers.SEARCH,
+                     ["judged_ndcg@10", "recall@100", "ndcg@10", "queries", "judged_queries"],
+                     _home_depot)],
+            {"ease": "anonymous queries, no users; 55k items", "image": "no images"}),
+        "sample": DataSpec(_prepare_sample, recommendation + [
+            Protocol("search", rankers.SEARCH, ["recall@10", "recall@100", "ndcg@10", "judged_ndcg@10"], _search)],
+            {}),
+    }
+
+
+# --- Variants -----------------------------------------------------------------------------
+
+def _baseline(variant: str, dataset: Dataset) -> rankers.Ranker:
+    if variant == "bm25":
+        return rankers.BM25(dataset.items)
+    train, _ = split_rows(dataset, "random")
+    if variant == "popularity":
+        return rankers.Popularity(list(dataset.items), train)
+    return rankers.EASE(list(dataset.items), train, l2=EASE_L2)
+
+
+def _model_run(options, name: str, data_dir: str, variant: str):
+    """(pushed model path or None, training seconds, note)."""
+    out = os.path.join(options.out, name, variant)
+    log_path = os.path.join(out, "run.log")
+    seconds = None
+    if not options.skip_runs:
+        os.makedirs(out, exist_ok=True)
+        command = [sys.executable, "-m", "mmfuse", "run", "--data", data_dir, "--out", out,
+                   "--modalities", MODEL_MODALITIES[variant], "--epochs", str(options.epochs),
+                   "--min-recall", "0"]
+        _progress(f"{name}/{variant}: {shlex.join(command)} (log: {log_path})")
+        started = time.time()
+        with open(log_path, "w") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        seconds = time.time() - started
+        if code not in (0, 3):
+            return None, seconds, f"mmfuse run failed (exit {code}, see {log_path})"
+    summary = _last_json_line(log_path)
+    if summary is None:
+        base = os.path.join(out, "serving", "mmfuse")
+        if os.path.exists(log_path):
+            return None, seconds, f"the run did not finish (see {log_path})"
+        # A run made by hand without a log: its newest pushed version.
+        return (base, None, "") if os.path.isdir(base) else (None, None, "no run")
+    if not summary.get("blessed"):
+        return None, seconds, f"not pushed: {summary.get('blessing')}"
+    return summary["pushed_model"], seconds or summary.get("wall_time_s"), ""
+
+
+def _last_json_line(path: str) -> Optional[dict]:
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        for line in reversed(handle.read().splitlines()):
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    return None
+    return None
+
+
+def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dataset,
+                 variant: str, tables: List[Table]) -> None:
+    def add(values):
+        for table, row in zip(tables, values):
+            table.rows.append({"variant": variant, **row})
+
+    if variant in spec.not_applicable:
+        add([{"note": f"n/a: {spec.not_applicable[variant]}"}] * len(tables))
+        return
+    started = time.time()
+    if variant in BASELINES:
+        try:
+            ranker = _baseline(variant, dataset)
+        except ValueError as error:
+            add([{"note": f"n/a: {error}"}] * len(tables))
+            return
+        train_s, note = time.time() - started, ""
+    else:
+        model, train_s, note = _model_run(options, name, data_dir, variant)
+        if model is None:
+            add([{"train_s": train_s, "note": note}] * len(tables))
+            return
+        ranker = rankers.SavedModelRanker(model)
+        note = ranker.path
+    rows = []
+    for protocol in spec.protocols:
+        if protocol.question not in ranker.questions:
+            rows.append({"train_s": train_s, "note": f"{ranker.name} does not {protocol.question}"})
+            continue
+        started = time.time()
+        values = protocol.measure(dataset, ranker)
+        rows.append({**values, "train_s": train_s, "eval_s": time.time() - started,
+                     "note": note})
+        _progress(f"{name}/{variant}, {protocol.title}: {json.dumps(values)}")
+    add(rows)
+
+
+def _progress(message: str) -> None:
+    print(f"[quality] {message}", file=sys.stderr, flush=True)
+
+
+def _names(text: str, known: Sequence[str], option: str) -> List[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{option} takes a comma-separated subset of {','.join(known)}, not {text!r}")
+    return names
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality",
+                                     description=__doc__.split("\n")[0])
+    datasets = ("movielens", "fashion", "home-depot", "sample")
+    parser.add_argument("--datasets", default="movielens,fashion,home-depot",
+                        type=lambda text: _names(text, datasets, "--datasets"))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        type=lambda text: _names(text, VARIANTS, "--variants"))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--out", default=os.path.join(REPO, "runs", "benchmark"))
+    parser.add_argument("--data-root", default=os.environ.get(
+        "MMFUSE_DATA_DIR", os.path.join(os.path.dirname(REPO), "shared", "data")),
+                        help="the raw data sets (default: $MMFUSE_DATA_DIR or ../shared/data)")
+    parser.add_argument("--skip-runs", action="store_true",
+                        help="evaluate what earlier runs into OUT pushed instead of training")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    options = _parser().parse_args(argv)
+    options.out = os.path.abspath(options.out)
+    specs = _specs(options)
+    results = {}
+    for name in options.datasets:
+        spec = specs[name]
+        try:
+            data_dir = spec.prepare(options)
+            dataset = read_dataset(data_dir, check_images=False)
+        except ValueError as error:  # DatasetError included: a missing or broken raw data set
+            print(f"benchmarks.quality: error: {name}: {error}", file=sys.stderr)
+            return 2
+        tables = [Table(f"{name}: {protocol.title}", protocol.columns)
+                  for protocol in spec.protocols]
+        if name == "fashion":
+            tables[0].rows.append({"variant": "chance", **_fashion_chance(options)})
+        for variant in options.variants:
+            _run_variant(options, name, spec, data_dir, dataset, variant, tables)
+        for table in tables:
+            print(table.render() + "\n", flush=True)
+        results[name] = [dataclasses.asdict(table) for table in tables]
+    os.makedirs(options.out, exist_ok=True)
+    with open(os.path.join(options.out, "quality.json"), "w") as handle:
+        json.dump(results, handle, indent=1)
+    print("reproduce: " + shlex.join([
+        ".venv/bin/python", "-m", "benchmarks.quality", "--datasets", ",".join(options.datasets),
+        "--variants", ",".join(options.variants), "--epochs", str(options.epochs),
+        "--out", options.out, "--data-root", options.data_root,
+        *(["--skip-runs"] if options.skip_runs else [])]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
