@@ -11,7 +11,8 @@ setup(
     description="Multimodal search and recommendation: TFX pipeline, TFRS two-tower "
     "model with attention fusion, TF Serving.",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["mmfuse", "pipeline", "trainer", "transform", "serving", "schema"]),
+    packages=find_packages(include=["mmfuse", "pipeline", "trainer", "transform", "serving", "schema",
+                                    "evaluation"]),
     package_data={"schema": ["*.pbtxt", "README.md"], "serving": ["config/*", "k8s/*"]},
     install_requires=[
         "tfx==1.16.0",

@@ -11,13 +11,14 @@ the figures.
 
 Variants. Baselines, fitted on the train split of the pipeline's random split:
 `popularity`, `ease` (L2 500), `bm25` (search over item text). Models, each
-`mmfuse run --data D --out OUT/<data set>/<variant> --modalities M --epochs E
---min-recall 0` in a subprocess (log in run.log beside it) and then evaluated
-on the model it pushed: `id` (M = id: the plain TFRS two-tower model), `text`,
-`image`, `fusion` (id,text,image). `--min-recall 0` keeps the release floor from
-withholding a weak variant; a variant the gate still refuses (worse than an
-earlier run into the same directory) is reported as not pushed, never
-evaluated on an older model. `--skip-runs` evaluates what earlier runs pushed.
+`mmfuse run --data D --out OUT/<data set>/runs --modalities M --epochs E
+--min-recall 0` in a subprocess (log in OUT/<data set>/<variant>.log) and then
+evaluated on the model that run trained (its `candidate_model`, blessed or
+not: the gate compares each variant with the one before it, which is not what
+a benchmark asks): `id` (M = id: the plain TFRS two-tower model), `text`,
+`image`, `fusion` (id,text,image). The variants share one run directory, so
+TFX's cache runs ExampleGen and Transform (the encoders) once per data set.
+`--skip-runs` evaluates what the logged earlier runs trained.
 
 Protocols (all figures from evaluation/, see evaluation/evaluate.py):
 
@@ -281,9 +282,9 @@ def _baseline(variant: str, dataset: Dataset) -> rankers.Ranker:
 
 
 def _model_run(options, name: str, data_dir: str, variant: str):
-    """(pushed model path or None, training seconds, note)."""
-    out = os.path.join(options.out, name, variant)
-    log_path = os.path.join(out, "run.log")
+    """(the variant's trained model path or None, training seconds, note)."""
+    out = os.path.join(options.out, name, "runs")
+    log_path = os.path.join(options.out, name, f"{variant}.log")
     seconds = None
     if not options.skip_runs:
         os.makedirs(out, exist_ok=True)
@@ -298,15 +299,9 @@ def _model_run(options, name: str, data_dir: str, variant: str):
         if code not in (0, 3):
             return None, seconds, f"mmfuse run failed (exit {code}, see {log_path})"
     summary = _last_json_line(log_path)
-    if summary is None:
-        base = os.path.join(out, "serving", "mmfuse")
-        if os.path.exists(log_path):
-            return None, seconds, f"the run did not finish (see {log_path})"
-        # A run made by hand without a log: its newest pushed version.
-        return (base, None, "") if os.path.isdir(base) else (None, None, "no run")
-    if not summary.get("blessed"):
-        return None, seconds, f"not pushed: {summary.get('blessing')}"
-    return summary["pushed_model"], seconds or summary.get("wall_time_s"), ""
+    if summary is None or not summary.get("candidate_model"):
+        return None, seconds, f"no finished run (see {log_path})"
+    return summary["candidate_model"], seconds or summary.get("wall_time_s"), ""
 
 
 def _last_json_line(path: str) -> Optional[dict]:
@@ -386,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
         "MMFUSE_DATA_DIR", os.path.join(os.path.dirname(REPO), "shared", "data")),
                         help="the raw data sets (default: $MMFUSE_DATA_DIR or ../shared/data)")
     parser.add_argument("--skip-runs", action="store_true",
-                        help="evaluate what earlier runs into OUT pushed instead of training")
+                        help="evaluate the models that the logged earlier runs into OUT trained, instead of training")
     return parser
 
 

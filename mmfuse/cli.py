@@ -169,6 +169,7 @@ def _run(args) -> int:
     result = local_runner.run(config)
     print(json.dumps({
         "blessed": result.blessed,
+        "candidate_model": result.candidate_model,
         "pushed_model": result.pushed_model,
         "blessing": result.blessing_reason,
         "min_recall@100": round(min_recall, 6),

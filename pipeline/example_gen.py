@@ -6,7 +6,14 @@ writes three splits of tf.Examples under the curated schema:
 
 - `train` and `eval`: one example per interaction, split by `pipeline.splits`;
 - `catalog`: one example per item with its title, description, attributes and
-  image bytes.
+  image bytes;
+- `users`: one example per user with training interactions: the user's recent
+  items, which the serving model looks up by user id.
+
+Every interaction row carries its user's recent items: the most recent
+training interactions of that user other than the row itself, most recent
+first. The same rule holds for train and eval rows and for the `users` split,
+so the model sees at training time the history it gets at serving time.
 
 Interactions refer to items by id and the trainer joins them with the catalog:
 copying each image into every interaction that names it would store a poster
@@ -14,8 +21,9 @@ once per rating (about 800 MB for MovieLens-100K instead of 13 MB).
 A catalogue-only dataset (no interactions.csv) trains on its titles as search
 queries for their own items, the pairing that teaches text-to-image search.
 """
+import collections
 import logging
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -31,7 +39,8 @@ from pipeline.dataset import Dataset, Interaction, Item, read_bytes, read_datase
 from transform import features as f
 
 CATALOG = "catalog"
-SPLIT_NAMES = (splits.TRAIN, splits.EVAL, CATALOG)
+USERS = "users"
+SPLIT_NAMES = (splits.TRAIN, splits.EVAL, CATALOG, USERS)
 
 
 def dataset_example_gen(data_dir: str, split_method: str, cache_key: str = "") -> FileBasedExampleGen:
@@ -76,13 +85,19 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         logging.info(dataset.summary())
         rows = training_interactions(dataset)
         assigned = splits.assign_splits(rows, _split_method(exec_properties))
+        histories = UserHistories(rows, assigned)
         result = {}
         for name in (splits.TRAIN, splits.EVAL):
             result[name] = (
                 pipeline
                 | f"Interactions[{name}]" >> beam.Create(
-                    [row for row, split in zip(rows, assigned) if split == name])
-                | f"ToExample[{name}]" >> beam.Map(interaction_example))
+                    [(row, histories.recent_items(row.user_id, leave_out=index))
+                     for index, (row, split) in enumerate(zip(rows, assigned)) if split == name])
+                | f"ToExample[{name}]" >> beam.MapTuple(interaction_example))
+        result[USERS] = (
+            pipeline
+            | "Users" >> beam.Create(sorted(histories.users()))
+            | "UserToExample" >> beam.Map(lambda user: user_example(user, histories.recent_items(user))))
         result[CATALOG] = (
             pipeline
             | "Items" >> beam.Create(list(dataset.items.values()))
@@ -98,8 +113,32 @@ def _split_method(exec_properties: Dict[str, Any]) -> str:
     return struct.fields["split"].string_value
 
 
-def interaction_example(row: Interaction) -> tf.train.Example:
+class UserHistories:
+    """Each user's training interactions, most recent first (by timestamp,
+    then by position in the file, which orders rows without timestamps)."""
+
+    def __init__(self, rows: Sequence[Interaction], assigned: Sequence[str]):
+        by_user: Dict[str, List[Tuple[int, int]]] = collections.defaultdict(list)
+        for index, (row, split) in enumerate(zip(rows, assigned)):
+            if row.user_id and split == splits.TRAIN:
+                by_user[row.user_id].append((row.timestamp or 0, index))
+        self._rows = rows
+        self._by_user = {user: [index for _, index in sorted(entries, reverse=True)]
+                         for user, entries in by_user.items()}
+
+    def users(self) -> Iterable[str]:
+        return self._by_user.keys()
+
+    def recent_items(self, user_id: str, leave_out: int = -1) -> List[str]:
+        """The user's most recent item ids, without the row at index `leave_out`."""
+        indices = self._by_user.get(user_id, [])[:f.RECENT_ITEMS_LENGTH + 1]
+        return [self._rows[i].item_id for i in indices if i != leave_out][:f.RECENT_ITEMS_LENGTH]
+
+
+def interaction_example(row: Interaction, recent_items: Sequence[str] = ()) -> tf.train.Example:
     features = {f.ITEM_ID: _bytes([row.item_id])}
+    if recent_items:
+        features[f.RECENT_ITEMS] = _bytes(recent_items)
     if row.user_id:
         features[f.USER_ID] = _bytes([row.user_id])
     if row.query:
@@ -109,6 +148,11 @@ def interaction_example(row: Interaction) -> tf.train.Example:
     if row.rating is not None:
         features[f.RATING] = tf.train.Feature(float_list=tf.train.FloatList(value=[row.rating]))
     return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+def user_example(user_id: str, recent_items: Sequence[str]) -> tf.train.Example:
+    return tf.train.Example(features=tf.train.Features(feature={
+        f.USER_ID: _bytes([user_id]), f.RECENT_ITEMS: _bytes(recent_items)}))
 
 
 def catalog_example(item: Item) -> tf.train.Example:

@@ -20,6 +20,7 @@ from tfx.utils import io_utils  # noqa: E402
 from pipeline import example_gen, sample_data, splits  # noqa: E402
 from pipeline.dataset import Interaction, Item, read_dataset  # noqa: E402
 from schema import SCHEMA_FILE  # noqa: E402
+from transform import features as f  # noqa: E402
 
 SCHEMA = io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())
 FEATURE_SPEC = schema_utils.schema_as_feature_spec(SCHEMA).feature_spec
@@ -271,14 +272,19 @@ def read_split(artifact, split):
             for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
-def test_executor_writes_the_three_splits(sample_dir, tmp_path):
-    dataset = read_dataset(sample_dir)
-    assigned = splits.assign_splits(dataset.interactions, "random")
+def write_examples(data_dir, tmp_path):
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / "examples")
     executor = example_gen.Executor(base_beam_executor.BaseBeamExecutor.Context(
         beam_pipeline_args=["--direct_running_mode=in_memory"], tmp_dir=str(tmp_path / "tmp")))
-    executor.Do({}, {"examples": [examples]}, exec_properties(sample_dir, "random"))
+    executor.Do({}, {"examples": [examples]}, exec_properties(data_dir, "random"))
+    return examples
+
+
+def test_executor_writes_every_split(sample_dir, tmp_path):
+    dataset = read_dataset(sample_dir)
+    assigned = splits.assign_splits(dataset.interactions, "random")
+    examples = write_examples(sample_dir, tmp_path)
 
     assert artifact_utils.decode_split_names(examples.split_names) == list(
         example_gen.SPLIT_NAMES)
@@ -291,6 +297,12 @@ def test_executor_writes_the_three_splits(sample_dir, tmp_path):
     assert sorted(catalog_ids) == sorted(dataset.items)
     assert all("user_id" not in e.features.feature for e in written[example_gen.CATALOG])
     assert all("title" not in e.features.feature for e in written[splits.TRAIN])
+    train_users = {row.user_id for row, split in zip(dataset.interactions, assigned)
+                   if split == splits.TRAIN and row.user_id}
+    assert sorted(values(e, "user_id")[0].decode() for e in written[example_gen.USERS]) == sorted(train_users)
+    for example in written[example_gen.USERS]:
+        assert_conforms_to_schema(example)
+        assert 0 < len(values(example, "recent_items")) <= f.RECENT_ITEMS_LENGTH
     assert examples.get_string_custom_property(
         example_gen_utils.PAYLOAD_FORMAT_PROPERTY_NAME) == "FORMAT_TF_EXAMPLE"
 
@@ -316,6 +328,38 @@ def test_executor_on_a_catalogue_only_dataset(catalogue_only_dir):
                 beam_util.equal_to([False] * expected[name]), label=f"CheckAnonymous[{name}]")
         beam_util.assert_that(count(result[example_gen.CATALOG], "catalog"),
                               beam_util.equal_to([len(dataset.items)]), label="CheckCatalog")
+        beam_util.assert_that(count(result[example_gen.USERS], "users"), beam_util.equal_to([0]),
+                              label="CheckNoUsers")
+
+
+def test_a_catalogue_only_dataset_still_writes_a_readable_users_split(catalogue_only_dir, tmp_path):
+    examples = write_examples(catalogue_only_dir, tmp_path)
+    assert read_split(examples, example_gen.USERS) == []
+
+
+def test_recent_items_are_the_users_other_training_rows_most_recent_first():
+    rows = [Interaction(row=2, user_id="u", item_id="a", timestamp=10),
+            Interaction(row=3, user_id="u", item_id="b", timestamp=30),
+            Interaction(row=4, user_id="u", item_id="c", timestamp=20),
+            Interaction(row=5, user_id="u", item_id="d", timestamp=40),  # eval: never history
+            Interaction(row=6, user_id="", item_id="e", query="lamp"),
+            Interaction(row=7, user_id="v", item_id="a")]
+    assigned = [splits.TRAIN, splits.TRAIN, splits.TRAIN, splits.EVAL, splits.TRAIN, splits.TRAIN]
+    histories = example_gen.UserHistories(rows, assigned)
+    assert sorted(histories.users()) == ["u", "v"]
+    assert histories.recent_items("u") == ["b", "c", "a"]
+    assert histories.recent_items("u", leave_out=2) == ["b", "a"]  # row c itself left out
+    assert histories.recent_items("v", leave_out=5) == []
+    assert histories.recent_items("nobody") == []
+    example = example_gen.interaction_example(rows[3], histories.recent_items("u", leave_out=3))
+    assert values(example, "recent_items") == [b"b", b"c", b"a"]
+    assert_conforms_to_schema(example)
+
+
+def test_recent_items_keep_only_the_most_recent():
+    rows = [Interaction(row=i, user_id="u", item_id=f"i{i}", timestamp=i) for i in range(80)]
+    recent = example_gen.UserHistories(rows, [splits.TRAIN] * 80).recent_items("u", leave_out=79)
+    assert recent == [f"i{i}" for i in range(78, 78 - f.RECENT_ITEMS_LENGTH, -1)]
 
 
 def test_split_method_comes_from_custom_config(sample_dir):

@@ -13,6 +13,7 @@ from absl import logging as absl_logging  # noqa: E402
 from ml_metadata import metadata_store  # noqa: E402
 from ml_metadata.proto import metadata_store_pb2  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
+from tfx.utils import path_utils  # noqa: E402
 
 from pipeline.pipeline import PipelineConfig, create_pipeline  # noqa: E402
 
@@ -22,6 +23,7 @@ progress_log = logging.getLogger("mmfuse")
 @dataclasses.dataclass
 class RunResult:
     blessed: bool
+    candidate_model: Optional[str]  # the Trainer's SavedModel, blessed or not
     pushed_model: Optional[str]
     metrics: Dict[str, float]
     change_vs_baseline: Dict[str, float]
@@ -59,7 +61,7 @@ def run(config: PipelineConfig) -> RunResult:
 
 
 def _outputs_of_run(store, after_context_id: int) -> Dict[str, metadata_store_pb2.Artifact]:
-    """The Evaluator's and the Pusher's outputs in the run just finished, by
+    """The Trainer's, the Evaluator's and the Pusher's outputs in the run just finished, by
     artifact type. A component whose result came from the cache published the
     earlier artifact again, so it counts as this run's output too."""
     runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.id > after_context_id]
@@ -67,7 +69,7 @@ def _outputs_of_run(store, after_context_id: int) -> Dict[str, metadata_store_pb
         return {}
     execution_types = {t.id: t.name for t in store.get_execution_types()}
     executions = [e for e in store.get_executions_by_context(max(runs, key=lambda c: c.id).id)
-                  if execution_types[e.type_id].endswith((".Evaluator", ".Pusher"))]
+                  if execution_types[e.type_id].endswith((".Trainer", ".Evaluator", ".Pusher"))]
     events = store.get_events_by_execution_ids([e.id for e in executions])
     output_ids = sorted({e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT})
     artifact_types = {t.id: t.name for t in store.get_artifact_types()}
@@ -75,6 +77,7 @@ def _outputs_of_run(store, after_context_id: int) -> Dict[str, metadata_store_pb
 
 
 def _read_result(outputs: Dict[str, metadata_store_pb2.Artifact]) -> RunResult:
+    model = outputs.get("Model")
     blessing = outputs.get("ModelBlessing")
     pushed = outputs.get("PushedModel")
     evaluation = outputs.get("ModelEvaluation")
@@ -87,7 +90,8 @@ def _read_result(outputs: Dict[str, metadata_store_pb2.Artifact]) -> RunResult:
     if evaluation:
         evaluated = candidate_metrics(evaluation.uri)
         reason = validation_summary(evaluation.uri)
-    return RunResult(blessed, pushed_model, evaluated["metrics"], evaluated["change_vs_baseline"],
+    candidate = path_utils.serving_model_path(model.uri) if model else None
+    return RunResult(blessed, candidate, pushed_model, evaluated["metrics"], evaluated["change_vs_baseline"],
                      reason)
 
 

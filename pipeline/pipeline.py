@@ -14,7 +14,7 @@ from tfx.proto import transform_pb2  # noqa: E402
 
 from pipeline import evaluation  # noqa: E402
 from pipeline.anomalies_gate import AnomaliesGate  # noqa: E402
-from pipeline.example_gen import CATALOG, dataset_example_gen  # noqa: E402
+from pipeline.example_gen import CATALOG, USERS, dataset_example_gen  # noqa: E402
 from pipeline.splits import EVAL, TRAIN  # noqa: E402
 from schema import SCHEMA_FILE  # noqa: E402
 
@@ -68,16 +68,16 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         schema=schema_gen.outputs["schema"],
         preprocessing_fn="transform.preprocessing.preprocessing_fn",
         splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN, CATALOG],
-                                                 transform=[TRAIN, EVAL, CATALOG]))
+                                                 transform=[TRAIN, EVAL, CATALOG, USERS]))
     transform.add_upstream_node(anomalies_gate)
     components.append(transform)
-    # Trains the two-tower model on train interactions joined with the catalog.
+    # Trains the two-tower model on train interactions joined with the catalog and users.
     trainer = tfx.components.Trainer(
         run_fn="trainer.run.run_fn",
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=[TRAIN, CATALOG]),
+        train_args=tfx.proto.TrainArgs(splits=[TRAIN, CATALOG, USERS]),
         eval_args=tfx.proto.EvalArgs(splits=[EVAL]),
         custom_config={"epochs": config.epochs, "seed": config.seed,
                        "modalities": list(config.modalities)})

@@ -21,7 +21,7 @@ EMBEDDING_DIMS = {
 }
 CATALOG_FEATURES = (f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS, f.ITEM_TEXT_EMBEDDING,
                     f.ITEM_TEXT_EMBEDDING + "_present", f.IMAGE_EMBEDDING, f.IMAGE_EMBEDDING + "_present")
-QUERY_FEATURES = (f.USER_INDEX, f.QUERY_TOKENS, f.QUERY_TEXT_EMBEDDING,
+QUERY_FEATURES = (f.USER_INDEX, f.RECENT_ITEM_INDICES, f.QUERY_TOKENS, f.QUERY_TEXT_EMBEDDING,
                   f.QUERY_TEXT_EMBEDDING + "_present")
 
 
@@ -104,3 +104,13 @@ def load_catalog(file_pattern: str, tft_output: tft.TFTransformOutput) -> Dict[s
     if missing:
         raise ValueError(f"{missing} item ids in the vocabulary have no catalogue row")
     return content
+
+
+def load_recent_items(file_pattern: str, tft_output: tft.TFTransformOutput) -> np.ndarray:
+    """Each user's recent item indices, at the user's index (row 0: no user)."""
+    size = vocabulary_sizes(tft_output)[f.USER_VOCABULARY]
+    recent = np.zeros((size, f.RECENT_ITEMS_LENGTH), np.int64)
+    batches = _parsed_records(file_pattern, tft_output, 4096, (f.USER_INDEX, f.RECENT_ITEM_INDICES))
+    for batch in batches.as_numpy_iterator():
+        recent[batch[f.USER_INDEX]] = batch[f.RECENT_ITEM_INDICES]
+    return recent

@@ -32,8 +32,12 @@ class ServingModule(tf.Module):
         self._raw_spec = tft_output.raw_feature_spec()
         # Index -> item id; index 0 is "unknown" and is never returned.
         item_ids = [b"<unknown>"] + tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
-        self.item_ids = tf.constant(item_ids)
-        self.candidates = tf.Variable(model.catalog_embeddings(), trainable=False, name="candidates")
+        candidates = model.catalog_embeddings()
+        # Variables of unknown length, so that a loaded model's catalogue can be
+        # replaced by one of another size and re-saved without retraining.
+        self.item_ids = tf.Variable(item_ids, trainable=False, shape=[None], name="item_ids")
+        self.candidates = tf.Variable(candidates, trainable=False, shape=[None, candidates.shape[1]],
+                                      name="candidates")
 
     def _transform(self, **raw: tf.Tensor):
         """Raw [batch] tensors -> transformed features. Features a request does
@@ -52,6 +56,12 @@ class ServingModule(tf.Module):
     def _query_embeddings(self, transformed):
         return self.model.query_tower({name: transformed[name] for name in QUERY_FEATURES})
 
+    def _user_query_embeddings(self, transformed):
+        """A request names its user; the user's recent items are the ones
+        training saw (the users split), looked up by user index."""
+        transformed[f.RECENT_ITEM_INDICES] = self.model.users.recent_items(transformed[f.USER_INDEX])
+        return self._query_embeddings(transformed)
+
     def _top_k(self, query: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor = None):
         scores = tf.matmul(query, self.candidates, transpose_b=True)
         # Column 0 is the unknown item; `exclude` holds an index to leave out per row.
@@ -66,11 +76,11 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[_STRINGS, _K])
     def recommend(self, user_id, k):
-        return self._top_k(self._query_embeddings(self._transform(user_id=user_id)), k)
+        return self._top_k(self._user_query_embeddings(self._transform(user_id=user_id)), k)
 
     @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
     def search(self, query, user_id, k):
-        return self._top_k(self._query_embeddings(self._transform(query=query, user_id=user_id)), k)
+        return self._top_k(self._user_query_embeddings(self._transform(query=query, user_id=user_id)), k)
 
     @tf.function(input_signature=[_STRINGS, _K])
     def similar_items(self, item_id, k):

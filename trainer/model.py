@@ -37,12 +37,26 @@ class Catalog(tf.Module):
         return self.lookup(tf.range(self.size, dtype=tf.int64))
 
 
+class Users(tf.Module):
+    """Each user's recent item indices by user index; row 0 (no user) is
+    empty. Training rows carry their user's history; at serving time it is
+    looked up here by user id."""
+
+    def __init__(self, recent_items: np.ndarray):
+        super().__init__(name="users")
+        self.recent_items_by_user = tf.constant(recent_items)
+
+    def recent_items(self, user_index: tf.Tensor) -> tf.Tensor:
+        return tf.gather(self.recent_items_by_user, user_index)
+
+
 class RetrievalModel(tfrs.Model):
-    def __init__(self, catalog: Catalog, vocabulary_sizes: Dict[str, int], dim: int,
+    def __init__(self, catalog: Catalog, users: Users, vocabulary_sizes: Dict[str, int], dim: int,
                  modalities: Sequence[str] = MODALITIES, temperature: float = 0.05,
                  item_probabilities: np.ndarray = None, modality_dropout: float = 0.0):
         super().__init__()
         self.catalog = catalog
+        self.users = users
         # An item's share of the training rows: the chance it is drawn as an
         # in-batch negative. Correcting for it keeps the softmax from learning
         # to push popular items down (Yi et al., RecSys 2019).

@@ -18,7 +18,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
 from trainer import data, export, ranking  # noqa: E402
 from trainer.data import QUERY_FEATURES  # noqa: E402
-from trainer.model import Catalog, RetrievalModel, ranks_of_items  # noqa: E402
+from trainer.model import Catalog, RetrievalModel, Users, ranks_of_items  # noqa: E402
 from transform import features as f  # noqa: E402
 
 progress_log = logging.getLogger("mmfuse")
@@ -98,6 +98,7 @@ def run_fn(fn_args: FnArgs) -> None:
         else tf.distribute.MirroredStrategy()
 
     catalog_content = data.load_catalog(_split_files(fn_args.train_files, "catalog"), tft_output)
+    recent_items = data.load_recent_items(_split_files(fn_args.train_files, "users"), tft_output)
     train_files = _split_files(fn_args.train_files, "train")
     counts = data.item_counts(train_files, tft_output)
     batch_size = config["batch_size"] or _batch_size(int(counts.sum()))
@@ -106,7 +107,8 @@ def run_fn(fn_args: FnArgs) -> None:
     progress_log.info("training on %s with batch size %d", strategy.__class__.__name__, batch_size)
 
     with strategy.scope():
-        model = RetrievalModel(Catalog(catalog_content), data.vocabulary_sizes(tft_output),
+        model = RetrievalModel(Catalog(catalog_content), Users(recent_items),
+                               data.vocabulary_sizes(tft_output),
                                config["embedding_dim"], config["modalities"], config["temperature"],
                                item_probabilities=counts / counts.sum(),
                                modality_dropout=config["modality_dropout"])

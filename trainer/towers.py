@@ -45,6 +45,32 @@ class BagOfTokensEncoder(tf.keras.layers.Layer):
         return total / tf.maximum(count, 1.0)[:, None], tf.cast(count > 0, tf.float32)
 
 
+class RecentItemsEncoder(tf.keras.layers.Layer):
+    """A user's recent items (indices, most recent first) -> one vector.
+
+    Each item gets an embedding plus a recency-position embedding; a query
+    that starts from their mean attends over them (absent items masked), so
+    the tower can weigh some recent items above others rather than only
+    average them. Users without recent items are marked not present.
+    """
+
+    def __init__(self, vocabulary_size: int, dim: int, length: int, num_heads: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.item = tf.keras.layers.Embedding(vocabulary_size, dim)
+        self.position = tf.keras.layers.Embedding(length, dim)
+        self.attention = tf.keras.layers.MultiHeadAttention(num_heads, key_dim=max(dim // num_heads, 1))
+
+    def call(self, item_indices: tf.Tensor, training=None) -> Encoded:
+        mask = tf.cast(item_indices > 0, tf.float32)
+        count = tf.reduce_sum(mask, axis=1, keepdims=True)
+        tokens = self.item(item_indices) + self.position(tf.range(tf.shape(item_indices)[1]))[None]
+        mean = tf.reduce_sum(tokens * mask[:, :, None], axis=1) / tf.maximum(count, 1.0)
+        attended = self.attention(mean[:, None, :], tokens,
+                                  attention_mask=tf.cast(mask[:, None, :], tf.bool), training=training)
+        present = tf.cast(count[:, 0] > 0, tf.float32)
+        return (mean + attended[:, 0]) * present[:, None], present
+
+
 class FeatureProjection(tf.keras.layers.Layer):
     """Maps a frozen pretrained feature (MiniLM text, EfficientNet image) into
     the towers' space; its presence flag comes with it from the data."""
@@ -127,11 +153,17 @@ class ItemTower(tf.keras.layers.Layer):
                  modality_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.modalities = tuple(modalities)
-        self.item_id = IdEncoder(vocabulary_sizes[f.ITEM_VOCABULARY], dim)
+        # Only the chosen modalities get encoders: an unused one would hold
+        # weights that are never built. `words` and `sentence` are the query
+        # tower's too, which always uses them.
+        if "id" in self.modalities:
+            self.item_id = IdEncoder(vocabulary_sizes[f.ITEM_VOCABULARY], dim)
         self.words = words
         self.sentence = sentence
-        self.attributes = BagOfTokensEncoder(vocabulary_sizes[f.ATTRIBUTE_VOCABULARY], dim)
-        self.image = FeatureProjection(dim)
+        if "text" in self.modalities:
+            self.attributes = BagOfTokensEncoder(vocabulary_sizes[f.ATTRIBUTE_VOCABULARY], dim)
+        if "image" in self.modalities:
+            self.image = FeatureProjection(dim)
         self.modality_attention = ModalityAttention(
             len(self.modality_names()), dim, modality_dropout=modality_dropout)
 
@@ -155,7 +187,8 @@ class ItemTower(tf.keras.layers.Layer):
 
 
 class QueryTower(tf.keras.layers.Layer):
-    """User id and query text (words, sentence embedding) -> the vector items are scored against.
+    """User id, the user's recent items and query text (words, sentence
+    embedding) -> the vector items are scored against.
 
     The word and sentence encoders are the item tower's, so a query and a
     title with the same words start out close.
@@ -165,13 +198,16 @@ class QueryTower(tf.keras.layers.Layer):
                  sentence: FeatureProjection, dim: int, **kwargs):
         super().__init__(**kwargs)
         self.user_id = IdEncoder(vocabulary_sizes[f.USER_VOCABULARY], dim)
+        self.recent_items = RecentItemsEncoder(vocabulary_sizes[f.ITEM_VOCABULARY], dim,
+                                               f.RECENT_ITEMS_LENGTH)
         self.words = words
         self.sentence = sentence
-        self.modality_attention = ModalityAttention(3, dim)
+        self.modality_attention = ModalityAttention(4, dim)
 
     def call(self, query: Dict[str, tf.Tensor], training=None) -> tf.Tensor:
         return self.modality_attention([
             self.user_id(query[f.USER_INDEX]),
+            self.recent_items(query[f.RECENT_ITEM_INDICES], training=training),
             self.words(query[f.QUERY_TOKENS]),
             self.sentence(query[f.QUERY_TEXT_EMBEDDING], query[f.QUERY_TEXT_EMBEDDING + "_present"]),
         ], training=training)

@@ -6,7 +6,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.towers import BagOfTokensEncoder, FeatureProjection, ItemTower, ModalityAttention, QueryTower  # noqa: E402
+from trainer.towers import (BagOfTokensEncoder, FeatureProjection, ItemTower, ModalityAttention,  # noqa: E402
+                            QueryTower, RecentItemsEncoder)
 from transform import features as f  # noqa: E402
 
 SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
@@ -77,7 +78,37 @@ def test_query_and_item_text_share_encoders():
     items = ItemTower(SIZES, words, sentence, DIM)
     queries = QueryTower(SIZES, words, sentence, DIM)
     queries({f.USER_INDEX: tf.constant([1], tf.int64), f.QUERY_TOKENS: tf.constant([[3] + [0] * 15], tf.int64),
+             f.RECENT_ITEM_INDICES: tf.zeros([1, f.RECENT_ITEMS_LENGTH], tf.int64),
              f.QUERY_TEXT_EMBEDDING: tf.zeros([1, 384]), f.QUERY_TEXT_EMBEDDING + "_present": tf.ones([1])})
     items(_items([1], [[3]], [0]))
     assert queries.words.embedding is items.words.embedding
     assert queries.sentence is items.sentence
+
+
+def test_recent_items_encoder_masks_absent_items_and_users_without_history():
+    encoder = RecentItemsEncoder(SIZES[f.ITEM_VOCABULARY], DIM, length=4)
+    vectors, present = encoder(tf.constant([[2, 3, 0, 0], [2, 3, 4, 0], [0, 0, 0, 0]], tf.int64))
+    np.testing.assert_array_equal(present.numpy(), [1, 1, 0])
+    np.testing.assert_array_equal(vectors.numpy()[2], np.zeros(DIM))
+    assert not np.allclose(vectors.numpy()[0], vectors.numpy()[1])
+    # Padding is masked: what sits in an absent slot's embedding does not matter.
+    again, _ = encoder(tf.constant([[2, 3, 0, 0]], tf.int64))
+    encoder.item.embeddings[0].assign(tf.ones([DIM]) * 5.0)
+    np.testing.assert_allclose(encoder(tf.constant([[2, 3, 0, 0]], tf.int64))[0], again, atol=1e-6)
+    # Order matters: the most recent item is first.
+    swapped, _ = encoder(tf.constant([[3, 2, 0, 0]], tf.int64))
+    assert not np.allclose(swapped.numpy(), again.numpy())
+
+
+def test_a_tower_of_any_modalities_has_only_built_weights():
+    """An encoder for a modality left out would never be built, and Keras
+    refuses to list the weights of an unbuilt layer (as the optimizer does)."""
+    for modalities in (("id",), ("text",), ("image",), ("id", "text", "image")):
+        words, sentence = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM)
+        # The query tower always uses the shared text encoders.
+        words(tf.zeros([1, 2], tf.int64))
+        sentence(tf.zeros([1, 384]), tf.zeros([1]))
+        tower = ItemTower(SIZES, words, sentence, DIM, modalities=modalities)
+        tower(_items([2], [[3, 4]], [1]))
+        assert tower.trainable_weights
+        assert hasattr(tower, "image") == ("image" in modalities)

@@ -14,6 +14,9 @@ TITLE = "title"
 DESCRIPTION = "description"
 ATTRIBUTES = "attributes"
 IMAGE = "image"
+# The user's most recent training interactions' item ids, most recent first
+# (pipeline/example_gen.py), on interaction rows and on the users split.
+RECENT_ITEMS = "recent_items"
 RAW_STRING_FEATURES = (ITEM_ID, USER_ID, QUERY, TITLE, DESCRIPTION, IMAGE)
 
 # Vocabulary files written by the Transform analysers.
@@ -28,6 +31,7 @@ USER_INDEX = "user_index"
 QUERY_TOKENS = "query_tokens"
 ITEM_TOKENS = "item_tokens"
 ATTRIBUTE_TOKENS = "attribute_tokens"
+RECENT_ITEM_INDICES = "recent_item_indices"
 # Frozen pretrained features, present only on rows that have the input
 # (variable-length: a row without it stores nothing).
 ITEM_TEXT_EMBEDDING = "item_text_embedding"
@@ -38,6 +42,7 @@ IMAGE_EMBEDDING = "image_embedding"
 QUERY_LENGTH = 16
 ITEM_TEXT_LENGTH = 64
 ATTRIBUTES_LENGTH = 16
+RECENT_ITEMS_LENGTH = 50
 # Vocabulary caps keep the embedding tables bounded on large catalogues.
 MAX_TEXT_TOKENS = 30000
 MAX_ATTRIBUTE_TOKENS = 5000

@@ -41,12 +41,14 @@ def preprocessing_fn(inputs):
 
     # Queries and item text share one vocabulary, so a word typed in a query
     # and the same word in a title map to one embedding.
+    item_vocabulary = tft.vocabulary(_present(item_id), vocab_filename=f.ITEM_VOCABULARY)
     token_vocabulary = tft.vocabulary(
         tf.concat([query_tokens.flat_values, item_tokens.flat_values], axis=0),
         top_k=f.MAX_TEXT_TOKENS, vocab_filename=f.TOKEN_VOCABULARY)
     return {
-        f.ITEM_INDEX: _index(item_id, tft.vocabulary(_present(item_id),
-                                                     vocab_filename=f.ITEM_VOCABULARY)),
+        f.ITEM_INDEX: _index(item_id, item_vocabulary),
+        f.RECENT_ITEM_INDICES: _padded_indices(tf.RaggedTensor.from_sparse(inputs[f.RECENT_ITEMS]),
+                                               item_vocabulary, f.RECENT_ITEMS_LENGTH),
         f.USER_INDEX: _index(user_id, tft.vocabulary(_present(user_id),
                                                      vocab_filename=f.USER_VOCABULARY)),
         f.QUERY_TOKENS: _padded_indices(query_tokens, token_vocabulary, f.QUERY_LENGTH),

@@ -61,6 +61,7 @@ def transformed(tmp_path_factory):
         {"item_id": [b"b"], "title": [b"Blue lamp"], "description": [b"A tall lamp."]},
         {"item_id": [b"a"], "user_id": [b"u1"], "query": [b"red MUG"]},
         {"item_id": [b"b"], "query": [b"lamp"]},
+        {"user_id": [b"u1"], "recent_items": [b"b", b"unknown", b"a"]},
     ]
     spec = schema_utils.schema_as_feature_spec(schema).feature_spec
     rows = [{name: row.get(name, []) for name in spec} for row in raw]
@@ -92,11 +93,20 @@ def test_absent_values_are_index_zero(transformed):
     assert not any(outputs[2][f.ITEM_TOKENS])
 
 
+def test_recent_items_map_to_item_indices_in_order(transformed):
+    outputs, tft_output = transformed
+    items = tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
+    recent = outputs[4][f.RECENT_ITEM_INDICES]
+    assert len(recent) == f.RECENT_ITEMS_LENGTH
+    assert list(recent[:3]) == [items.index(b"b") + 1, 0, items.index(b"a") + 1]
+    assert not any(recent[3:]) and not any(outputs[2][f.RECENT_ITEM_INDICES])
+
+
 def test_only_rows_with_the_input_carry_frozen_features(transformed):
     outputs, _ = transformed
     lengths = [(len(row[f.ITEM_TEXT_EMBEDDING]), len(row[f.QUERY_TEXT_EMBEDDING]),
                 len(row[f.IMAGE_EMBEDDING])) for row in outputs]
-    assert lengths == [(384, 0, 1280), (384, 0, 0), (0, 384, 0), (0, 384, 0)]
+    assert lengths == [(384, 0, 1280), (384, 0, 0), (0, 384, 0), (0, 384, 0), (0, 0, 0)]
 
 
 def test_frozen_features_equal_the_encoders_run_directly(transformed):
