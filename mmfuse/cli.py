@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--batching-parameters-file",
                        help="TF Serving BatchingParameters text proto (default: "
                             "serving/deploy/batching.config)")
+    for pool in ("intra", "inter"):
+        serve.add_argument(f"--tensorflow-{pool}-op-parallelism", type=int, default=0,
+                           help=f"TensorFlow {pool}-op threads (default 0: one per core)")
 
     query = commands.add_parser("query", help="ask a TF Serving gRPC server one question")
     query.add_argument("--server", required=True, help="HOST:PORT")
@@ -212,7 +215,9 @@ def _serve(args) -> int:
     try:
         serve(args.model_base, port=args.port, host=args.host, model_name=args.model_name,
               poll_seconds=args.poll_seconds, max_request_bytes=args.max_request_bytes,
-              batching_parameters_file=args.batching_parameters_file or DEFAULT_PARAMETERS_FILE)
+              batching_parameters_file=args.batching_parameters_file or DEFAULT_PARAMETERS_FILE,
+              intra_op_threads=args.tensorflow_intra_op_parallelism,
+              inter_op_threads=args.tensorflow_inter_op_parallelism)
     except (OSError, ValueError) as error:  # no model base, port taken, bad batching file
         print(f"mmfuse serve: error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Finds and loads model versions in a TF Serving model base directory.
+"""Finds, reads and rewrites model versions in a TF Serving model base directory.
 
 The layout is TF Serving's: <base>/<integer version>/saved_model.pb. A version
 directory is complete once saved_model.pb exists (the Pusher copies it last),
@@ -8,25 +8,31 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import List, Tuple  # noqa: E402
+from typing import List, Sequence, Tuple  # noqa: E402
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 # Registers the tokenizer ops (WordpieceTokenizeWithOffsets, CaseFoldUTF8...)
 # that the text encoder inside the serving graph uses. TF Serving's binary has
 # them linked in; a Python process has to import them.
 import tensorflow_text  # noqa: E402,F401
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
+
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def version_dirs(model_base: str) -> List[int]:
+    """Every integer-named directory under `model_base`, complete or not, oldest first."""
+    if not tf.io.gfile.isdir(model_base):
+        raise FileNotFoundError(f"model base directory {model_base} does not exist")
+    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(model_base)
+                  if name.rstrip("/").isdigit())
 
 
 def versions(model_base: str) -> List[int]:
     """The complete versions under `model_base`, oldest first."""
-    if not tf.io.gfile.isdir(model_base):
-        raise FileNotFoundError(f"model base directory {model_base} does not exist")
-    found = []
-    for name in tf.io.gfile.listdir(model_base):
-        name = name.rstrip("/")
-        if name.isdigit() and tf.io.gfile.exists(os.path.join(model_base, name, "saved_model.pb")):
-            found.append(int(name))
-    return sorted(found)
+    return [version for version in version_dirs(model_base)
+            if tf.io.gfile.exists(os.path.join(model_base, str(version), SAVED_MODEL_FILE))]
 
 
 def load_newest(model_base: str) -> Tuple[int, tf.Module]:
@@ -34,3 +40,59 @@ def load_newest(model_base: str) -> Tuple[int, tf.Module]:
     if not found:
         raise FileNotFoundError(f"no model version (<integer>/saved_model.pb) under {model_base}")
     return found[-1], tf.saved_model.load(os.path.join(model_base, str(found[-1])))
+
+
+def files_state(version_dir: str) -> Tuple[Tuple[str, int, int], ...]:
+    """(path, size, mtime) of every file under `version_dir`: changes while a
+    copy is still being written, so a version that failed to load is tried
+    again only once its files have changed."""
+    state = []
+    for root, _, names in tf.io.gfile.walk(version_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                stat = tf.io.gfile.stat(path)
+            except tf.errors.NotFoundError:  # removed while we looked
+                continue
+            state.append((os.path.relpath(path, version_dir), stat.length, stat.mtime_nsec))
+    return tuple(sorted(state))
+
+
+def meta_graph(version_dir: str) -> meta_graph_pb2.MetaGraphDef:
+    """The serving MetaGraphDef of a version, as TF Serving reads it (its
+    signature_def map is what GetModelMetadata returns)."""
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(version_dir, SAVED_MODEL_FILE), "rb") as handle:
+        saved_model.ParseFromString(handle.read())
+    for graph in saved_model.meta_graphs:
+        if tf.saved_model.SERVING in graph.meta_info_def.tags:
+            return graph
+    raise ValueError(f"{version_dir} has no MetaGraph tagged {tf.saved_model.SERVING!r}")
+
+
+def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
+                      embeddings: np.ndarray) -> None:
+    """Writes to `out_dir` the model at `version_dir` with another catalogue:
+    the same graph and signatures, `item_ids` [n] and unit `embeddings`
+    [n, dim] in place of its own. Row 0 is the "unknown" item, never returned.
+
+    The item vocabulary inside the Transform graph is not changed:
+    `similar_items` finds a seed item by its index there, so existing items
+    keep their rows and new ones are appended after them.
+    """
+    model = tf.saved_model.load(version_dir)
+    for name in ("candidates", "item_ids"):
+        if not isinstance(getattr(model, name, None), tf.Variable):
+            raise ValueError(f"{version_dir} has no `{name}` variable; it was exported before "
+                             "the catalogue could be replaced (re-export it)")
+    if model.candidates.shape[0] is not None:
+        raise ValueError(f"{version_dir} has a catalogue of fixed size "
+                         f"{model.candidates.shape[0]}; re-export it with the current trainer")
+    embeddings = np.asarray(embeddings, np.float32)
+    dim = model.candidates.shape[1]
+    if embeddings.ndim != 2 or embeddings.shape[1] != dim or len(embeddings) != len(item_ids):
+        raise ValueError(f"expected {len(item_ids)} embeddings of dimension {dim}, "
+                         f"got shape {embeddings.shape}")
+    model.candidates.assign(embeddings)
+    model.item_ids.assign(np.asarray(item_ids, dtype=object))
+    tf.saved_model.save(model, out_dir, signatures=model.signatures)

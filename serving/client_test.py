@@ -1,0 +1,118 @@
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import json  # noqa: E402
+import select  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from mmfuse.cli import main  # noqa: E402
+from serving import client  # noqa: E402
+from serving.conftest import ITEMS  # noqa: E402
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("asked, signature, inputs", [
+    ({"user": "u1"}, "recommend", {"user_id": ["u1"]}),
+    ({"text": "red"}, "search", {"query": ["red"], "user_id": [""]}),
+    ({"text": "red", "user": "u1"}, "search", {"query": ["red"], "user_id": ["u1"]}),
+    ({"image": b"\x89PNG"}, "image_search", {"image": [b"\x89PNG"]}),
+    ({"item": "p1"}, "similar_items", {"item_id": ["p1"]}),
+])
+def test_a_question_sends_every_input_its_signature_has(asked, signature, inputs):
+    assert client.question(**asked) == (signature, inputs)
+    request = client.predict_request(signature, inputs, k=5, model_name="shop")
+    assert set(request.inputs) == set(inputs) | {"k"}
+    assert request.inputs["k"].dtype == tf.int32.as_datatype_enum
+    assert (request.model_spec.name, request.model_spec.signature_name) == ("shop", signature)
+
+
+@pytest.mark.parametrize("asked", [{}, {"text": "red", "item": "p1"}, {"user": "u1", "item": "p1"},
+                                   {"user": "u1", "image": b"x"}])
+def test_anything_but_one_question_is_refused(asked):
+    with pytest.raises(ValueError):
+        client.question(**asked)
+
+
+def _query(server, *arguments):
+    return main(["query", "--server", f"127.0.0.1:{server.port}", *arguments])
+
+
+def test_query_prints_the_items(server, capsys):
+    assert _query(server, "--user", "u0001", "--k", "3") == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "recommend user u0001 (model mmfuse version 1):"
+    assert [line.split()[0] for line in printed[1:]] == ["1.", "2.", "3."]
+    assert all(line.split()[1] in ITEMS for line in printed[1:])
+
+
+def test_query_json_is_one_line(server, capsys):
+    assert _query(server, "--text", "red dress", "--k", "4", "--json") == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert (answer["signature"], answer["model_version"]) == ("search", 1)
+    assert len(answer["item_ids"]) == len(answer["scores"]) == 4
+    assert answer["scores"] == sorted(answer["scores"], reverse=True)
+
+
+def test_query_by_image_file(server, capsys, tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)).numpy())
+    assert _query(server, "--image", str(image), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["signature"] == "image_search"
+
+
+def test_query_reports_the_servers_refusal(server, capsys):
+    assert _query(server, "--item", "p0001", "--model-name", "other") == 1
+    assert capsys.readouterr().err.strip() == (
+        "mmfuse query: NOT_FOUND: Servable not found for request: Latest(other)")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_query_without_a_server_says_so(capsys):
+    assert main(["query", "--server", f"127.0.0.1:{_free_port()}", "--user", "u1",
+                 "--timeout", "0.5"]) == 1
+    error = capsys.readouterr().err
+    assert "no gRPC server answers at 127.0.0.1:" in error
+    assert "Traceback" not in error
+
+
+def test_query_input_errors(capsys, tmp_path):
+    assert main(["query", "--server", "localhost:1", "--image", str(tmp_path / "none.jpg")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main(["query", "--server", "localhost:1", "--user", "u1", "--item", "p1"]) == 2
+    assert "ask one question" in capsys.readouterr().err
+
+
+def test_serve_command_serves_until_sigterm(model_base):
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mmfuse", "serve", "--model-base", model_base, "--port", str(port)],
+        cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        assert ready, "mmfuse serve printed nothing in 120 s"
+        first_line = process.stdout.readline()
+        assert first_line.strip() == f"serving model mmfuse version 1 on 127.0.0.1:{port}"
+        with client.connect(f"127.0.0.1:{port}") as channel:
+            answer = client.ask(channel, client.predict_request("recommend", {"user_id": ["u1"]}))
+        assert len(answer.item_ids[0]) == 10
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert "stopping" in process.stdout.read()
+    finally:
+        process.kill()

@@ -1,0 +1,121 @@
+"""A tiny stand-in for the pushed model, and a server over it, so that the
+serving tests run in seconds without a pipeline run."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import shutil  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from serving.batching import BatchingParameters  # noqa: E402
+from serving.server import ModelServer  # noqa: E402
+
+ITEMS = [f"p{index:04d}" for index in range(1, 13)]
+DIM = 4
+TEST_MAX_REQUEST_BYTES = 1 << 20
+_STRINGS = tf.TensorSpec([None], tf.string)
+_K = tf.TensorSpec([], tf.int32)
+
+
+class TinyRecommender(tf.Module):
+    """The signatures of trainer/export.py (names, inputs, outputs, the
+    catalogue as variables of unknown length) over a toy scoring: a user, a
+    query or an image's mean brightness hashes to one of DIM directions."""
+
+    def __init__(self):
+        super().__init__()
+        embeddings = np.random.default_rng(0).standard_normal((len(ITEMS) + 1, DIM))
+        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+        self.item_ids = tf.Variable([b"<unknown>"] + [item.encode() for item in ITEMS],
+                                    shape=[None], trainable=False)
+        self.candidates = tf.Variable(embeddings.astype(np.float32), shape=[None, DIM],
+                                      trainable=False)
+
+    @staticmethod
+    def _direction(strings):
+        return tf.one_hot(tf.strings.to_hash_bucket_fast(strings, DIM), DIM)
+
+    def _top_k(self, query, k, exclude=None):
+        scores = tf.matmul(query, self.candidates, transpose_b=True)
+        banned = tf.one_hot(tf.zeros_like(scores[:, 0], tf.int64), tf.shape(scores)[1],
+                            on_value=True, off_value=False)
+        if exclude is not None:
+            banned |= tf.one_hot(exclude, tf.shape(scores)[1], on_value=True, off_value=False)
+        scores = tf.where(banned, tf.fill(tf.shape(scores), -1e9), scores)
+        top = tf.math.top_k(scores, k=tf.minimum(tf.maximum(k, 1), tf.shape(scores)[1] - 1))
+        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
+
+    @tf.function(input_signature=[_STRINGS, _K])
+    def recommend(self, user_id, k):
+        return self._top_k(self._direction(user_id), k)
+
+    @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
+    def search(self, query, user_id, k):
+        return self._top_k(self._direction(query) + 0.5 * self._direction(user_id), k)
+
+    @tf.function(input_signature=[_STRINGS, _K])
+    def similar_items(self, item_id, k):
+        index = tf.argmax(tf.cast(tf.equal(item_id[:, None], self.item_ids[None, :]), tf.int64),
+                          axis=1)
+        return self._top_k(tf.gather(self.candidates, index), k, exclude=index)
+
+    @tf.function(input_signature=[_STRINGS, _K])
+    def image_search(self, image, k):
+        brightness = tf.map_fn(
+            lambda encoded: tf.reduce_mean(tf.cast(
+                tf.io.decode_image(encoded, channels=3, expand_animations=False), tf.float32)),
+            image, fn_output_signature=tf.float32)
+        return self._top_k(tf.one_hot(tf.cast(brightness, tf.int64) % DIM, DIM), k)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def rank_examples(self, examples):
+        parsed = tf.io.parse_example(examples, {"item_id": tf.io.VarLenFeature(tf.string)})
+        return {"rank": tf.ones([tf.shape(parsed["item_id"])[0]], tf.float32)}
+
+
+def save_tiny_model(path: str) -> None:
+    module = TinyRecommender()
+    tf.saved_model.save(module, path, signatures={
+        "recommend": module.recommend, "search": module.search,
+        "similar_items": module.similar_items, "image_search": module.image_search,
+        "serving_default": module.rank_examples})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A saved TinyRecommender (a version directory's content)."""
+    path = str(tmp_path_factory.mktemp("tiny") / "model")
+    save_tiny_model(path)
+    return path
+
+
+@pytest.fixture
+def model_base(tmp_path, tiny_model) -> str:
+    """A model base directory named mmfuse holding version 1."""
+    base = tmp_path / "mmfuse"
+    shutil.copytree(tiny_model, base / "1")
+    return str(base)
+
+
+def small_batches() -> BatchingParameters:
+    parameters = BatchingParameters()
+    parameters.max_batch_size.value = 8
+    parameters.num_batch_threads.value = 2
+    parameters.max_enqueued_batches.value = 100
+    return parameters
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model):
+    """A server on a free port over a base with version 1, for tests that do
+    not change the base."""
+    base = tmp_path_factory.mktemp("served") / "mmfuse"
+    shutil.copytree(tiny_model, base / "1")
+    served = ModelServer(str(base), port=0, max_request_bytes=TEST_MAX_REQUEST_BYTES,
+                         batching_parameters=small_batches(), announce=lambda line: None)
+    served.start()
+    yield served
+    served.stop(grace=0)

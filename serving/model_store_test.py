@@ -1,0 +1,89 @@
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from serving import model_store  # noqa: E402
+
+
+def test_versions_are_the_complete_integer_directories(tmp_path):
+    for name in ("3", "12", "7", "latest"):
+        (tmp_path / name).mkdir()
+    for name in ("3", "12", "latest"):
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
+    assert model_store.version_dirs(str(tmp_path)) == [3, 7, 12]
+    assert model_store.versions(str(tmp_path)) == [3, 12]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model_store.versions(str(tmp_path / "missing"))
+
+
+def test_files_state_changes_while_a_version_is_being_written(tmp_path):
+    (tmp_path / "variables").mkdir()
+    data = tmp_path / "variables" / "variables.data-00000-of-00001"
+    data.write_bytes(b"half")
+    before = model_store.files_state(str(tmp_path))
+    assert model_store.files_state(str(tmp_path)) == before
+    data.write_bytes(b"half and the rest")
+    assert model_store.files_state(str(tmp_path)) != before
+
+
+def test_meta_graph_holds_the_signature_defs(tiny_model):
+    signature_defs = model_store.meta_graph(tiny_model).signature_def
+    assert set(signature_defs["recommend"].inputs) == {"user_id", "k"}
+
+
+def _recommend(path, users):
+    answer = tf.saved_model.load(path).signatures["recommend"](user_id=tf.constant(users),
+                                                              k=tf.constant(3))
+    return answer["item_ids"].numpy().tolist(), answer["scores"].numpy()
+
+
+def test_an_unchanged_catalogue_rewritten_gives_the_same_answers(tiny_model, tmp_path):
+    model = tf.saved_model.load(tiny_model)
+    model_store.replace_catalogue(tiny_model, str(tmp_path / "copy"), model.item_ids.numpy(),
+                                  model.candidates.numpy())
+    users = ["u1", "u2", "u3", "u4"]
+    original_ids, original_scores = _recommend(tiny_model, users)
+    copy_ids, copy_scores = _recommend(str(tmp_path / "copy"), users)
+    assert copy_ids == original_ids
+    np.testing.assert_array_equal(copy_scores, original_scores)
+    assert set(tf.saved_model.load(str(tmp_path / "copy")).signatures) == set(model.signatures)
+
+
+def test_a_larger_catalogue_is_searched_whole(tiny_model, tmp_path):
+    model = tf.saved_model.load(tiny_model)
+    ids, candidates = model.item_ids.numpy(), model.candidates.numpy()
+    # A new item pointing exactly where user u1's query points outscores all others.
+    query = tf.one_hot(tf.strings.to_hash_bucket_fast(["u1"], candidates.shape[1]),
+                       candidates.shape[1]).numpy()
+    extra_ids = np.array([b"new%05d" % index for index in range(1000)], dtype=object)
+    extra = np.tile(-query, (1000, 1))
+    extra[-1] = query
+    model_store.replace_catalogue(tiny_model, str(tmp_path / "grown"),
+                                  np.concatenate([ids, extra_ids]),
+                                  np.concatenate([candidates, extra]))
+    grown = tf.saved_model.load(str(tmp_path / "grown"))
+    assert grown.candidates.shape[0] is None and len(grown.candidates.numpy()) == len(ids) + 1000
+    item_ids, scores = _recommend(str(tmp_path / "grown"), ["u1"])
+    assert item_ids[0][0] == b"new00999"
+    assert scores[0][0] == pytest.approx(1.0)
+
+
+def test_a_catalogue_that_does_not_fit_is_refused(tiny_model, tmp_path):
+    model = tf.saved_model.load(tiny_model)
+    with pytest.raises(ValueError, match="embeddings of dimension"):
+        model_store.replace_catalogue(tiny_model, str(tmp_path / "out"), model.item_ids.numpy(),
+                                      np.zeros((3, 2), np.float32))
+
+
+def test_a_model_with_a_fixed_catalogue_is_refused(tmp_path):
+    module = tf.Module()
+    module.candidates = tf.Variable(np.zeros((3, 2), np.float32))
+    module.item_ids = tf.Variable([b"a", b"b", b"c"])
+    tf.saved_model.save(module, str(tmp_path / "fixed"))
+    with pytest.raises(ValueError, match="fixed size 3"):
+        model_store.replace_catalogue(str(tmp_path / "fixed"), str(tmp_path / "out"),
+                                      [b"a"], np.zeros((1, 2), np.float32))
