@@ -53,7 +53,8 @@ class Users(tf.Module):
 class RetrievalModel(tfrs.Model):
     def __init__(self, catalog: Catalog, users: Users, vocabulary_sizes: Dict[str, int], dim: int,
                  modalities: Sequence[str] = MODALITIES, temperature: float = 0.05,
-                 item_probabilities: np.ndarray = None, modality_dropout: float = 0.0):
+                 item_probabilities: np.ndarray = None, modality_dropout: float = 0.0,
+                 recent_item_dropout: float = 0.0):
         super().__init__()
         self.catalog = catalog
         self.users = users
@@ -66,7 +67,8 @@ class RetrievalModel(tfrs.Model):
         sentence = FeatureProjection(dim, name="sentence")
         self.item_tower = ItemTower(vocabulary_sizes, words, sentence, dim, modalities,
                                     modality_dropout, name="item_tower")
-        self.query_tower = QueryTower(vocabulary_sizes, words, sentence, dim, name="query_tower")
+        self.query_tower = QueryTower(vocabulary_sizes, words, sentence, dim, recent_item_dropout,
+                                      name="query_tower")
         # In-batch softmax; an item appearing twice in a batch is not its own negative.
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
 

@@ -32,6 +32,8 @@ DEFAULTS = {
     "temperature": 0.05,
     # Share of present item modalities hidden per training row (cold start).
     "modality_dropout": 0.2,
+    # Share of a user's recent items hidden per training row (against memorising).
+    "recent_item_dropout": 0.3,
     "modalities": ["id", "text", "image"],
     "seed": 42,
 }
@@ -111,7 +113,8 @@ def run_fn(fn_args: FnArgs) -> None:
                                data.vocabulary_sizes(tft_output),
                                config["embedding_dim"], config["modalities"], config["temperature"],
                                item_probabilities=counts / counts.sum(),
-                               modality_dropout=config["modality_dropout"])
+                               modality_dropout=config["modality_dropout"],
+                               recent_item_dropout=config["recent_item_dropout"])
         model.compile(optimizer=tf.keras.optimizers.Adam(config["learning_rate"]))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),

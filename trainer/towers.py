@@ -52,16 +52,22 @@ class RecentItemsEncoder(tf.keras.layers.Layer):
     that starts from their mean attends over them (absent items masked), so
     the tower can weigh some recent items above others rather than only
     average them. Users without recent items are marked not present.
+    In training, each recent item is hidden with probability `item_dropout`,
+    so the tower cannot lean on any one item of a history.
     """
 
-    def __init__(self, vocabulary_size: int, dim: int, length: int, num_heads: int = 4, **kwargs):
+    def __init__(self, vocabulary_size: int, dim: int, length: int, num_heads: int = 4,
+                 item_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        self.item_dropout = item_dropout
         self.item = tf.keras.layers.Embedding(vocabulary_size, dim)
         self.position = tf.keras.layers.Embedding(length, dim)
         self.attention = tf.keras.layers.MultiHeadAttention(num_heads, key_dim=max(dim // num_heads, 1))
 
     def call(self, item_indices: tf.Tensor, training=None) -> Encoded:
         mask = tf.cast(item_indices > 0, tf.float32)
+        if training and self.item_dropout > 0:
+            mask *= tf.cast(tf.random.uniform(tf.shape(mask)) >= self.item_dropout, tf.float32)
         count = tf.reduce_sum(mask, axis=1, keepdims=True)
         tokens = self.item(item_indices) + self.position(tf.range(tf.shape(item_indices)[1]))[None]
         mean = tf.reduce_sum(tokens * mask[:, :, None], axis=1) / tf.maximum(count, 1.0)
@@ -108,6 +114,7 @@ class ModalityAttention(tf.keras.layers.Layer):
         self.num_modalities = num_modalities
         self.modality_dropout = modality_dropout
         self.modality_type = tf.keras.layers.Embedding(num_modalities + 1, dim)
+        self.token_norm = tf.keras.layers.LayerNormalization()
         self.attention = tf.keras.layers.MultiHeadAttention(num_heads, key_dim=max(dim // num_heads, 1))
         self.attention_norm = tf.keras.layers.LayerNormalization()
         self.feed_forward = tf.keras.Sequential([
@@ -124,7 +131,9 @@ class ModalityAttention(tf.keras.layers.Layer):
         return kept + emptied * fallback * present
 
     def call(self, encoded: Sequence[Encoded], training=None, return_attention=False):
-        vectors = tf.stack([vector for vector, _ in encoded], axis=1)  # [batch, M, dim]
+        # Every modality enters on one scale, so that none (e.g. a projected
+        # 1280-d image feature) drowns the others in the mean or the attention.
+        vectors = self.token_norm(tf.stack([vector for vector, _ in encoded], axis=1))  # [batch, M, dim]
         present = tf.stack([mask for _, mask in encoded], axis=1)  # [batch, M]
         if training and self.modality_dropout > 0:
             present = self._drop_modalities(present)
@@ -195,11 +204,11 @@ class QueryTower(tf.keras.layers.Layer):
     """
 
     def __init__(self, vocabulary_sizes: Dict[str, int], words: BagOfTokensEncoder,
-                 sentence: FeatureProjection, dim: int, **kwargs):
+                 sentence: FeatureProjection, dim: int, recent_item_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.user_id = IdEncoder(vocabulary_sizes[f.USER_VOCABULARY], dim)
         self.recent_items = RecentItemsEncoder(vocabulary_sizes[f.ITEM_VOCABULARY], dim,
-                                               f.RECENT_ITEMS_LENGTH)
+                                               f.RECENT_ITEMS_LENGTH, item_dropout=recent_item_dropout)
         self.words = words
         self.sentence = sentence
         self.modality_attention = ModalityAttention(4, dim)
