@@ -52,10 +52,18 @@ class Result:
     latencies_ms: np.ndarray
     errors: int
     seconds: float
+    # CPU seconds the server and the clients spent while measuring.
+    server_cpu_s: float = float("nan")
+    client_cpu_s: float = float("nan")
 
     @property
     def qps(self) -> float:
         return len(self.latencies_ms) / self.seconds
+
+    def cpu_ms_per_answer(self) -> float:
+        """Server and client CPU per answer: what the machine's cores can
+        carry when nothing else runs (cores * 1000 / this = answers a second)."""
+        return (self.server_cpu_s + self.client_cpu_s) * 1000 / max(len(self.latencies_ms), 1)
 
     def percentile(self, q: float) -> float:
         if not len(self.latencies_ms):
@@ -133,6 +141,13 @@ def grown_model_base(version_dir: str, item_ids: np.ndarray, candidates: np.ndar
                                            dtype=object)]),
         np.concatenate([candidates, _unit_rows(extra, candidates.shape[1], seed=size)]))
     return base
+
+
+def catalogue_rows(version_dir: str) -> int:
+    """Rows of a version's catalogue (row 0, "unknown", included), read from
+    its checkpoint without loading the model."""
+    shapes = dict(tf.train.list_variables(os.path.join(version_dir, "variables", "variables")))
+    return shapes["candidates/.ATTRIBUTES/VARIABLE_VALUE"][0]
 
 
 class ServerProcess:
@@ -236,46 +251,67 @@ def benchmark(args) -> List[Result]:
     if not versions:
         raise FileNotFoundError(f"no model version under {args.model_base}")
     version_dir = os.path.join(args.model_base, str(versions[-1]))
-    pushed = tf.saved_model.load(version_dir)
-    item_ids, candidates = pushed.item_ids.numpy(), pushed.candidates.numpy()
-    del pushed
     results = []
     workdir = tempfile.mkdtemp(prefix="mmfuse-bench-")
     try:
-        for size in args.sizes:
-            base = (args.model_base if size is None
-                    else grown_model_base(version_dir, item_ids, candidates, size, workdir))
-            server = ServerProcess(base, shlex.split(args.serve_options))
-            try:
-                version = server.wait_until_available(os.path.basename(os.path.normpath(base)))
-                rows = size or len(item_ids)
-                print(f"catalogue of {rows - 1:,} items (model version {version}), "
-                      f"{args.clients} clients:", flush=True)
-                with client.connect(server.address) as channel:
-                    seeds = client.ask(channel, client.predict_request(
-                        "recommend", {"user_id": ["u0001", "u0002"]}, 50))
-                item_ids = [item for row in seeds.item_ids for item in row]
-                for signature in args.signatures:
-                    requests = requests_for(signature, args, item_ids)
-                    drive(server.address, requests, args.clients, args.warm_up_seconds)
-                    latencies, errors, seconds = drive(server.address, requests, args.clients,
-                                                       args.seconds)
-                    result = Result(rows - 1, signature, latencies, errors, seconds)
-                    results.append(result)
-                    print("  " + format_result(result), flush=True)
-            finally:
-                server.stop()
-            if size is not None:
-                shutil.rmtree(os.path.dirname(base), ignore_errors=True)
+        # All models first, so that a model that cannot be grown fails before any measuring.
+        if any(size is not None for size in args.sizes):
+            item_ids, candidates = model_store.read_catalogue(version_dir)
+        bases = [(catalogue_rows(version_dir), args.model_base) if size is None else
+                 (size, grown_model_base(version_dir, item_ids, candidates, size, workdir))
+                 for size in args.sizes]
+        for rows, base in bases:
+            results += _measure(args, base, rows - 1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _measure(args, model_base: str, items: int) -> List[Result]:
+    results = []
+    server = ServerProcess(model_base, shlex.split(args.serve_options))
+    try:
+        version = server.wait_until_available(os.path.basename(os.path.normpath(model_base)))
+        print(f"catalogue of {items:,} items (model version {version}), {args.clients} clients, "
+              f"load average {os.getloadavg()[0]:.2f} before:", flush=True)
+        with client.connect(server.address) as channel:
+            seeds = client.ask(channel, client.predict_request(
+                "recommend", {"user_id": ["u0001", "u0002"]}, 50))
+        seed_items = [item for row in seeds.item_ids for item in row]
+        for signature in args.signatures:
+            requests = requests_for(signature, args, seed_items)
+            drive(server.address, requests, args.clients, args.warm_up_seconds)
+            server_cpu, client_cpu = _cpu_seconds(server.process.pid), _process_cpu_seconds()
+            latencies, errors, seconds = drive(server.address, requests, args.clients,
+                                               args.seconds)
+            results.append(Result(items, signature, latencies, errors, seconds,
+                                  _cpu_seconds(server.process.pid) - server_cpu,
+                                  _process_cpu_seconds() - client_cpu))
+            print("  " + format_result(results[-1]), flush=True)
+    finally:
+        server.stop()
     return results
 
 
 def format_result(result: Result) -> str:
     return (f"{result.signature:<14} p50 {result.percentile(50):7.2f} ms  "
             f"p95 {result.percentile(95):7.2f} ms  p99 {result.percentile(99):7.2f} ms  "
-            f"{result.qps:7.1f} qps  ({len(result.latencies_ms)} answers, {result.errors} errors)")
+            f"{result.qps:7.1f} qps  CPU/answer {result.cpu_ms_per_answer():5.2f} ms "
+            f"({result.server_cpu_s / result.seconds * 100:3.0f}% server, "
+            f"{result.client_cpu_s / result.seconds * 100:3.0f}% clients)  "
+            f"({len(result.latencies_ms)} answers, {result.errors} errors)")
 
 
 def growth(results: List[Result]) -> List[str]:
@@ -296,7 +332,11 @@ def growth(results: List[Result]) -> List[str]:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    results = benchmark(args)
+    try:
+        results = benchmark(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"benchmarks.serving: error: {error}", file=sys.stderr)
+        return 2
     print("\ncost growth with catalogue size:")
     for line in growth(results):
         print("  " + line)

@@ -149,6 +149,22 @@ class Batcher:
             self._changed.notify()
         return future
 
+    def run(self, key: Hashable, run: Callable[[Arrays], Arrays], inputs: Arrays,
+            rows: int) -> Arrays:
+        """Answers one request of any size: one larger than max_batch_size is
+        cut into batch-sized parts (as TF Serving's large batch splitting
+        does), so that no call of the model holds more rows than that, and
+        its memory stays bounded whatever the catalogue."""
+        if rows <= self.max_batch_size:
+            return self.submit(key, run, inputs, rows).result()
+        parts = []
+        for start in range(0, rows, self.max_batch_size):
+            part = {name: value[start:start + self.max_batch_size] if value.ndim else value
+                    for name, value in inputs.items()}
+            parts.append(self.submit(key, run, part, min(self.max_batch_size, rows - start)))
+        answers = [part.result() for part in parts]
+        return {name: np.concatenate([answer[name] for answer in answers]) for name in answers[0]}
+
     def stop(self) -> None:
         """Finishes the queued batches, then ends the threads."""
         with self._changed:

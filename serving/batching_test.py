@@ -73,6 +73,18 @@ def test_batches_stop_at_max_batch_size_and_never_mix_keys():
     assert sorted(call["x"].tolist() for call in model.calls[1:]) == [[1, 2, 3], [4], [10]]
 
 
+def test_a_request_larger_than_a_batch_is_answered_in_parts():
+    model, batcher = Model(), Batcher(_parameters(max_batch_size=2))
+    model.release.set()
+    try:
+        answer = batcher.run("key", model, {"x": np.arange(5), "k": np.array(3)}, 5)
+    finally:
+        batcher.stop()
+    assert answer["y"].tolist() == [0, 2, 4, 6, 8]
+    assert [call["x"].tolist() for call in model.calls] == [[0, 1], [2, 3], [4]]
+    assert all(call["k"] == 3 for call in model.calls)
+
+
 def test_a_bad_request_fails_alone_not_the_batch_it_joined():
     model, batcher = Model(), Batcher(_parameters())
     try:

@@ -80,14 +80,7 @@ def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
     `similar_items` finds a seed item by its index there, so existing items
     keep their rows and new ones are appended after them.
     """
-    model = tf.saved_model.load(version_dir)
-    for name in ("candidates", "item_ids"):
-        if not isinstance(getattr(model, name, None), tf.Variable):
-            raise ValueError(f"{version_dir} has no `{name}` variable; it was exported before "
-                             "the catalogue could be replaced (re-export it)")
-    if model.candidates.shape[0] is not None:
-        raise ValueError(f"{version_dir} has a catalogue of fixed size "
-                         f"{model.candidates.shape[0]}; re-export it with the current trainer")
+    model = _with_replaceable_catalogue(version_dir)
     embeddings = np.asarray(embeddings, np.float32)
     dim = model.candidates.shape[1]
     if embeddings.ndim != 2 or embeddings.shape[1] != dim or len(embeddings) != len(item_ids):
@@ -96,3 +89,22 @@ def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
     model.candidates.assign(embeddings)
     model.item_ids.assign(np.asarray(item_ids, dtype=object))
     tf.saved_model.save(model, out_dir, signatures=model.signatures)
+
+
+def read_catalogue(version_dir: str) -> Tuple[np.ndarray, np.ndarray]:
+    """A version's item ids [n] and item embeddings [n, dim] (row 0: "unknown")."""
+    model = _with_replaceable_catalogue(version_dir)
+    return model.item_ids.numpy(), model.candidates.numpy()
+
+
+def _with_replaceable_catalogue(version_dir: str):
+    model = tf.saved_model.load(version_dir)
+    for name in ("candidates", "item_ids"):
+        if not isinstance(getattr(model, name, None), tf.Variable):
+            raise ValueError(f"{version_dir} has no `{name}` variable: it was exported before "
+                             "its catalogue could be replaced; re-export it with the current "
+                             "trainer")
+    if model.candidates.shape[0] is not None:
+        raise ValueError(f"{version_dir} has a catalogue of fixed size "
+                         f"{model.candidates.shape[0]}; re-export it with the current trainer")
+    return model

@@ -42,15 +42,16 @@ def _recommend(path, users):
 
 
 def test_an_unchanged_catalogue_rewritten_gives_the_same_answers(tiny_model, tmp_path):
-    model = tf.saved_model.load(tiny_model)
-    model_store.replace_catalogue(tiny_model, str(tmp_path / "copy"), model.item_ids.numpy(),
-                                  model.candidates.numpy())
+    item_ids, embeddings = model_store.read_catalogue(tiny_model)
+    assert item_ids[0] == b"<unknown>" and embeddings.shape == (len(item_ids), 4)
+    model_store.replace_catalogue(tiny_model, str(tmp_path / "copy"), item_ids, embeddings)
     users = ["u1", "u2", "u3", "u4"]
     original_ids, original_scores = _recommend(tiny_model, users)
     copy_ids, copy_scores = _recommend(str(tmp_path / "copy"), users)
     assert copy_ids == original_ids
     np.testing.assert_array_equal(copy_scores, original_scores)
-    assert set(tf.saved_model.load(str(tmp_path / "copy")).signatures) == set(model.signatures)
+    assert set(tf.saved_model.load(str(tmp_path / "copy")).signatures) == set(
+        tf.saved_model.load(tiny_model).signatures)
 
 
 def test_a_larger_catalogue_is_searched_whole(tiny_model, tmp_path):
@@ -87,3 +88,5 @@ def test_a_model_with_a_fixed_catalogue_is_refused(tmp_path):
     with pytest.raises(ValueError, match="fixed size 3"):
         model_store.replace_catalogue(str(tmp_path / "fixed"), str(tmp_path / "out"),
                                       [b"a"], np.zeros((1, 2), np.float32))
+    with pytest.raises(ValueError, match="fixed size 3"):
+        model_store.read_catalogue(str(tmp_path / "fixed"))

@@ -38,9 +38,10 @@ from serving.batching import (DEFAULT_PARAMETERS_FILE, Batcher, QueueFullError, 
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_K = 10
-# A request's rows are answered in one matrix product with the whole
-# catalogue; this bounds the memory one request can take.
+# Bounds on one request, so that its answer fits in memory: rows, and items
+# per row (TF Serving has neither; k clamps to the catalogue size anyway).
 MAX_REQUEST_ROWS = 1024
+MAX_K = 1000
 DEFAULT_MAX_REQUEST_BYTES = 16 << 20
 # gRPC handler threads mostly wait for their batch; TF Serving recommends
 # about twice the batch size in concurrent callers for batching to fill up.
@@ -140,6 +141,8 @@ class Signature:
             raise self._invalid("the inputs' first dimensions (batch sizes) differ: "
                                 + ", ".join(f"{name} {size}" for name, size in sorted(rows.items()))
                                 + ".")
+        if "k" in arrays and arrays["k"].ndim == 0 and arrays["k"] > MAX_K:
+            raise self._invalid(f"k may be at most {MAX_K}, not {arrays['k']}.")
         batch_size = next(iter(rows.values()), 1)
         if batch_size > MAX_REQUEST_ROWS:
             raise RequestError(
@@ -332,7 +335,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature = servable.signature(request.model_spec.signature_name or DEFAULT_SIGNATURE)
         outputs = signature.output_names(request.output_filter)
         inputs, rows = signature.prepare(request.inputs)
-        answer = self._batcher.submit(signature.batch_key(inputs), signature, inputs, rows).result()
+        answer = self._batcher.run(signature.batch_key(inputs), signature, inputs, rows)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version

@@ -58,7 +58,8 @@ def test_each_signature_answers_like_the_model_itself(channel, tiny_model, asked
 
 
 def test_rows_of_one_request_are_answered_separately(channel):
-    users = ["u0001", "u0002", "u0003"]
+    # More rows than the test server's batches hold: the request is answered in parts.
+    users = [f"u{index:04d}" for index in range(20)]
     together = client.ask(channel, client.predict_request("recommend", {"user_id": users}, k=3))
     alone = [client.ask(channel, client.predict_request("recommend", {"user_id": [user]}, k=3))
              for user in users]
@@ -149,7 +150,9 @@ def _recommend_with(**inputs) -> predict_pb2.PredictRequest:
     (_recommend_with(user_id=tf.make_tensor_proto("u0001")), "user_id has shape []"),
     (_recommend_with(user_id=tf.make_tensor_proto(["u0001"]), k=tf.make_tensor_proto([3])),
      "k has shape [1]"),
-], ids=["unknown name", "missing", "dtype", "k dtype", "rank", "k rank"])
+    (_recommend_with(user_id=tf.make_tensor_proto(["u0001"]), k=tf.make_tensor_proto(10 ** 6)),
+     "k may be at most"),
+], ids=["unknown name", "missing", "dtype", "k dtype", "rank", "k rank", "k too large"])
 def test_inputs_that_do_not_fit_the_signature_name_what_it_takes(channel, bad_request, problem):
     refusal = _refusal(channel, bad_request)
     assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT
