@@ -1,7 +1,6 @@
 """The whole pipeline on the embedded sample, as a user runs it: `mmfuse run`,
-then the pushed SavedModel's signatures. One run (about two minutes) serves
-every test here."""
-import csv
+then the pushed SavedModel's signatures. The run (tests/conftest.py, a few
+minutes) serves every test here and the serving tests after them."""
 import glob
 import os
 
@@ -10,9 +9,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline.sample_data import write_sample_dataset  # noqa: E402
 from serving.model_store import load_newest  # noqa: E402
-from tests.mmfuse_runs import run_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.slow
 COMPONENTS = ("FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
@@ -21,19 +18,9 @@ COMPONENTS = ("FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "Exampl
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    data = root / "data"
-    write_sample_dataset(str(data))
-    with open(data / "items.csv", newline="") as handle:
-        items = {row["item_id"]: row for row in csv.DictReader(handle)}
-    # One corrupt image must be skipped and reported, not crash the run.
-    corrupt = next(row for row in items.values() if row["image"])
-    (data / corrupt["image"]).write_bytes(b"\xff\xd8 truncated jpeg")
-    stdout, result = run_pipeline(data, root / "out", epochs=3)
-    _, model = load_newest(str(root / "out" / "serving" / "mmfuse"))
-    return {"root": root, "data": data, "items": items, "stdout": stdout,
-            "result": result, "model": model, "corrupt": corrupt}
+def run(sample_run):
+    _, model = load_newest(str(sample_run["root"] / "out" / "serving" / "mmfuse"))
+    return {**sample_run, "model": model}
 
 
 def _ask(model, signature, k=10, **inputs):

@@ -112,3 +112,14 @@ def test_a_tower_of_any_modalities_has_only_built_weights():
         tower(_items([2], [[3, 4]], [1]))
         assert tower.trainable_weights
         assert hasattr(tower, "image") == ("image" in modalities)
+
+
+def test_recent_item_dropout_hides_items_in_training_only():
+    history = tf.constant([[2, 3, 4, 1]] * 64, tf.int64)
+    encoder = RecentItemsEncoder(SIZES[f.ITEM_VOCABULARY], DIM, length=4, item_dropout=0.5)
+    served, present = encoder(history)
+    np.testing.assert_allclose(encoder(history)[0], served)  # deterministic when serving
+    assert present.numpy().all()
+    trained, _ = encoder(history, training=True)
+    # Rows lose different items, so identical histories encode differently.
+    assert len({tuple(np.round(row, 5)) for row in trained.numpy()}) > 1

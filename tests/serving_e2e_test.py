@@ -1,0 +1,134 @@
+"""`mmfuse serve` on the sample's pushed model, asked over TF Serving's gRPC
+API as a client of real TF Serving would; then the release gate both ways
+while queries flow: a second good run is pushed and served without a failed
+request, a crippled one (trained zero epochs) is refused and not pushed."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc  # noqa: E402
+
+from serving import client, model_store  # noqa: E402
+from tests.mmfuse_runs import run_pipeline  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(sample_run):
+    model_base = sample_run["root"] / "out" / "serving" / "mmfuse"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mmfuse", "serve", "--model-base", str(model_base), "--port", "0",
+         "--poll-seconds", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:  # "serving model mmfuse version N on 127.0.0.1:PORT"
+        lines.append(line)
+        if line.startswith("serving model"):
+            break
+    assert process.poll() is None, "".join(lines)
+    address = lines[-1].split(" on ")[1].split()[0]
+    # Keep reading the server's output, so that it never blocks on a full pipe.
+    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
+    channel = client.connect(address)
+    yield {"channel": channel, "model_base": str(model_base), **sample_run}
+    channel.close()
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _ask(server, k=10, **question):
+    signature, inputs = client.question(**question)
+    return client.ask(server["channel"], client.predict_request(signature, inputs, k=k))
+
+
+def test_recommend_over_grpc(server):
+    answer = _ask(server, user="u0001", k=7)
+    assert answer.signature == "recommend"
+    (ids,) = answer.item_ids
+    assert len(ids) == len(set(ids)) == 7 and set(ids) <= set(server["items"])
+    assert answer.model_version == model_store.versions(server["model_base"])[-1]
+
+
+def test_search_over_grpc_finds_matching_items(server):
+    items = server["items"]
+    (ids,) = _ask(server, text="red mug").item_ids
+    matching = [i for i in ids if items[i]["colour"] == "red" or items[i]["kind"] == "mug"]
+    assert len(matching) >= 8, [(items[i]["colour"], items[i]["kind"]) for i in ids]
+
+
+def test_answers_over_grpc_are_the_saved_models_own(server):
+    """The server adds nothing and loses nothing: a photo's image search over
+    gRPC gives exactly what the pushed SavedModel gives in-process (its quality
+    is checked in pipeline_e2e_test.py)."""
+    _, model = model_store.load_newest(server["model_base"])
+    photo = next(row for row in server["items"].values()
+                 if row["image"] and row != server["corrupt"])
+    image = (server["data"] / photo["image"]).read_bytes()
+    answer = _ask(server, image=image, k=5)
+    direct = model.signatures["image_search"](image=tf.constant([image]), k=tf.constant(5))
+    assert answer.item_ids == [[i.decode() for i in direct["item_ids"].numpy()[0]]]
+    np.testing.assert_allclose(answer.scores, direct["scores"].numpy(), rtol=1e-5)
+
+
+def test_similar_items_over_grpc(server):
+    (ids,) = _ask(server, item="p0001").item_ids
+    assert "p0001" not in ids and len(ids) == 10
+
+
+def test_an_undecodable_image_is_invalid_argument_and_the_server_lives_on(server):
+    with pytest.raises(grpc.RpcError) as error:
+        _ask(server, image=b"not an image")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _ask(server, user="u0002").item_ids
+
+
+def test_a_new_version_is_served_while_queries_flow_and_a_crippled_model_is_not_pushed(server):
+    first = model_store.versions(server["model_base"])
+    failures, versions_seen, stop = [], set(), threading.Event()
+
+    def keep_asking():
+        while not stop.is_set():
+            try:
+                versions_seen.add(_ask(server, user="u0003").model_version)
+            except grpc.RpcError as error:  # any failure during the switch is a bug
+                failures.append(f"{error.code()}: {error.details()}")
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        # Same data and options: the cache reuses everything up to the Trainer;
+        # the Evaluator blesses the model against itself and the Pusher adds a version.
+        _, second = run_pipeline(server["data"], server["root"] / "out", epochs=3)
+        assert second["blessed"] and second["pushed_model"]
+        newest = model_store.versions(server["model_base"])[-1]
+        assert newest not in first
+        deadline = time.time() + 120
+        while newest not in versions_seen and time.time() < deadline and not failures:
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        asker.join()
+    assert not failures, failures[:5]
+    assert newest in versions_seen and first[-1] in versions_seen
+    status = model_service_pb2_grpc.ModelServiceStub(server["channel"]).GetModelStatus(
+        get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "mmfuse"}))
+    assert [(v.version, v.state) for v in status.model_version_status] == [
+        (newest, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+
+    # The gate, the other way: an untrained model is refused, nothing is pushed,
+    # and the server keeps answering with the version it had.
+    stdout, crippled = run_pipeline(server["data"], server["root"] / "out", epochs=0, blessed=False)
+    assert crippled["blessed"] is False and crippled["pushed_model"] is None
+    assert "recall@100" in crippled["blessing"] and crippled["change_vs_baseline"]["recall@100"] < 0
+    assert model_store.versions(server["model_base"])[-1] == newest
+    assert _ask(server, user="u0003").model_version == newest
