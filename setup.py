@@ -13,7 +13,8 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["mmfuse", "pipeline", "trainer", "transform", "serving", "schema",
                                     "evaluation"]),
-    package_data={"schema": ["*.pbtxt", "README.md"], "serving": ["config/*", "k8s/*"]},
+    package_data={"schema": ["*.pbtxt", "README.md"],
+                  "serving": ["deploy/*.config", "deploy/*.yml", "deploy/*.yaml", "deploy/k8s/*.yaml"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",

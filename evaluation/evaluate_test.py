@@ -3,20 +3,16 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from evaluation import evaluate as evaluation  # noqa: E402
 from evaluation import rankers  # noqa: E402
 from mmfuse.cli import main  # noqa: E402
 from pipeline.converters import write_dataset  # noqa: E402
-from pipeline.dataset import Dataset, Interaction, Item, read_dataset  # noqa: E402
+from pipeline.dataset import Dataset, Interaction, Item  # noqa: E402
 from pipeline.splits import EVAL, TRAIN  # noqa: E402
 from trainer import ranking  # noqa: E402
 
-SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "sample")
-SAMPLE_MODEL = os.path.join(SAMPLE, "serving", "mmfuse")
-SAMPLE_EXAMPLES = os.path.join(SAMPLE, "pipeline", "FileBasedExampleGen", "examples")
 LOG3 = math.log2(3)
 
 
@@ -168,35 +164,6 @@ def test_cli_bad_cutoffs_are_a_usage_error(tmp_path, capsys):
         main(["evaluate", "--data", str(tmp_path), "--model", str(tmp_path), "--k", "10,x"])
     assert exit_info.value.code == 2
     assert "--k" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(not os.path.isdir(SAMPLE_EXAMPLES), reason="no sample run (make run)")
-def test_model_figures_are_the_evaluators_on_the_sample():
-    """evaluate() on the pushed sample model gives the figures of the ranks its
-    `serving_default` gives the pipeline's own eval examples (what the Evaluator scores)."""
-    import tensorflow as tf
-
-    from transform import features
-
-    newest = max(os.listdir(SAMPLE_EXAMPLES), key=int)
-    files = tf.io.gfile.glob(os.path.join(SAMPLE_EXAMPLES, newest, "Split-eval", "*"))
-    examples = [record.numpy() for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    recommendation_examples = [
-        example for example in examples
-        if features.QUERY not in tf.train.Example.FromString(example).features.feature]
-    dataset = read_dataset(os.path.join(SAMPLE, "sample-data"), check_images=False)
-    ranker = rankers.SavedModelRanker(SAMPLE_MODEL)
-    ks = (10, 20, 100)
-    result = evaluation.evaluate(dataset, ranker, ks=ks)
-    ranks = ranker.model.signatures["serving_default"](
-        examples=tf.constant(recommendation_examples))["rank"]
-    expected = ranking.metrics_from_ranks(np.asarray(ranks).reshape(-1).tolist(), ks)
-    assert result["rows"] == len(recommendation_examples)
-    for k in ks:
-        assert result[f"recall@{k}"] == pytest.approx(expected[f"recall@{k}"])
-        assert result[f"ndcg@{k}"] == pytest.approx(expected[f"ndcg@{k}"])
-    # MRR here stops at rank 100; the Evaluator's counts every rank.
-    assert expected["mrr"] - 1 / 100 <= result["mrr"] <= expected["mrr"] + 1e-9
 
 
 def test_a_catalogue_only_dataset_splits_the_pipelines_self_searches():

@@ -1,14 +1,10 @@
 import math
-import os
 
 import numpy as np
 import pytest
 
 from evaluation import rankers
 from pipeline.dataset import Interaction, Item
-
-SAMPLE_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "runs", "sample", "serving", "mmfuse")
 
 
 def _rows(pairs):
@@ -105,17 +101,3 @@ def test_bm25_score_by_hand():
 def test_bm25_does_not_recommend():
     with pytest.raises(NotImplementedError, match="bm25 does not recommend"):
         rankers.BM25(_catalogue()).recommend(["u1"], k=1)
-
-
-@pytest.mark.skipif(not os.path.isdir(SAMPLE_MODEL), reason="no pushed sample model (make run)")
-def test_saved_model_ranker_on_the_sample_model():
-    ranker = rankers.SavedModelRanker(SAMPLE_MODEL, batch_size=2)
-    assert os.path.exists(os.path.join(ranker.path, "saved_model.pb"))
-    # Three rows in batches of two: the second call returns the rest.
-    ranked = ranker.recommend(["u0001", "u0002", "u0003"], k=5)
-    assert [len(items) for items in ranked.item_ids] == [5, 5, 5]
-    assert all(scores == sorted(scores, reverse=True) for scores in ranked.scores)
-    found = ranker.search(["red mug"], [""], k=3)
-    (scores,) = ranker.score_search(["red mug"], [""], [found.item_ids[0] + ["no-such-item"]])
-    np.testing.assert_allclose(scores[:3], found.scores[0], rtol=1e-5)
-    assert scores[3] == -math.inf
