@@ -8,10 +8,12 @@ trace of their code, so a replaced image or an edited `preprocessing_fn` would
 otherwise reuse stale outputs. Both fingerprints go into ExampleGen's
 properties: changing either re-runs the whole pipeline, while a run that only
 changes training options (epochs, seed, modalities) reuses everything up to
-and including Transform.
+and including Transform. `mmfuse serve` uses `files_state` too, to tell when
+a model version that failed to load has changed on disk.
 """
 import hashlib
 import os
+from typing import Tuple
 
 import tensorflow as tf
 
@@ -20,16 +22,25 @@ _CODE_PACKAGES = ("pipeline", "transform", "trainer", "schema")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def files_state(directory: str) -> Tuple[Tuple[str, int, int], ...]:
+    """(path, size, mtime) of every file under `directory`, sorted; it changes
+    when a file is added, removed, resized or rewritten, e.g. while a copy is
+    still being written."""
+    state = []
+    for root, _, names in tf.io.gfile.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                stat = tf.io.gfile.stat(path)
+            except tf.errors.NotFoundError:  # removed while we looked
+                continue
+            state.append((os.path.relpath(path, directory), stat.length, stat.mtime_nsec))
+    return tuple(sorted(state))
+
+
 def dataset_fingerprint(directory: str) -> str:
-    """Changes when any file under `directory` is added, removed, resized or rewritten."""
-    digest = hashlib.md5()
-    for parent, _, files in sorted(tf.io.gfile.walk(directory)):
-        for name in sorted(files):
-            path = os.path.join(parent, name)
-            stat = tf.io.gfile.stat(path)
-            digest.update(f"{os.path.relpath(path, directory)}\0{stat.length}\0{stat.mtime_nsec}\n"
-                          .encode("utf-8"))
-    return digest.hexdigest()
+    """Changes when any file under `directory` changes (`files_state`)."""
+    return hashlib.md5(repr(files_state(directory)).encode("utf-8")).hexdigest()
 
 
 def code_fingerprint() -> str:

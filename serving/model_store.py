@@ -42,22 +42,6 @@ def load_newest(model_base: str) -> Tuple[int, tf.Module]:
     return found[-1], tf.saved_model.load(os.path.join(model_base, str(found[-1])))
 
 
-def files_state(version_dir: str) -> Tuple[Tuple[str, int, int], ...]:
-    """(path, size, mtime) of every file under `version_dir`: changes while a
-    copy is still being written, so a version that failed to load is tried
-    again only once its files have changed."""
-    state = []
-    for root, _, names in tf.io.gfile.walk(version_dir):
-        for name in names:
-            path = os.path.join(root, name)
-            try:
-                stat = tf.io.gfile.stat(path)
-            except tf.errors.NotFoundError:  # removed while we looked
-                continue
-            state.append((os.path.relpath(path, version_dir), stat.length, stat.mtime_nsec))
-    return tuple(sorted(state))
-
-
 def meta_graph(version_dir: str) -> meta_graph_pb2.MetaGraphDef:
     """The serving MetaGraphDef of a version, as TF Serving reads it (its
     signature_def map is what GetModelMetadata returns)."""

@@ -20,16 +20,6 @@ def test_versions_are_the_complete_integer_directories(tmp_path):
         model_store.versions(str(tmp_path / "missing"))
 
 
-def test_files_state_changes_while_a_version_is_being_written(tmp_path):
-    (tmp_path / "variables").mkdir()
-    data = tmp_path / "variables" / "variables.data-00000-of-00001"
-    data.write_bytes(b"half")
-    before = model_store.files_state(str(tmp_path))
-    assert model_store.files_state(str(tmp_path)) == before
-    data.write_bytes(b"half and the rest")
-    assert model_store.files_state(str(tmp_path)) != before
-
-
 def test_meta_graph_holds_the_signature_defs(tiny_model):
     signature_defs = model_store.meta_graph(tiny_model).signature_def
     assert set(signature_defs["recommend"].inputs) == {"user_id", "k"}

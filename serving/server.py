@@ -32,6 +32,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from pipeline.fingerprint import files_state  # noqa: E402
 from serving import model_store  # noqa: E402
 from serving.batching import (DEFAULT_PARAMETERS_FILE, Batcher, QueueFullError,  # noqa: E402
                               read_batching_parameters)
@@ -261,7 +262,8 @@ class VersionWatcher:
                              model_store.SAVED_MODEL_FILE)
                     self._incomplete.add(version)
                 continue
-            state = model_store.files_state(path)
+            # Retried only once its files have changed (a copy still being written).
+            state = files_state(path)
             if self._failed.get(version) == state:
                 continue
             try:
