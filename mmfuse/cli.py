@@ -30,14 +30,17 @@ def _modalities(text: str):
     return tuple(chosen)
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {text!r}")
-    return value
+def _whole_number(minimum: int):
+    """An argparse type: a whole number of at least `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, not {text!r}")
+        return value
+    return parse
 
 
 def _cutoffs(text: str):
@@ -61,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory (pipeline outputs, serving/)")
     run.add_argument("--modalities", type=_modalities, default=MODALITIES)
     run.add_argument("--split", choices=SPLIT_METHODS, default="random")
-    run.add_argument("--epochs", type=_non_negative, default=5,
+    run.add_argument("--epochs", type=_whole_number(0), default=5,
                      help="training epochs (0 exports the untrained model)")
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--no-cache", action="store_true",
@@ -125,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     asked.add_argument("--text", help="search by text")
     asked.add_argument("--image", help="search by an image file (JPEG or PNG)")
     asked.add_argument("--item", help="items similar to this item")
-    query.add_argument("--k", type=int, default=10)
+    query.add_argument("--k", type=_whole_number(1), default=10)
     query.add_argument("--json", action="store_true", help="print one JSON line")
     query.add_argument("--model-name", default="mmfuse")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds")
@@ -230,8 +233,6 @@ def _query(args) -> int:
     from serving import client
 
     try:
-        if args.k < 1:
-            raise ValueError(f"--k must be at least 1, not {args.k}")
         image = None
         if args.image is not None:
             try:

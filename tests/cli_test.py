@@ -65,3 +65,16 @@ def test_unknown_modality_is_a_usage_error(sample, tmp_path, capsys):
         main(["run", "--data", str(sample), "--out", str(tmp_path), "--modalities", "id,audio"])
     assert exit_info.value.code == 2
     assert "--modalities" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["run", "--out", "OUT", "--epochs", "-1"], "--epochs"),
+    (["run", "--out", "OUT", "--epochs", "two"], "--epochs"),
+    (["query", "--server", "localhost:1", "--user", "u1", "--k", "0"], "--k"),
+])
+def test_counts_below_their_minimum_are_usage_errors(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "expected a whole number" in err
