@@ -45,8 +45,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from evaluation import metrics
 from evaluation.rankers import BATCH_SIZE, RECOMMEND, SEARCH, Ranker, SavedModelRanker
-from pipeline.dataset import Dataset, Interaction, read_dataset
-from pipeline.example_gen import attribute_tokens, training_interactions
+from pipeline.dataset import Dataset, Interaction, attribute_tokens, read_dataset, training_interactions
 from pipeline.splits import EVAL, TRAIN, assign_splits
 
 DEFAULT_KS = (10, 20, 100)

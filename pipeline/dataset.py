@@ -16,7 +16,7 @@ import datetime
 import io
 import math
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import dateutil.parser
 from PIL import Image
@@ -255,3 +255,20 @@ def _parse_float(text: str, path: str, line: int, field: str) -> Optional[float]
     if not math.isfinite(value):
         raise DatasetError(f"{path}: line {line}: field {field} {text!r} is not a finite number")
     return value
+
+
+def training_interactions(dataset: Dataset) -> List[Interaction]:
+    """The rows the model learns from: the interactions, or, for a catalogue
+    without any, each titled item as an anonymous search for itself."""
+    if dataset.interactions:
+        return dataset.interactions
+    return [Interaction(row=0, user_id="", item_id=item.item_id, query=item.title)
+            for item in dataset.items.values() if item.title]
+
+
+def attribute_tokens(item: Item) -> Iterable[str]:
+    """"column=value" tokens; a "|"-separated cell (e.g. genres) gives one per value."""
+    for column, cell in item.attributes:
+        for value in cell.split("|"):
+            if value.strip():
+                yield f"{column}={value.strip()}"

@@ -35,7 +35,8 @@ from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
 from pipeline import splits
-from pipeline.dataset import Dataset, Interaction, Item, read_bytes, read_dataset
+from pipeline.dataset import (Interaction, Item, attribute_tokens, read_bytes, read_dataset,
+                              training_interactions)
 from transform import features as f
 
 CATALOG = "catalog"
@@ -60,15 +61,6 @@ def dataset_example_gen(data_dir: str, split_method: str, cache_key: str = "") -
         input_config=input_config,
         custom_config=example_gen_pb2.CustomConfig(custom_config=custom),
         custom_executor_spec=executor_spec.BeamExecutorSpec(Executor))
-
-
-def training_interactions(dataset: Dataset) -> List[Interaction]:
-    """The rows the model learns from: the interactions, or, for a catalogue
-    without any, each titled item as an anonymous search for itself."""
-    if dataset.interactions:
-        return dataset.interactions
-    return [Interaction(row=0, user_id="", item_id=item.item_id, query=item.title)
-            for item in dataset.items.values() if item.title]
 
 
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
@@ -167,14 +159,6 @@ def catalog_example(item: Item) -> tf.train.Example:
         features[f.IMAGE] = tf.train.Feature(
             bytes_list=tf.train.BytesList(value=[read_bytes(item.image_path)]))
     return tf.train.Example(features=tf.train.Features(feature=features))
-
-
-def attribute_tokens(item: Item) -> Iterable[str]:
-    """"column=value" tokens; a "|"-separated cell (e.g. genres) gives one per value."""
-    for column, cell in item.attributes:
-        for value in cell.split("|"):
-            if value.strip():
-                yield f"{column}={value.strip()}"
 
 
 def _bytes(values: Iterable[str]) -> tf.train.Feature:

@@ -18,7 +18,8 @@ from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
 from tfx.utils import io_utils  # noqa: E402
 
 from pipeline import example_gen, sample_data, splits  # noqa: E402
-from pipeline.dataset import Interaction, Item, read_dataset  # noqa: E402
+from pipeline.dataset import (Interaction, Item, attribute_tokens, read_dataset,  # noqa: E402
+                              training_interactions)
 from schema import SCHEMA_FILE  # noqa: E402
 from transform import features as f  # noqa: E402
 
@@ -118,9 +119,9 @@ def test_interaction_example_encodes_unicode_as_utf8():
 def test_attribute_tokens_split_pipe_cells_and_skip_blanks():
     item = Item("m1", attributes=(("genres", "Action|Comedy| |Drama "), ("year", "1995"),
                                   ("language", "en")))
-    assert list(example_gen.attribute_tokens(item)) == [
+    assert list(attribute_tokens(item)) == [
         "genres=Action", "genres=Comedy", "genres=Drama", "year=1995", "language=en"]
-    assert list(example_gen.attribute_tokens(Item("m2"))) == []
+    assert list(attribute_tokens(Item("m2"))) == []
 
 
 def test_catalog_example_with_every_modality(tmp_path):
@@ -203,12 +204,12 @@ def test_a_mistyped_example_does_not_parse_with_the_schema():
 
 def test_training_interactions_are_the_interactions_when_there_are_some(sample_dir):
     dataset = read_dataset(sample_dir)
-    assert example_gen.training_interactions(dataset) is dataset.interactions
+    assert training_interactions(dataset) is dataset.interactions
 
 
 def test_catalogue_only_trains_on_titles_as_anonymous_searches(catalogue_only_dir):
     dataset = read_dataset(catalogue_only_dir)
-    rows = example_gen.training_interactions(dataset)
+    rows = training_interactions(dataset)
     titled = [item for item in dataset.items.values() if item.title]
     assert 0 < len(titled) < len(dataset.items)  # the sample has image-only items
     assert [(row.item_id, row.query) for row in rows] == [(i.item_id, i.title) for i in titled]
@@ -309,7 +310,7 @@ def test_executor_writes_every_split(sample_dir, tmp_path):
 
 def test_executor_on_a_catalogue_only_dataset(catalogue_only_dir):
     dataset = read_dataset(catalogue_only_dir)
-    rows = example_gen.training_interactions(dataset)
+    rows = training_interactions(dataset)
     assigned = splits.assign_splits(rows, "random")
     expected = collections.Counter(assigned)
 
