@@ -70,6 +70,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from evaluation import rankers  # noqa: E402
 from evaluation.evaluate import evaluate, split_rows  # noqa: E402
+from trainer.ranking import DEFAULT_KS  # noqa: E402
 from pipeline.converters import FASHION_ATTRIBUTES, convert, write_dataset  # noqa: E402
 from pipeline.dataset import Dataset, read_dataset  # noqa: E402
 from pipeline.sample_data import write_sample_dataset  # noqa: E402
@@ -181,13 +182,13 @@ RECOMMENDATION_COLUMNS = ["recall@10", "recall@20", "recall@100", "ndcg@10", "nd
 
 def _recommendation(exclude_seen: bool) -> Callable:
     def measure(dataset, ranker):
-        result = evaluate(dataset, ranker, "random", (10, 20, 100), exclude_seen)
+        result = evaluate(dataset, ranker, "random", DEFAULT_KS, exclude_seen)
         return {name: result.get(name) for name in RECOMMENDATION_COLUMNS}
     return measure
 
 
 def _search(dataset, ranker):
-    search = evaluate(dataset, ranker, "random", (10, 20, 100)).get("search", {})
+    search = evaluate(dataset, ranker, "random", DEFAULT_KS).get("search", {})
     return {name: search.get(name) for name in ("recall@10", "recall@100", "ndcg@10",
                                                 "judged_ndcg@10")}
 

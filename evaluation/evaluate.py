@@ -47,8 +47,8 @@ from evaluation import metrics
 from evaluation.rankers import BATCH_SIZE, RECOMMEND, SEARCH, Ranker, SavedModelRanker
 from pipeline.dataset import Dataset, Interaction, attribute_tokens, read_dataset, training_interactions
 from pipeline.splits import EVAL, TRAIN, assign_splits
+from trainer.ranking import DEFAULT_KS
 
-DEFAULT_KS = (10, 20, 100)
 
 
 def split_rows(dataset: Dataset, split_method: str) -> Tuple[List[Interaction], List[Interaction]]:

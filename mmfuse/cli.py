@@ -15,6 +15,7 @@ from pipeline.converters import convert  # noqa: E402
 from pipeline.dataset import DatasetError, read_dataset  # noqa: E402
 from pipeline.sample_data import write_sample_dataset  # noqa: E402
 from pipeline.splits import SPLIT_METHODS  # noqa: E402
+from trainer.ranking import DEFAULT_KS  # noqa: E402
 
 CONVERTERS = ("movielens-100k", "fashion-small", "home-depot")
 MODALITIES = ("id", "text", "image")
@@ -95,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True,
                           help="pushed model: a version directory or the model base above it")
     evaluate.add_argument("--split", choices=SPLIT_METHODS, default="random")
-    evaluate.add_argument("--k", type=_cutoffs, default=(10, 20, 100),
+    evaluate.add_argument("--k", type=_cutoffs, default=DEFAULT_KS,
                           help="comma-separated cut-offs (default 10,20,100)")
     evaluate.add_argument("--exclude-seen", action="store_true",
                           help="leave each user's train items out of their recommendations")

@@ -36,9 +36,9 @@ from pipeline.fingerprint import files_state  # noqa: E402
 from serving import model_store  # noqa: E402
 from serving.batching import (DEFAULT_PARAMETERS_FILE, Batcher, QueueFullError,  # noqa: E402
                               read_batching_parameters)
+from serving.client import DEFAULT_K  # noqa: E402
 
 DEFAULT_SIGNATURE = "serving_default"
-DEFAULT_K = 10
 # Bounds on one request, so that its answer fits in memory: rows, and items
 # per row (TF Serving has neither; k clamps to the catalogue size anyway).
 MAX_REQUEST_ROWS = 1024

@@ -19,7 +19,6 @@ from trainer.data import QUERY_FEATURES, dense_embeddings  # noqa: E402
 from trainer.model import RetrievalModel, ranks_of_items  # noqa: E402
 from transform import features as f  # noqa: E402
 
-DEFAULT_K = 10
 _STRINGS = tf.TensorSpec([None], tf.string)
 _K = tf.TensorSpec([], tf.int32)
 
