@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--serve-options", default="",
                         help="more options for mmfuse serve, e.g. '--batching-parameters-file F "
-                             "--tensorflow-inter-op-parallelism 2'")
+                             "--tensorflow-intra-op-parallelism 2'")
     parser.add_argument("--users", type=int, default=200,
                         help="recommend/search ask for users u0001..uNNNN")
     return parser
@@ -193,7 +193,8 @@ def _test_images(count: int) -> List[bytes]:
             for _ in range(count)]
 
 
-def requests_for(signature: str, args, item_ids: Sequence[str]) -> List[predict_pb2.PredictRequest]:
+def requests_for(signature: str, args, item_ids: Sequence[str],
+                 model_name: str = client.DEFAULT_MODEL_NAME) -> List[predict_pb2.PredictRequest]:
     """A rotation of one-row requests, built up front so that the clients
     spend their time waiting for the server, not building protos."""
     users = [f"u{index:04d}" for index in range(1, args.users + 1)]
@@ -209,7 +210,7 @@ def requests_for(signature: str, args, item_ids: Sequence[str]) -> List[predict_
     requests = []
     for asked in questions:
         name, inputs = client.question(**asked)
-        requests.append(client.predict_request(name, inputs, args.k))
+        requests.append(client.predict_request(name, inputs, args.k, model_name))
     return requests
 
 
@@ -283,15 +284,16 @@ def _measure(args, model_base: str, items: int) -> List[Result]:
     results = []
     server = ServerProcess(model_base, shlex.split(args.serve_options))
     try:
-        version = server.wait_until_available(os.path.basename(os.path.normpath(model_base)))
+        model_name = os.path.basename(os.path.normpath(model_base))
+        version = server.wait_until_available(model_name)
         print(f"catalogue of {items:,} items (model version {version}), {args.clients} clients, "
               f"load average {os.getloadavg()[0]:.2f} before:", flush=True)
         with client.connect(server.address) as channel:
             seeds = client.ask(channel, client.predict_request(
-                "recommend", {"user_id": ["u0001", "u0002"]}, 50))
+                "recommend", {"user_id": ["u0001", "u0002"]}, 50, model_name))
         seed_items = [item for row in seeds.item_ids for item in row]
         for signature in args.signatures:
-            requests = requests_for(signature, args, seed_items)
+            requests = requests_for(signature, args, seed_items, model_name)
             drive(server.address, requests, args.clients, args.warm_up_seconds)
             server_cpu, client_cpu = _cpu_seconds(server.process.pid), _process_cpu_seconds()
             latencies, errors, seconds = drive(server.address, requests, args.clients,

@@ -118,9 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--batching-parameters-file",
                        help="TF Serving BatchingParameters text proto (default: "
                             "serving/deploy/batching.config)")
-    for pool in ("intra", "inter"):
-        serve.add_argument(f"--tensorflow-{pool}-op-parallelism", type=int, default=0,
-                           help=f"TensorFlow {pool}-op threads (default 0: one per core)")
+    serve.add_argument("--tensorflow-intra-op-parallelism", type=_whole_number(0), default=0,
+                       help="threads one op may use (default 0: one per core)")
+    serve.add_argument("--tensorflow-inter-op-parallelism", type=_whole_number(0), default=0,
+                       help="threads running a batch's ops (default 0: the batch thread itself)")
 
     query = commands.add_parser("query", help="ask a TF Serving gRPC server one question")
     query.add_argument("--server", required=True, help="HOST:PORT")

@@ -16,7 +16,6 @@ import tensorflow as tf  # noqa: E402
 # that the text encoder inside the serving graph uses. TF Serving's binary has
 # them linked in; a Python process has to import them.
 import tensorflow_text  # noqa: E402,F401
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
 
 SAVED_MODEL_FILE = "saved_model.pb"
 
@@ -42,27 +41,15 @@ def load_newest(model_base: str) -> Tuple[int, tf.Module]:
     return found[-1], tf.saved_model.load(os.path.join(model_base, str(found[-1])))
 
 
-def meta_graph(version_dir: str) -> meta_graph_pb2.MetaGraphDef:
-    """The serving MetaGraphDef of a version, as TF Serving reads it (its
-    signature_def map is what GetModelMetadata returns)."""
-    saved_model = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(os.path.join(version_dir, SAVED_MODEL_FILE), "rb") as handle:
-        saved_model.ParseFromString(handle.read())
-    for graph in saved_model.meta_graphs:
-        if tf.saved_model.SERVING in graph.meta_info_def.tags:
-            return graph
-    raise ValueError(f"{version_dir} has no MetaGraph tagged {tf.saved_model.SERVING!r}")
-
-
 def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
                       embeddings: np.ndarray) -> None:
     """Writes to `out_dir` the model at `version_dir` with another catalogue:
     the same graph and signatures, `item_ids` [n] and unit `embeddings`
     [n, dim] in place of its own. Row 0 is the "unknown" item, never returned.
 
-    The item vocabulary inside the Transform graph is not changed:
-    `similar_items` finds a seed item by its index there, so existing items
-    keep their rows and new ones are appended after them.
+    The item vocabulary (the Transform's) is not changed: `similar_items`
+    finds a seed item by its index there, so existing items keep their rows
+    and new ones are appended after them.
     """
     model = _with_replaceable_catalogue(version_dir)
     embeddings = np.asarray(embeddings, np.float32)

@@ -244,9 +244,9 @@ def test_a_new_version_is_swapped_in_only_once_complete_and_no_request_fails(
         model_base, tiny_model, monkeypatch, caplog):
     loads, load = [], server_module.Servable
 
-    def counting_servable(name, version, path):
+    def counting_servable(name, version, path, config=None):
         loads.append(version)
-        return load(name, version, path)
+        return load(name, version, path, config)
 
     monkeypatch.setattr(server_module, "Servable", counting_servable)
     announced = []

@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -50,6 +51,17 @@ def test_recommend_returns_k_catalogue_items_for_a_known_user(run):
     assert len(ids) == len(set(ids)) == 7
     assert set(ids) <= set(run["items"])
     assert list(scores[0]) == sorted(scores[0], reverse=True)
+
+
+def test_recommend_asks_what_search_without_words_asks(run):
+    """recommend reads each user's query from a table made at export; search
+    runs the query tower on the request. For users, unknown users and no user
+    alike, both must give the same answer."""
+    users = ["u0001", "u0002", "nobody", ""]
+    recommended, recommend_scores = _ask(run["model"], "recommend", user_id=users)
+    searched, search_scores = _ask(run["model"], "search", query=[""] * len(users), user_id=users)
+    assert recommended == searched
+    np.testing.assert_allclose(recommend_scores, search_scores, atol=1e-5)
 
 
 def test_search_finds_items_matching_the_words(run):

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-from trainer.data import CATALOG_FEATURES, QUERY_FEATURES  # noqa: E402
+from trainer.data import CATALOG_FEATURES, EMBEDDING_DIMS, QUERY_FEATURES  # noqa: E402
 from trainer.towers import MODALITIES, BagOfTokensEncoder, FeatureProjection, ItemTower, QueryTower  # noqa: E402
 from transform import features as f  # noqa: E402
 
@@ -45,6 +45,10 @@ class Users(tf.Module):
     def __init__(self, recent_items: np.ndarray):
         super().__init__(name="users")
         self.recent_items_by_user = tf.constant(recent_items)
+
+    @property
+    def size(self) -> int:
+        return self.recent_items_by_user.shape[0]
 
     def recent_items(self, user_index: tf.Tensor) -> tf.Tensor:
         return tf.gather(self.recent_items_by_user, user_index)
@@ -79,6 +83,16 @@ class RetrievalModel(tfrs.Model):
         """[catalog size, dim]; row 0 (unknown) is excluded by the callers."""
         return self.item_tower(self.catalog.all_items())
 
+    def user_embeddings(self, chunk_size: int = 8192) -> tf.Tensor:
+        """[users, dim]: each user's query with no text (the recommend
+        question), row 0 being an unknown user with no history. Computed in
+        chunks: attention over the recent items grows with their number."""
+        chunks = []
+        for start in range(0, self.users.size, chunk_size):
+            user_index = tf.range(start, min(start + chunk_size, self.users.size), dtype=tf.int64)
+            chunks.append(self.query_tower(no_text_queries(user_index, self.users.recent_items(user_index))))
+        return tf.concat(chunks, axis=0)
+
     def compute_loss(self, inputs, training=False):
         # TFRS calls compute_loss directly, not through a layer call, so
         # `training` (modality dropout) has to be passed on by hand.
@@ -88,6 +102,16 @@ class RetrievalModel(tfrs.Model):
                          else tf.gather(self.item_probabilities, inputs[f.ITEM_INDEX]))
         return self.task(query, items, candidate_ids=inputs[f.ITEM_INDEX],
                          candidate_sampling_probability=probabilities)
+
+
+def no_text_queries(user_index: tf.Tensor, recent_item_indices: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Query tower features of users asking without text."""
+    rows = tf.shape(user_index)[0]
+    text_dim = EMBEDDING_DIMS[f.QUERY_TEXT_EMBEDDING]
+    return {f.USER_INDEX: user_index, f.RECENT_ITEM_INDICES: recent_item_indices,
+            f.QUERY_TOKENS: tf.zeros([rows, f.QUERY_LENGTH], tf.int64),
+            f.QUERY_TEXT_EMBEDDING: tf.zeros([rows, text_dim]),
+            f.QUERY_TEXT_EMBEDDING + "_present": tf.zeros([rows])}
 
 
 def ranks_of_items(query: tf.Tensor, candidates: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:

@@ -82,6 +82,28 @@ def _index(values: tf.Tensor, vocabulary) -> tf.Tensor:
     return tft.apply_vocabulary(values, vocabulary, default_value=-1) + 1
 
 
+class IdLookup(tf.Module):
+    """Ids -> indices over a vocabulary file this Transform wrote, by `_index`'s
+    rule (line number + 1; 0 for an unknown or empty id).
+
+    For serving paths that need an id's index and nothing else: the whole
+    Transform layer costs about 2.5 ms a call whatever the request carries,
+    five times the rest of a `recommend` (measured on a 44k-item model).
+    A test pins it to the Transform layer's own output.
+    """
+
+    def __init__(self, vocabulary_file: str, name=None):
+        super().__init__(name=name)
+        # A file path: tf.saved_model.save copies it into the model's assets.
+        self._table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(vocabulary_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                                          tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER),
+            default_value=-1)
+
+    def __call__(self, ids: tf.Tensor) -> tf.Tensor:
+        return self._table.lookup(ids) + 1
+
+
 def _padded_indices(tokens: tf.RaggedTensor, vocabulary, length: int) -> tf.Tensor:
     indices = tf.ragged.map_flat_values(
         lambda words: tft.apply_vocabulary(words, vocabulary, default_value=-1) + 1, tokens)

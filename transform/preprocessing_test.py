@@ -20,7 +20,7 @@ from transform import features as f  # noqa: E402
 from transform import image_preprocessor, text_preprocessor  # noqa: E402
 from trainer.image_encoder import ImageEncoderModule  # noqa: E402
 from trainer.text_encoder import load_text_encoder  # noqa: E402
-from transform.preprocessing import preprocessing_fn  # noqa: E402
+from transform.preprocessing import IdLookup, preprocessing_fn  # noqa: E402
 
 
 def _png(colour, size=(40, 20)) -> bytes:
@@ -127,3 +127,22 @@ def test_frozen_features_equal_the_encoders_run_directly(transformed):
                                atol=1e-5)
     np.testing.assert_allclose(tf.sparse.to_dense(served[f.IMAGE_EMBEDDING])[0],
                                outputs[0][f.IMAGE_EMBEDDING], rtol=1e-4, atol=1e-4)
+
+
+def test_id_lookup_gives_the_transform_layers_indices(transformed):
+    """Serving looks ids up without the Transform layer; both must agree,
+    for known, unknown and empty ids."""
+    _, tft_output = transformed
+    layer = tft_output.transform_features_layer()
+    spec = schema_utils.schema_as_feature_spec(
+        io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())).feature_spec
+    ids = [b"a", b"b", b"u1", b"nobody", b""]
+    raw = {name: tf.sparse.from_dense(tf.constant([[value] for value in ids]))
+           if name in (f.ITEM_ID, f.USER_ID) else
+           tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], value.dtype), [len(ids), 1])
+           for name, value in spec.items()}
+    expected = layer(raw)
+    for feature, vocabulary in ((f.ITEM_INDEX, f.ITEM_VOCABULARY), (f.USER_INDEX, f.USER_VOCABULARY)):
+        lookup = IdLookup(tft_output.vocabulary_file_by_name(vocabulary))
+        assert lookup(tf.constant(ids)).numpy().tolist() == expected[feature].numpy().tolist()
+    assert expected[f.ITEM_INDEX].numpy().tolist()[2:] == [0, 0, 0]
