@@ -44,6 +44,17 @@ def _whole_number(minimum: int):
     return parse
 
 
+def _non_negative_number(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}")
+    return value
+
+
 def _cutoffs(text: str):
     try:
         ks = tuple(int(k) for k in text.split(","))
@@ -68,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=_whole_number(0), default=5,
                      help="training epochs (0 exports the untrained model)")
     run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--rating-weight", type=_non_negative_number, default=0.0,
+                     help="also train a head predicting each interaction's rating, its loss "
+                          "weighted by this beside the retrieval loss (default 0: no head); "
+                          "needs interactions with a rating")
     run.add_argument("--no-cache", action="store_true",
                      help="run every component, even those whose inputs, options, data and "
                           "code are unchanged since an earlier run into OUT")
@@ -162,6 +177,8 @@ def _run(args) -> int:
     # Validate before starting TFX, so bad input is a message, not a Beam trace.
     dataset = read_dataset(data_dir)
     local_runner.progress_log.info(dataset.summary())
+    if args.rating_weight > 0 and all(row.rating is None for row in dataset.interactions):
+        raise DatasetError(f"--rating-weight needs interactions with a rating, and {data_dir} has none")
     min_recall = args.min_recall
     if min_recall is None:
         min_recall = min(0.5, 2.0 * GATE_K / len(dataset.items))
@@ -171,6 +188,7 @@ def _run(args) -> int:
         serving_dir=os.path.join(out, "serving", MODEL_NAME),
         metadata_path=os.path.join(out, "metadata.sqlite"),
         split=args.split, modalities=args.modalities, epochs=args.epochs, seed=args.seed,
+        rating_weight=args.rating_weight,
         min_recall=min_recall, enable_cache=not args.no_cache,
         cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint()}")
     started = time.time()

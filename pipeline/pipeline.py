@@ -32,6 +32,7 @@ class PipelineConfig:
     modalities: Sequence[str] = ("id", "text", "image")
     epochs: int = 5
     seed: int = 42
+    rating_weight: float = 0.0  # the rating head's share of the loss; 0: no rating head
     min_recall: float = 0.1  # the release floor on recall@100 (pipeline/evaluation.py)
     beam_pipeline_args: Sequence[str] = ()
     # Where the curated schema is read from: this checkout locally, the
@@ -80,7 +81,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         train_args=tfx.proto.TrainArgs(splits=[TRAIN, CATALOG, USERS]),
         eval_args=tfx.proto.EvalArgs(splits=[EVAL]),
         custom_config={"epochs": config.epochs, "seed": config.seed,
-                       "modalities": list(config.modalities)})
+                       "modalities": list(config.modalities),
+                       "rating_weight": config.rating_weight})
     components.append(trainer)
     # The latest blessed model, the baseline a candidate must not fall below.
     model_resolver = tfx.dsl.Resolver(

@@ -1,7 +1,9 @@
 """Bad input to `mmfuse run` is a one-line message naming the file, line or
 field, given before any pipeline component starts."""
 import csv
+import json
 import os
+from types import SimpleNamespace
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -78,3 +80,36 @@ def test_counts_below_their_minimum_are_usage_errors(argv, flag, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert flag in err and "expected a whole number" in err
+
+
+@pytest.mark.parametrize("weight", ["-0.1", "heavy", "nan", "inf"])
+def test_rating_weight_must_be_a_number_at_least_0(weight, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--out", "OUT", "--rating-weight", weight])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--rating-weight" in err and "expected a number >= 0" in err
+
+
+def test_rating_weight_reaches_the_trainer(sample, tmp_path, monkeypatch, capsys):
+    from pipeline import local_runner
+    from pipeline.pipeline import create_pipeline
+
+    configs = []
+
+    def run(config):
+        configs.append(config)
+        return SimpleNamespace(blessed=True, candidate_model="", pushed_model="", blessing_reason="",
+                               metrics={}, change_vs_baseline={})
+    monkeypatch.setattr(local_runner, "run", run)
+    assert main(["run", "--data", str(sample), "--out", str(tmp_path / "out"),
+                 "--rating-weight", "0.25"]) == 0
+    trainer = next(node for node in create_pipeline(configs[0]).components if node.id == "Trainer")
+    assert json.loads(trainer.exec_properties["custom_config"])["rating_weight"] == 0.25
+
+
+def test_rating_weight_without_ratings_is_an_error(sample, tmp_path, capsys):
+    _rewrite(sample / "interactions.csv", lambda names, rows: ([n for n in names if n != "rating"], rows))
+    code = main(["run", "--data", str(sample), "--out", str(tmp_path / "out"), "--rating-weight", "1"])
+    assert code == 2
+    assert "--rating-weight needs interactions with a rating" in capsys.readouterr().err

@@ -22,7 +22,10 @@ EMBEDDING_DIMS = {
 CATALOG_FEATURES = (f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS, f.ITEM_TEXT_EMBEDDING,
                     f.ITEM_TEXT_EMBEDDING + "_present", f.IMAGE_EMBEDDING, f.IMAGE_EMBEDDING + "_present")
 QUERY_FEATURES = (f.USER_INDEX, f.RECENT_ITEM_INDICES, f.QUERY_TOKENS, f.QUERY_TEXT_EMBEDDING,
-                  f.QUERY_TEXT_EMBEDDING + "_present")
+                  f.QUERY_TEXT_EMBEDDING + "_present", f.TIME_OF_INTERACTION,
+                  f.TIME_OF_INTERACTION + "_present")
+# The rating head's label and which rows have one.
+RATING_FEATURES = (f.RATING_LABEL, f.RATING_LABEL + "_present")
 
 
 def vocabulary_sizes(tft_output: tft.TFTransformOutput) -> Dict[str, int]:
@@ -56,9 +59,9 @@ def item_counts(file_pattern: str, tft_output: tft.TFTransformOutput) -> np.ndar
 
 def interaction_batches(file_pattern: str, tft_output: tft.TFTransformOutput, batch_size: int,
                         shuffle_seed=None) -> tf.data.Dataset:
-    """Batches of the features the query tower and the task need."""
+    """Batches of the features the query tower and the tasks need."""
     dataset = _parsed_records(file_pattern, tft_output, batch_size,
-                              QUERY_FEATURES + (f.ITEM_INDEX,)).unbatch()
+                              QUERY_FEATURES + RATING_FEATURES + (f.ITEM_INDEX,)).unbatch()
     if shuffle_seed is not None:
         dataset = dataset.shuffle(100_000, seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).map(dense_embeddings).prefetch(tf.data.AUTOTUNE)

@@ -1,4 +1,4 @@
-"""The TFRS retrieval model: wires the towers to the catalogue and the task.
+"""The TFRS retrieval model: wires the towers to the catalogue and the tasks.
 
 The catalogue (every item's transformed content, one row per item index) lives
 inside the model as constant tensors. A training row names its item by index;
@@ -58,8 +58,11 @@ class RetrievalModel(tfrs.Model):
     def __init__(self, catalog: Catalog, users: Users, vocabulary_sizes: Dict[str, int], dim: int,
                  modalities: Sequence[str] = MODALITIES, temperature: float = 0.05,
                  item_probabilities: np.ndarray = None, modality_dropout: float = 0.0,
-                 recent_item_dropout: float = 0.0):
+                 recent_item_dropout: float = 0.0, time_dropout: float = 0.0,
+                 rating_weight: float = 0.0):
         super().__init__()
+        if not rating_weight >= 0:
+            raise ValueError(f"rating_weight must be a number >= 0, not {rating_weight!r}")
         self.catalog = catalog
         self.users = users
         # An item's share of the training rows: the chance it is drawn as an
@@ -72,9 +75,20 @@ class RetrievalModel(tfrs.Model):
         self.item_tower = ItemTower(vocabulary_sizes, words, sentence, dim, modalities,
                                     modality_dropout, name="item_tower")
         self.query_tower = QueryTower(vocabulary_sizes, words, sentence, dim, recent_item_dropout,
-                                      name="query_tower")
+                                      time_dropout, name="query_tower")
         # In-batch softmax; an item appearing twice in a batch is not its own negative.
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
+        # Weight 0 builds no head, so the model is the plain retrieval model.
+        self.rating_weight = rating_weight
+        if rating_weight > 0:
+            self.rating_head = tf.keras.Sequential([
+                tf.keras.layers.Dense(dim, activation="relu"), tf.keras.layers.Dense(1)],
+                name="rating_head")
+            # A sum over the batch like the retrieval loss (and as distribution
+            # strategies require), of the rated rows only: the others weigh 0.
+            self.rating_task = tfrs.tasks.Ranking(
+                loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.SUM),
+                metrics=[tf.keras.metrics.RootMeanSquaredError(name="rating_rmse")])
 
     def item_embeddings(self, item_index: tf.Tensor, training=None) -> tf.Tensor:
         return self.item_tower(self.catalog.lookup(item_index), training=training)
@@ -93,6 +107,10 @@ class RetrievalModel(tfrs.Model):
             chunks.append(self.query_tower(no_text_queries(user_index, self.users.recent_items(user_index))))
         return tf.concat(chunks, axis=0)
 
+    def predicted_ratings(self, query: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        """[batch] ratings of each row's (query vector, item vector) pair."""
+        return self.rating_head(tf.concat([query, items], axis=1))[:, 0]
+
     def compute_loss(self, inputs, training=False):
         # TFRS calls compute_loss directly, not through a layer call, so
         # `training` (modality dropout) has to be passed on by hand.
@@ -100,18 +118,29 @@ class RetrievalModel(tfrs.Model):
         items = self.item_embeddings(inputs[f.ITEM_INDEX], training=training)
         probabilities = (None if self.item_probabilities is None
                          else tf.gather(self.item_probabilities, inputs[f.ITEM_INDEX]))
-        return self.task(query, items, candidate_ids=inputs[f.ITEM_INDEX],
+        loss = self.task(query, items, candidate_ids=inputs[f.ITEM_INDEX],
                          candidate_sampling_probability=probabilities)
+        if self.rating_weight > 0:
+            # [batch, 1]: Keras losses average over the last axis, which must
+            # not be the batch's, or each row's weight would be lost.
+            loss += self.rating_weight * self.rating_task(
+                labels=inputs[f.RATING_LABEL][:, None],
+                predictions=self.predicted_ratings(query, items)[:, None],
+                sample_weight=inputs[f.RATING_LABEL + "_present"], training=training)
+        return loss
 
 
 def no_text_queries(user_index: tf.Tensor, recent_item_indices: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Query tower features of users asking without text."""
+    """Query tower features of users asking without text, at no particular
+    time (as serving requests do: they carry no timestamp)."""
     rows = tf.shape(user_index)[0]
     text_dim = EMBEDDING_DIMS[f.QUERY_TEXT_EMBEDDING]
     return {f.USER_INDEX: user_index, f.RECENT_ITEM_INDICES: recent_item_indices,
             f.QUERY_TOKENS: tf.zeros([rows, f.QUERY_LENGTH], tf.int64),
             f.QUERY_TEXT_EMBEDDING: tf.zeros([rows, text_dim]),
-            f.QUERY_TEXT_EMBEDDING + "_present": tf.zeros([rows])}
+            f.QUERY_TEXT_EMBEDDING + "_present": tf.zeros([rows]),
+            f.TIME_OF_INTERACTION: tf.zeros([rows, f.TIME_OF_INTERACTION_DIM]),
+            f.TIME_OF_INTERACTION + "_present": tf.zeros([rows])}
 
 
 def ranks_of_items(query: tf.Tensor, candidates: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:

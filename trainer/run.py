@@ -1,8 +1,9 @@
 """`run_fn`: the TFX Trainer's entry point.
 
-Trains the retrieval model on the transformed `train` split (the `catalog`
-split supplies item content), logs losses and retrieval metrics on the `eval`
-split per epoch to TensorBoard, and exports the serving model.
+Trains the retrieval model (and, with `rating_weight` > 0, its rating head) on
+the transformed `train` split (the `catalog` split supplies item content), logs
+losses and retrieval metrics (and the rating RMSE) on the `eval` split per
+epoch to TensorBoard, and exports the serving model.
 """
 import os
 
@@ -34,6 +35,12 @@ DEFAULTS = {
     "modality_dropout": 0.2,
     # Share of a user's recent items hidden per training row (against memorising).
     "recent_item_dropout": 0.3,
+    # Share of training rows whose time of interaction is hidden: serving
+    # requests carry none, so the query tower must do without it too.
+    "time_dropout": 0.5,
+    # Weight of the rating head's loss beside the retrieval loss; 0 builds no
+    # head, and the model is the plain retrieval model.
+    "rating_weight": 0.0,
     "modalities": ["id", "text", "image"],
     "seed": 42,
 }
@@ -61,7 +68,8 @@ def _split_files(patterns: Sequence[str], split: str) -> str:
 
 class RetrievalEvaluation(tf.keras.callbacks.Callback):
     """Writes recall@k, ndcg@k and MRR on the eval split to TensorBoard each
-    epoch, and how much attention the item tower gives each modality (mean
+    epoch, with a rating head the RMSE of its ratings on the eval rows that
+    have one, and how much attention the item tower gives each modality (mean
     over the catalogue's items that have it, and the per-item distribution)."""
 
     def __init__(self, batches: tf.data.Dataset, log_dir: str):
@@ -73,11 +81,19 @@ class RetrievalEvaluation(tf.keras.callbacks.Callback):
         # One pass over the catalogue gives the candidates and the attention.
         candidates, attention = self.model.item_tower(self.model.catalog.all_items(),
                                                       return_attention=True)
-        ranks = []
+        ranks, rating_errors = [], []
         for batch in self.batches:
             query = self.model.query_tower({name: batch[name] for name in QUERY_FEATURES})
             ranks.append(ranks_of_items(query, candidates, batch[f.ITEM_INDEX]).numpy())
+            if self.model.rating_weight > 0:
+                errors = (self.model.predicted_ratings(query, tf.gather(candidates, batch[f.ITEM_INDEX]))
+                          - batch[f.RATING_LABEL])
+                rating_errors.append(
+                    tf.boolean_mask(errors, batch[f.RATING_LABEL + "_present"] > 0).numpy())
         metrics = ranking.metrics_from_ranks(np.concatenate(ranks))
+        rating_errors = np.concatenate(rating_errors) if rating_errors else np.zeros(0)
+        if rating_errors.size:
+            metrics["rating_rmse"] = float(np.sqrt(np.mean(rating_errors ** 2)))
         with self.writer.as_default():
             for name, value in metrics.items():
                 tf.summary.scalar(name, value, step=epoch)
@@ -114,7 +130,9 @@ def run_fn(fn_args: FnArgs) -> None:
                                config["embedding_dim"], config["modalities"], config["temperature"],
                                item_probabilities=counts / counts.sum(),
                                modality_dropout=config["modality_dropout"],
-                               recent_item_dropout=config["recent_item_dropout"])
+                               recent_item_dropout=config["recent_item_dropout"],
+                               time_dropout=config["time_dropout"],
+                               rating_weight=config["rating_weight"])
         model.compile(optimizer=tf.keras.optimizers.Adam(config["learning_rate"]))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),

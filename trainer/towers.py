@@ -196,27 +196,37 @@ class ItemTower(tf.keras.layers.Layer):
 
 
 class QueryTower(tf.keras.layers.Layer):
-    """User id, the user's recent items and query text (words, sentence
-    embedding) -> the vector items are scored against.
+    """User id, the user's recent items, query text (words, sentence
+    embedding) and when the question is asked -> the vector items are scored
+    against.
 
     The word and sentence encoders are the item tower's, so a query and a
-    title with the same words start out close.
+    title with the same words start out close. Serving requests carry no
+    time, so in training the time is hidden with probability `time_dropout`:
+    the tower must also place a question asked at no particular time.
     """
 
     def __init__(self, vocabulary_sizes: Dict[str, int], words: BagOfTokensEncoder,
-                 sentence: FeatureProjection, dim: int, recent_item_dropout: float = 0.0, **kwargs):
+                 sentence: FeatureProjection, dim: int, recent_item_dropout: float = 0.0,
+                 time_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        self.time_dropout = time_dropout
         self.user_id = IdEncoder(vocabulary_sizes[f.USER_VOCABULARY], dim)
         self.recent_items = RecentItemsEncoder(vocabulary_sizes[f.ITEM_VOCABULARY], dim,
                                                f.RECENT_ITEMS_LENGTH, item_dropout=recent_item_dropout)
         self.words = words
         self.sentence = sentence
-        self.modality_attention = ModalityAttention(4, dim)
+        self.time_of_interaction = FeatureProjection(dim)
+        self.modality_attention = ModalityAttention(5, dim)
 
     def call(self, query: Dict[str, tf.Tensor], training=None) -> tf.Tensor:
+        has_time = query[f.TIME_OF_INTERACTION + "_present"]
+        if training and self.time_dropout > 0:
+            has_time *= tf.cast(tf.random.uniform(tf.shape(has_time)) >= self.time_dropout, tf.float32)
         return self.modality_attention([
             self.user_id(query[f.USER_INDEX]),
             self.recent_items(query[f.RECENT_ITEM_INDICES], training=training),
             self.words(query[f.QUERY_TOKENS]),
             self.sentence(query[f.QUERY_TEXT_EMBEDDING], query[f.QUERY_TEXT_EMBEDDING + "_present"]),
+            self.time_of_interaction(query[f.TIME_OF_INTERACTION], has_time),
         ], training=training)

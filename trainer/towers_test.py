@@ -29,6 +29,19 @@ def _items(item_index, tokens, image_present):
     }
 
 
+def _queries(user_index, time_of_interaction, has_time):
+    batch = len(user_index)
+    return {
+        f.USER_INDEX: tf.constant(user_index, tf.int64),
+        f.RECENT_ITEM_INDICES: tf.constant([[2, 3] + [0] * (f.RECENT_ITEMS_LENGTH - 2)] * batch, tf.int64),
+        f.QUERY_TOKENS: tf.constant([[3] + [0] * (f.QUERY_LENGTH - 1)] * batch, tf.int64),
+        f.QUERY_TEXT_EMBEDDING: tf.zeros([batch, 384]),
+        f.QUERY_TEXT_EMBEDDING + "_present": tf.zeros([batch]),
+        f.TIME_OF_INTERACTION: tf.constant(time_of_interaction, tf.float32),
+        f.TIME_OF_INTERACTION + "_present": tf.constant(has_time, tf.float32),
+    }
+
+
 def test_bag_of_tokens_ignores_padding():
     encoder = BagOfTokensEncoder(9, DIM)
     vectors, present = encoder(tf.constant([[3, 4, 0, 0], [3, 4, 0, 7], [0, 0, 0, 0]], tf.int64))
@@ -77,9 +90,7 @@ def test_query_and_item_text_share_encoders():
     words, sentence = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM)
     items = ItemTower(SIZES, words, sentence, DIM)
     queries = QueryTower(SIZES, words, sentence, DIM)
-    queries({f.USER_INDEX: tf.constant([1], tf.int64), f.QUERY_TOKENS: tf.constant([[3] + [0] * 15], tf.int64),
-             f.RECENT_ITEM_INDICES: tf.zeros([1, f.RECENT_ITEMS_LENGTH], tf.int64),
-             f.QUERY_TEXT_EMBEDDING: tf.zeros([1, 384]), f.QUERY_TEXT_EMBEDDING + "_present": tf.ones([1])})
+    queries(_queries([1], [[0.0] * f.TIME_OF_INTERACTION_DIM], [0]))
     items(_items([1], [[3]], [0]))
     assert queries.words.embedding is items.words.embedding
     assert queries.sentence is items.sentence
@@ -123,3 +134,24 @@ def test_recent_item_dropout_hides_items_in_training_only():
     trained, _ = encoder(history, training=True)
     # Rows lose different items, so identical histories encode differently.
     assert len({tuple(np.round(row, 5)) for row in trained.numpy()}) > 1
+
+
+def test_a_query_without_time_ignores_the_time_values():
+    """Serving requests carry no timestamp: with the flag 0 the "when" token is
+    masked, so whatever sits in the time features gives the same vector."""
+    tower = QueryTower(SIZES, BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM), DIM)
+    times = [[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, -0.4, 0.9], [-0.7, -0.7, 0.8, 0.6]]
+    without_time = tower(_queries([1, 1, 1], times, [0, 0, 0])).numpy()
+    np.testing.assert_allclose(without_time[1:], without_time[[0, 0]], atol=1e-6)
+    with_time = tower(_queries([1, 1, 1], times, [1, 1, 1])).numpy()
+    assert not np.allclose(with_time[1], without_time[1], atol=1e-3)
+    assert not np.allclose(with_time[1], with_time[2], atol=1e-3)
+
+
+def test_time_dropout_hides_the_time_in_training_only():
+    tower = QueryTower(SIZES, BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM), DIM,
+                       time_dropout=1.0)
+    timed = _queries([1], [[1.0, 0.0, -0.4, 0.9]], [1])
+    untimed = _queries([1], [[1.0, 0.0, -0.4, 0.9]], [0])
+    np.testing.assert_allclose(tower(timed, training=True), tower(untimed), atol=1e-6)
+    assert not np.allclose(tower(timed), tower(untimed), atol=1e-3)

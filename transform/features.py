@@ -37,6 +37,15 @@ RECENT_ITEM_INDICES = "recent_item_indices"
 ITEM_TEXT_EMBEDDING = "item_text_embedding"
 QUERY_TEXT_EMBEDDING = "query_text_embedding"
 IMAGE_EMBEDDING = "image_embedding"
+# When the interaction happened (UTC): sin and cos of the hour of day and of
+# the day of week, so that times training never saw still map near the times
+# it did. Zeros, with TIME_OF_INTERACTION + "_present" 0, on rows without a
+# timestamp (catalogue, users, serving requests).
+TIME_OF_INTERACTION = "time_of_interaction"
+TIME_OF_INTERACTION_DIM = 4
+# The interaction's rating, the rating head's label: 0, with
+# RATING_LABEL + "_present" 0, on rows without one.
+RATING_LABEL = "rating_label"
 
 # Fixed lengths of padded token sequences.
 QUERY_LENGTH = 16

@@ -8,6 +8,7 @@ so training steps never run them and their output is cached in the Transform
 artifact. The Transform graph is embedded in the exported model, so serving
 requests go through this same code, encoders included.
 """
+import math
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -29,11 +30,11 @@ def preprocessing_fn(inputs):
     text_encoder = tft.make_and_track_object(load_text_encoder, name="text_encoder")
     image_encoder = tft.make_and_track_object(ImageEncoderModule, name="image_encoder")
 
-    item_id = _single_string(inputs[f.ITEM_ID])
-    user_id = _single_string(inputs[f.USER_ID])
-    query = _single_string(inputs[f.QUERY])
+    item_id = _single_value(inputs[f.ITEM_ID], "")
+    user_id = _single_value(inputs[f.USER_ID], "")
+    query = _single_value(inputs[f.QUERY], "")
     query_tokens = text_preprocessor.tokenize(query, f.QUERY_LENGTH)
-    title, description = _single_string(inputs[f.TITLE]), _single_string(inputs[f.DESCRIPTION])
+    title, description = _single_value(inputs[f.TITLE], ""), _single_value(inputs[f.DESCRIPTION], "")
     item_text = tf.strings.strip(tf.strings.join([title, description], " "))
     item_tokens = text_preprocessor.tokenize(item_text, f.ITEM_TEXT_LENGTH)
     attribute_tokens = tf.RaggedTensor.from_sparse(inputs[f.ATTRIBUTES])[:, :f.ATTRIBUTES_LENGTH]
@@ -45,6 +46,7 @@ def preprocessing_fn(inputs):
     token_vocabulary = tft.vocabulary(
         tf.concat([query_tokens.flat_values, item_tokens.flat_values], axis=0),
         top_k=f.MAX_TEXT_TOKENS, vocab_filename=f.TOKEN_VOCABULARY)
+    has_timestamp, has_rating = _has_value(inputs[f.TIMESTAMP]), _has_value(inputs[f.RATING])
     return {
         f.ITEM_INDEX: _index(item_id, item_vocabulary),
         f.RECENT_ITEM_INDICES: _padded_indices(tf.RaggedTensor.from_sparse(inputs[f.RECENT_ITEMS]),
@@ -61,16 +63,40 @@ def preprocessing_fn(inputs):
         f.ITEM_TEXT_EMBEDDING: _embed_present(item_text, text_encoder.embed, TEXT_DIM),
         f.QUERY_TEXT_EMBEDDING: _embed_present(tf.strings.strip(query), text_encoder.embed, TEXT_DIM),
         f.IMAGE_EMBEDDING: _embed_present(
-            _single_string(inputs[f.IMAGE]),
+            _single_value(inputs[f.IMAGE], ""),
             lambda images: image_encoder(image_preprocessor.preprocess_batch(images)), IMAGE_DIM),
+        f.TIME_OF_INTERACTION: (_time_of_interaction(_single_value(inputs[f.TIMESTAMP], 0))
+                                * has_timestamp[:, None]),
+        f.TIME_OF_INTERACTION + "_present": has_timestamp,
+        f.RATING_LABEL: _single_value(inputs[f.RATING], 0.0),
+        f.RATING_LABEL + "_present": has_rating,
     }
 
 
-def _single_string(sparse: tf.SparseTensor) -> tf.Tensor:
-    """A single-valued optional feature [batch, <=1] -> [batch], '' when absent."""
+def _single_value(sparse: tf.SparseTensor, default) -> tf.Tensor:
+    """A single-valued optional feature [batch, <=1] -> [batch], `default` when absent."""
     batch_size = sparse.dense_shape[0]
     reshaped = tf.SparseTensor(sparse.indices, sparse.values, tf.stack([batch_size, 1]))
-    return tf.sparse.to_dense(reshaped, default_value="")[:, 0]
+    return tf.sparse.to_dense(reshaped, default_value=default)[:, 0]
+
+
+def _has_value(sparse: tf.SparseTensor) -> tf.Tensor:
+    """[batch] 1.0 where a single-valued optional feature has its value, else 0.0."""
+    return _single_value(tf.SparseTensor(sparse.indices, tf.ones_like(sparse.values, tf.float32),
+                                         sparse.dense_shape), 0.0)
+
+
+def _time_of_interaction(timestamp: tf.Tensor) -> tf.Tensor:
+    """Unix seconds [batch] -> [batch, 4]: sin and cos of the hour of day and of
+    the day of week (UTC). Cyclic, so 23:59 lies next to 00:00 and Sunday next
+    to Monday; the absolute time, which serving never repeats, is left out."""
+    seconds_per_day = 24 * 3600
+    hour = tf.cast(tf.math.floormod(timestamp, seconds_per_day), tf.float32) / 3600.0
+    # 1970-01-01 was a Thursday: day 3 with Monday as 0.
+    weekday = tf.cast(tf.math.floormod(tf.math.floordiv(timestamp, seconds_per_day) + 3, 7), tf.float32)
+    hour_angle, weekday_angle = 2 * math.pi * hour / 24, 2 * math.pi * weekday / 7
+    return tf.stack([tf.sin(hour_angle), tf.cos(hour_angle), tf.sin(weekday_angle),
+                     tf.cos(weekday_angle)], axis=1)
 
 
 def _present(values: tf.Tensor) -> tf.Tensor:

@@ -1,7 +1,9 @@
 """Runs `preprocessing_fn` through tf.Transform's Beam implementation on a few
 raw examples, and checks the serving-time preprocessors on their own."""
 import io
+import math
 import os
+from datetime import datetime, timezone
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -21,6 +23,10 @@ from transform import image_preprocessor, text_preprocessor  # noqa: E402
 from trainer.image_encoder import ImageEncoderModule  # noqa: E402
 from trainer.text_encoder import load_text_encoder  # noqa: E402
 from transform.preprocessing import IdLookup, preprocessing_fn  # noqa: E402
+
+
+# Saturday 2024-01-06 18:30 UTC.
+TIMESTAMP = int(datetime(2024, 1, 6, 18, 30, tzinfo=timezone.utc).timestamp())
 
 
 def _png(colour, size=(40, 20)) -> bytes:
@@ -59,7 +65,8 @@ def transformed(tmp_path_factory):
         {"item_id": [b"a"], "title": [b"Red mug"], "attributes": [b"colour=red"],
          "image": [_png((255, 0, 0))]},
         {"item_id": [b"b"], "title": [b"Blue lamp"], "description": [b"A tall lamp."]},
-        {"item_id": [b"a"], "user_id": [b"u1"], "query": [b"red MUG"]},
+        {"item_id": [b"a"], "user_id": [b"u1"], "query": [b"red MUG"], "timestamp": [TIMESTAMP],
+         "rating": [4.5]},
         {"item_id": [b"b"], "query": [b"lamp"]},
         {"user_id": [b"u1"], "recent_items": [b"b", b"unknown", b"a"]},
     ]
@@ -146,3 +153,38 @@ def test_id_lookup_gives_the_transform_layers_indices(transformed):
         lookup = IdLookup(tft_output.vocabulary_file_by_name(vocabulary))
         assert lookup(tf.constant(ids)).numpy().tolist() == expected[feature].numpy().tolist()
     assert expected[f.ITEM_INDEX].numpy().tolist()[2:] == [0, 0, 0]
+
+
+def test_time_of_interaction_is_hour_of_day_and_day_of_week(transformed):
+    outputs, _ = transformed
+    hour, weekday = 2 * math.pi * 18.5 / 24, 2 * math.pi * 5 / 7  # Monday is day 0
+    np.testing.assert_allclose(outputs[2][f.TIME_OF_INTERACTION],
+                               [math.sin(hour), math.cos(hour), math.sin(weekday), math.cos(weekday)],
+                               atol=1e-5)
+    assert outputs[2][f.TIME_OF_INTERACTION + "_present"] == 1.0
+    assert outputs[2][f.RATING_LABEL] == 4.5 and outputs[2][f.RATING_LABEL + "_present"] == 1.0
+
+
+def test_rows_without_timestamp_or_rating_have_zeros_and_flag_0(transformed):
+    outputs, tft_output = transformed
+    for row in outputs[:2] + outputs[3:]:
+        assert not any(row[f.TIME_OF_INTERACTION]) and row[f.TIME_OF_INTERACTION + "_present"] == 0.0
+        assert row[f.RATING_LABEL] == 0.0 and row[f.RATING_LABEL + "_present"] == 0.0
+    # Serving requests feed the absent features empty (trainer/export.py).
+    spec = schema_utils.schema_as_feature_spec(
+        io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())).feature_spec
+    raw = {name: tf.sparse.from_dense(tf.constant([[b"u1"], [b"u2"]])) if name == f.USER_ID else
+           tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], value.dtype), [2, 1])
+           for name, value in spec.items()}
+    served = tft_output.transform_features_layer()(raw)
+    np.testing.assert_array_equal(served[f.TIME_OF_INTERACTION], np.zeros([2, f.TIME_OF_INTERACTION_DIM]))
+    np.testing.assert_array_equal(served[f.TIME_OF_INTERACTION + "_present"], [0.0, 0.0])
+    np.testing.assert_array_equal(served[f.RATING_LABEL + "_present"], [0.0, 0.0])
+
+
+def test_the_serving_layer_derives_the_same_time(transformed):
+    outputs, tft_output = transformed
+    layer = tft_output.transform_features_layer()
+    served = layer({f.TIMESTAMP: tf.sparse.from_dense(tf.constant([[TIMESTAMP]], tf.int64))})
+    np.testing.assert_allclose(served[f.TIME_OF_INTERACTION][0], outputs[2][f.TIME_OF_INTERACTION],
+                               atol=1e-6)

@@ -1,0 +1,100 @@
+"""The retrieval model on a tiny synthetic catalogue: the optional rating head
+learns from rated rows only, and the export's user table asks at no time."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from trainer.data import EMBEDDING_DIMS, QUERY_FEATURES  # noqa: E402
+from trainer.model import Catalog, RetrievalModel, Users, no_text_queries  # noqa: E402
+from transform import features as f  # noqa: E402
+
+SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
+         f.ATTRIBUTE_VOCABULARY: 3}
+DIM = 8
+
+
+def _model(rating_weight: float) -> RetrievalModel:
+    tf.keras.utils.set_random_seed(0)
+    items = SIZES[f.ITEM_VOCABULARY]
+    rng = np.random.default_rng(0)
+    content = {
+        f.ITEM_TOKENS: rng.integers(0, SIZES[f.TOKEN_VOCABULARY], [items, f.ITEM_TEXT_LENGTH]),
+        f.ATTRIBUTE_TOKENS: np.zeros([items, f.ATTRIBUTES_LENGTH], np.int64),
+    }
+    for name in (f.ITEM_TEXT_EMBEDDING, f.IMAGE_EMBEDDING):
+        content[name] = rng.normal(size=[items, EMBEDDING_DIMS[name]]).astype(np.float32)
+        content[name + "_present"] = np.ones([items], np.float32)
+    recent_items = rng.integers(1, items, [SIZES[f.USER_VOCABULARY], f.RECENT_ITEMS_LENGTH])
+    return RetrievalModel(Catalog(content), Users(recent_items), SIZES, DIM, rating_weight=rating_weight)
+
+
+def _batch(unrated_label: float = 0.0):
+    """Six interactions; the first four rated, the last two not (label `unrated_label`)."""
+    user_index = tf.constant([1, 2, 3, 1, 2, 3], tf.int64)
+    queries = no_text_queries(user_index, tf.constant(
+        np.arange(6 * f.RECENT_ITEMS_LENGTH).reshape(6, -1) % SIZES[f.ITEM_VOCABULARY], tf.int64))
+    queries[f.TIME_OF_INTERACTION] = tf.random.stateless_uniform([6, f.TIME_OF_INTERACTION_DIM],
+                                                                 seed=(2, 3), minval=-1, maxval=1)
+    queries[f.TIME_OF_INTERACTION + "_present"] = tf.ones([6])
+    return {**queries, f.ITEM_INDEX: tf.constant([1, 2, 3, 4, 1, 2], tf.int64),
+            f.RATING_LABEL: tf.constant([5.0, 1.0, 4.0, 2.0, unrated_label, unrated_label]),
+            f.RATING_LABEL + "_present": tf.constant([1.0, 1.0, 1.0, 1.0, 0.0, 0.0])}
+
+
+def _rating_loss(model: RetrievalModel, batch) -> float:
+    query = model.query_tower({name: batch[name] for name in QUERY_FEATURES})
+    predicted = model.predicted_ratings(query, model.item_embeddings(batch[f.ITEM_INDEX]))
+    rated = batch[f.RATING_LABEL + "_present"] > 0
+    return float(tf.reduce_mean(tf.square(tf.boolean_mask(predicted - batch[f.RATING_LABEL], rated))))
+
+
+def test_rating_head_learns_the_ratings():
+    model = _model(rating_weight=1.0)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    batch = _batch()
+    before = _rating_loss(model, batch)
+    history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(30), epochs=1, verbose=0)
+    assert _rating_loss(model, batch) < 0.5 * before
+    assert "rating_rmse" in history.history
+
+
+def test_rows_without_a_rating_do_not_count():
+    model = _model(rating_weight=1.0)
+    loss = model.compute_loss(_batch(unrated_label=0.0))
+    np.testing.assert_allclose(model.compute_loss(_batch(unrated_label=1000.0)), loss, rtol=1e-6)
+
+
+def test_rating_weight_0_builds_no_rating_head():
+    plain, multi_task = _model(rating_weight=0.0), _model(rating_weight=1.0)
+    histories = []
+    for model in (plain, multi_task):
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+        histories.append(model.fit(tf.data.Dataset.from_tensors(_batch()), epochs=1, verbose=0).history)
+    assert not hasattr(plain, "rating_head")
+    head = {id(variable) for variable in multi_task.rating_head.trainable_variables}
+    assert head and head <= {id(variable) for variable in multi_task.trainable_variables}
+    assert len(plain.trainable_variables) == len(multi_task.trainable_variables) - len(head)
+    assert "rating_rmse" not in histories[0] and "rating_rmse" in histories[1]
+
+
+@pytest.mark.parametrize("rating_weight", [-0.5, float("nan")])
+def test_negative_rating_weight_is_refused(rating_weight):
+    with pytest.raises(ValueError, match="rating_weight must be a number >= 0"):
+        _model(rating_weight)
+
+
+def test_user_table_asks_at_no_time():
+    """`recommend` reads the user table; `search` transforms a request without
+    a timestamp: both must give the query of a row whose time is absent,
+    whatever its time values."""
+    model = _model(rating_weight=0.0)
+    batch = _batch()
+    batch[f.TIME_OF_INTERACTION + "_present"] = tf.zeros([6])
+    batch[f.RECENT_ITEM_INDICES] = model.users.recent_items(batch[f.USER_INDEX])
+    searched = model.query_tower({name: batch[name] for name in QUERY_FEATURES})
+    recommended = tf.gather(model.user_embeddings(), batch[f.USER_INDEX])
+    np.testing.assert_allclose(recommended, searched, atol=1e-6)
