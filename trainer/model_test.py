@@ -17,7 +17,7 @@ SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
 DIM = 8
 
 
-def _model(rating_weight: float) -> RetrievalModel:
+def tiny_model(rating_weight: float) -> RetrievalModel:
     tf.keras.utils.set_random_seed(0)
     items = SIZES[f.ITEM_VOCABULARY]
     rng = np.random.default_rng(0)
@@ -32,7 +32,7 @@ def _model(rating_weight: float) -> RetrievalModel:
     return RetrievalModel(Catalog(content), Users(recent_items), SIZES, DIM, rating_weight=rating_weight)
 
 
-def _batch(unrated_label: float = 0.0):
+def tiny_batch(unrated_label: float = 0.0):
     """Six interactions; the first four rated, the last two not (label `unrated_label`)."""
     user_index = tf.constant([1, 2, 3, 1, 2, 3], tf.int64)
     queries = no_text_queries(user_index, tf.constant(
@@ -45,7 +45,7 @@ def _batch(unrated_label: float = 0.0):
             f.RATING_LABEL + "_present": tf.constant([1.0, 1.0, 1.0, 1.0, 0.0, 0.0])}
 
 
-def _rating_loss(model: RetrievalModel, batch) -> float:
+def rating_mse(model: RetrievalModel, batch) -> float:
     query = model.query_tower({name: batch[name] for name in QUERY_FEATURES})
     predicted = model.predicted_ratings(query, model.item_embeddings(batch[f.ITEM_INDEX]))
     rated = batch[f.RATING_LABEL + "_present"] > 0
@@ -53,27 +53,27 @@ def _rating_loss(model: RetrievalModel, batch) -> float:
 
 
 def test_rating_head_learns_the_ratings():
-    model = _model(rating_weight=1.0)
+    model = tiny_model(rating_weight=1.0)
     model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
-    batch = _batch()
-    before = _rating_loss(model, batch)
+    batch = tiny_batch()
+    before = rating_mse(model, batch)
     history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(30), epochs=1, verbose=0)
-    assert _rating_loss(model, batch) < 0.5 * before
+    assert rating_mse(model, batch) < 0.5 * before
     assert "rating_rmse" in history.history
 
 
 def test_rows_without_a_rating_do_not_count():
-    model = _model(rating_weight=1.0)
-    loss = model.compute_loss(_batch(unrated_label=0.0))
-    np.testing.assert_allclose(model.compute_loss(_batch(unrated_label=1000.0)), loss, rtol=1e-6)
+    model = tiny_model(rating_weight=1.0)
+    loss = model.compute_loss(tiny_batch(unrated_label=0.0))
+    np.testing.assert_allclose(model.compute_loss(tiny_batch(unrated_label=1000.0)), loss, rtol=1e-6)
 
 
 def test_rating_weight_0_builds_no_rating_head():
-    plain, multi_task = _model(rating_weight=0.0), _model(rating_weight=1.0)
+    plain, multi_task = tiny_model(rating_weight=0.0), tiny_model(rating_weight=1.0)
     histories = []
     for model in (plain, multi_task):
         model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
-        histories.append(model.fit(tf.data.Dataset.from_tensors(_batch()), epochs=1, verbose=0).history)
+        histories.append(model.fit(tf.data.Dataset.from_tensors(tiny_batch()), epochs=1, verbose=0).history)
     assert not hasattr(plain, "rating_head")
     head = {id(variable) for variable in multi_task.rating_head.trainable_variables}
     assert head and head <= {id(variable) for variable in multi_task.trainable_variables}
@@ -84,15 +84,15 @@ def test_rating_weight_0_builds_no_rating_head():
 @pytest.mark.parametrize("rating_weight", [-0.5, float("nan")])
 def test_negative_rating_weight_is_refused(rating_weight):
     with pytest.raises(ValueError, match="rating_weight must be a number >= 0"):
-        _model(rating_weight)
+        tiny_model(rating_weight)
 
 
 def test_user_table_asks_at_no_time():
     """`recommend` reads the user table; `search` transforms a request without
     a timestamp: both must give the query of a row whose time is absent,
     whatever its time values."""
-    model = _model(rating_weight=0.0)
-    batch = _batch()
+    model = tiny_model(rating_weight=0.0)
+    batch = tiny_batch()
     batch[f.TIME_OF_INTERACTION + "_present"] = tf.zeros([6])
     batch[f.RECENT_ITEM_INDICES] = model.users.recent_items(batch[f.USER_INDEX])
     searched = model.query_tower({name: batch[name] for name in QUERY_FEATURES})

@@ -1,0 +1,39 @@
+"""The per-epoch eval callback logs the rating head's RMSE when there is one."""
+import logging
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from trainer.model_test import rating_mse, tiny_batch, tiny_model  # noqa: E402
+from trainer.run import RetrievalEvaluation  # noqa: E402
+
+
+def _evaluate(model, log_dir, caplog):
+    batches = tf.data.Dataset.from_tensors(tiny_batch(unrated_label=1000.0))
+    callback = RetrievalEvaluation(batches, str(log_dir))
+    callback.set_model(model)
+    with caplog.at_level(logging.INFO, logger="mmfuse"):
+        callback.on_epoch_end(0)
+    scalars = {}
+    for path in tf.io.gfile.glob(str(log_dir / "retrieval_eval" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if not value.tensor.tensor_shape.dim:  # scalars, not histograms
+                    scalars[value.tag] = float(tf.make_ndarray(value.tensor))
+    return scalars, caplog.text
+
+
+def test_eval_logs_the_rating_rmse_of_rated_rows(tmp_path, caplog):
+    model = tiny_model(rating_weight=1.0)
+    scalars, log = _evaluate(model, tmp_path, caplog)
+    expected = np.sqrt(rating_mse(model, tiny_batch()))
+    np.testing.assert_allclose(scalars["rating_rmse"], expected, rtol=1e-5)
+    assert "rating_rmse=" in log and "recall@10" in scalars
+
+
+def test_eval_without_a_rating_head_logs_no_rmse(tmp_path, caplog):
+    scalars, log = _evaluate(tiny_model(rating_weight=0.0), tmp_path, caplog)
+    assert "recall@10" in scalars and "rating_rmse" not in scalars and "rating_rmse" not in log
