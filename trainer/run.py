@@ -35,9 +35,12 @@ DEFAULTS = {
     "modality_dropout": 0.2,
     # Share of a user's recent items hidden per training row (against memorising).
     "recent_item_dropout": 0.3,
-    # Share of training rows whose time of interaction is hidden: serving
-    # requests carry none, so the query tower must do without it too.
-    "time_dropout": 0.5,
+    # Share of training rows whose time of interaction is hidden; 1: the
+    # query tower has no time token. Serving requests carry no time, so a
+    # tower that uses it is gated on questions serving never asks
+    # (trainer/towers.py QueryTower); 0.5 is a starting point for those who
+    # want it.
+    "time_dropout": 1.0,
     # Weight of the rating head's loss beside the retrieval loss; 0 builds no
     # head, and the model is the plain retrieval model.
     "rating_weight": 0.0,

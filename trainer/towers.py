@@ -201,14 +201,17 @@ class QueryTower(tf.keras.layers.Layer):
     against.
 
     The word and sentence encoders are the item tower's, so a query and a
-    title with the same words start out close. Serving requests carry no
-    time, so in training the time is hidden with probability `time_dropout`:
-    the tower must also place a question asked at no particular time.
+    title with the same words start out close.
+
+    The time is used only with `time_dropout` below 1. Serving requests carry
+    no time, while the Evaluator's examples do, so a tower that uses it is
+    gated on questions it is never asked; hiding the time from a share of
+    the training rows teaches it to answer without one too.
     """
 
     def __init__(self, vocabulary_sizes: Dict[str, int], words: BagOfTokensEncoder,
                  sentence: FeatureProjection, dim: int, recent_item_dropout: float = 0.0,
-                 time_dropout: float = 0.0, **kwargs):
+                 time_dropout: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.time_dropout = time_dropout
         self.user_id = IdEncoder(vocabulary_sizes[f.USER_VOCABULARY], dim)
@@ -216,17 +219,19 @@ class QueryTower(tf.keras.layers.Layer):
                                                f.RECENT_ITEMS_LENGTH, item_dropout=recent_item_dropout)
         self.words = words
         self.sentence = sentence
-        self.time_of_interaction = FeatureProjection(dim)
-        self.modality_attention = ModalityAttention(5, dim)
+        self.time_of_interaction = FeatureProjection(dim) if time_dropout < 1 else None
+        self.modality_attention = ModalityAttention(4 if self.time_of_interaction is None else 5, dim)
 
     def call(self, query: Dict[str, tf.Tensor], training=None) -> tf.Tensor:
-        has_time = query[f.TIME_OF_INTERACTION + "_present"]
-        if training and self.time_dropout > 0:
-            has_time *= tf.cast(tf.random.uniform(tf.shape(has_time)) >= self.time_dropout, tf.float32)
-        return self.modality_attention([
+        encoded = [
             self.user_id(query[f.USER_INDEX]),
             self.recent_items(query[f.RECENT_ITEM_INDICES], training=training),
             self.words(query[f.QUERY_TOKENS]),
             self.sentence(query[f.QUERY_TEXT_EMBEDDING], query[f.QUERY_TEXT_EMBEDDING + "_present"]),
-            self.time_of_interaction(query[f.TIME_OF_INTERACTION], has_time),
-        ], training=training)
+        ]
+        if self.time_of_interaction is not None:
+            has_time = query[f.TIME_OF_INTERACTION + "_present"]
+            if training and self.time_dropout > 0:
+                has_time *= tf.cast(tf.random.uniform(tf.shape(has_time)) >= self.time_dropout, tf.float32)
+            encoded.append(self.time_of_interaction(query[f.TIME_OF_INTERACTION], has_time))
+        return self.modality_attention(encoded, training=training)

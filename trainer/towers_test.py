@@ -139,7 +139,8 @@ def test_recent_item_dropout_hides_items_in_training_only():
 def test_a_query_without_time_ignores_the_time_values():
     """Serving requests carry no timestamp: with the flag 0 the "when" token is
     masked, so whatever sits in the time features gives the same vector."""
-    tower = QueryTower(SIZES, BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM), DIM)
+    tower = QueryTower(SIZES, BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM), DIM,
+                       time_dropout=0.5)
     times = [[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, -0.4, 0.9], [-0.7, -0.7, 0.8, 0.6]]
     without_time = tower(_queries([1, 1, 1], times, [0, 0, 0])).numpy()
     np.testing.assert_allclose(without_time[1:], without_time[[0, 0]], atol=1e-6)
@@ -150,8 +151,16 @@ def test_a_query_without_time_ignores_the_time_values():
 
 def test_time_dropout_hides_the_time_in_training_only():
     tower = QueryTower(SIZES, BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM), DIM,
-                       time_dropout=1.0)
+                       time_dropout=0.999999)
     timed = _queries([1], [[1.0, 0.0, -0.4, 0.9]], [1])
     untimed = _queries([1], [[1.0, 0.0, -0.4, 0.9]], [0])
     np.testing.assert_allclose(tower(timed, training=True), tower(untimed), atol=1e-6)
     assert not np.allclose(tower(timed), tower(untimed), atol=1e-3)
+
+
+def test_by_default_the_query_tower_has_no_time_token():
+    tower = QueryTower(SIZES, BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM), DIM)
+    timed = _queries([1], [[1.0, 0.0, -0.4, 0.9]], [1])
+    untimed = _queries([1], [[1.0, 0.0, -0.4, 0.9]], [0])
+    np.testing.assert_allclose(tower(timed), tower(untimed), atol=1e-6)
+    assert tower.time_of_interaction is None
