@@ -2,9 +2,10 @@
 
 Concurrent requests for the same signature (and the same scalar inputs, such
 as `k`) are merged into one call of the model and the answer is split back
-into rows. Every request pays for the whole Transform graph and one pass over
-the catalogue, so merging eight requests costs little more than one: batching
-is what lets two CPU cores answer hundreds of questions a second.
+into rows. Every call makes one pass over the whole catalogue (and, for text
+and images, runs the Transform graph), so merging eight requests costs little
+more than one: batching is what lets two CPU cores answer hundreds of
+questions a second.
 
 The parameters are TF Serving's `BatchingParameters`, read from the same text
 file that `tensorflow_model_server --batching_parameters_file` reads
