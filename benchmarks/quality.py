@@ -125,13 +125,18 @@ class DataSpec:
 
 # --- Data ---------------------------------------------------------------------------------
 
-def _converted(options, name: str, converter: str, source: str) -> str:
+def _converted(options, name: str, converter: str, source: str, limit: Optional[int] = None) -> str:
     """OUT/data/<name>, converted from the raw data set on first use."""
     dst = os.path.join(options.out, "data", name)
     if not os.path.exists(os.path.join(dst, "items.csv")):
         _progress(f"converting {source} into {dst}")
-        convert(converter, os.path.join(options.data_root, source), dst)
+        convert(converter, os.path.join(options.data_root, source), dst, limit=limit)
     return dst
+
+
+def _fashion_dir(options) -> str:
+    """OUT/data/fashion, or OUT/data/fashion-first<N> with --fashion-limit N."""
+    return "fashion" if options.fashion_limit is None else f"fashion-first{options.fashion_limit}"
 
 
 def _prepare_movielens(options) -> str:
@@ -157,8 +162,9 @@ def _is_held_out(item_id: str) -> bool:
 def _prepare_fashion(options) -> str:
     """The catalogue with the held-out products' text and attributes hidden
     (the module docstring); their images stay where the conversion put them."""
-    original = _converted(options, "fashion", "fashion-small", "fashion-product-images-small")
-    dst = os.path.join(options.out, "data", "fashion-text-hidden")
+    original = _converted(options, _fashion_dir(options), "fashion-small",
+                          "fashion-product-images-small", options.fashion_limit)
+    dst = os.path.join(options.out, "data", _fashion_dir(options) + "-text-hidden")
     if os.path.exists(os.path.join(dst, "items.csv")):
         return dst
     os.makedirs(dst, exist_ok=True)
@@ -222,7 +228,7 @@ def _matches(attributes, colour, article_type) -> bool:
 
 def _fashion_text_to_image(options):
     def measure(dataset, ranker):
-        queries, held_out = _fashion_queries(os.path.join(options.out, "data", "fashion"))
+        queries, held_out = _fashion_queries(os.path.join(options.out, "data", _fashion_dir(options)))
         candidates = list(held_out)
         scores = ranker.score_search([text for text, _, _ in queries], [""] * len(queries),
                                      [candidates] * len(queries))
@@ -237,7 +243,7 @@ def _fashion_text_to_image(options):
 
 
 def _fashion_chance(options) -> Dict[str, object]:
-    queries, held_out = _fashion_queries(os.path.join(options.out, "data", "fashion"))
+    queries, held_out = _fashion_queries(os.path.join(options.out, "data", _fashion_dir(options)))
     shares = [sum(_matches(attributes, colour, article_type) for attributes in held_out.values())
               / len(held_out) for _, colour, article_type in queries]
     return {"precision@10": sum(shares) / len(shares), "queries": len(queries),
@@ -381,6 +387,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=os.environ.get(
         "MMFUSE_DATA_DIR", os.path.join(os.path.dirname(REPO), "shared", "data")),
                         help="the raw data sets (default: $MMFUSE_DATA_DIR or ../shared/data)")
+    parser.add_argument("--fashion-limit", type=int,
+                        help="fashion: only the first N products, for a quick look (the protocol "
+                             "as specified uses all of them)")
     parser.add_argument("--skip-runs", action="store_true",
                         help="evaluate the models that the logged earlier runs into OUT trained, instead of training")
     return parser
@@ -415,6 +424,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ".venv/bin/python", "-m", "benchmarks.quality", "--datasets", ",".join(options.datasets),
         "--variants", ",".join(options.variants), "--epochs", str(options.epochs),
         "--out", options.out, "--data-root", options.data_root,
+        *([] if options.fashion_limit is None else ["--fashion-limit", str(options.fashion_limit)]),
         *(["--skip-runs"] if options.skip_runs else [])]))
     return 0
 
