@@ -31,28 +31,17 @@ def _modalities(text: str):
     return tuple(chosen)
 
 
-def _whole_number(minimum: int):
-    """An argparse type: a whole number of at least `minimum`."""
-    def parse(text: str) -> int:
+def _at_least(minimum, kind=int, what: str = "a whole number"):
+    """An argparse type: a finite `kind` (int or float) of at least `minimum`."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, not {text!r}")
+        if not minimum <= value < float("inf"):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected {what} >= {minimum}, not {text!r}")
         return value
     return parse
-
-
-def _non_negative_number(text: str) -> float:
-    """An argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}")
-    return value
 
 
 def _cutoffs(text: str):
@@ -76,10 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory (pipeline outputs, serving/)")
     run.add_argument("--modalities", type=_modalities, default=MODALITIES)
     run.add_argument("--split", choices=SPLIT_METHODS, default="random")
-    run.add_argument("--epochs", type=_whole_number(0), default=5,
+    run.add_argument("--epochs", type=_at_least(0), default=5,
                      help="training epochs (0 exports the untrained model)")
     run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--rating-weight", type=_non_negative_number, default=0.0,
+    run.add_argument("--rating-weight", type=_at_least(0, float, "a number"), default=0.0,
                      help="also train a head predicting each interaction's rating, its loss "
                           "weighted by this beside the retrieval loss (default 0: no head); "
                           "needs interactions with a rating")
@@ -133,9 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--batching-parameters-file",
                        help="TF Serving BatchingParameters text proto (default: "
                             "serving/deploy/batching.config)")
-    serve.add_argument("--tensorflow-intra-op-parallelism", type=_whole_number(0), default=0,
+    serve.add_argument("--tensorflow-intra-op-parallelism", type=_at_least(0), default=0,
                        help="threads one op may use (default 0: one per core)")
-    serve.add_argument("--tensorflow-inter-op-parallelism", type=_whole_number(0), default=0,
+    serve.add_argument("--tensorflow-inter-op-parallelism", type=_at_least(0), default=0,
                        help="threads running a batch's ops (default 0: the batch thread itself)")
 
     query = commands.add_parser("query", help="ask a TF Serving gRPC server one question")
@@ -145,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     asked.add_argument("--text", help="search by text")
     asked.add_argument("--image", help="search by an image file (JPEG or PNG)")
     asked.add_argument("--item", help="items similar to this item")
-    query.add_argument("--k", type=_whole_number(1), default=10)
+    query.add_argument("--k", type=_at_least(1), default=10)
     query.add_argument("--json", action="store_true", help="print one JSON line")
     query.add_argument("--model-name", default="mmfuse")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds")
