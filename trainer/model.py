@@ -21,12 +21,19 @@ from transform import features as f  # noqa: E402
 
 
 class Catalog(tf.Module):
-    """Item content indexed by item index; row 0 is the empty "unknown" item."""
+    """Item content indexed by item index; row 0 is the empty "unknown" item.
 
-    def __init__(self, content: Dict[str, np.ndarray]):
+    `interaction_counts` (training rows per item index) tells which items'
+    ids the model learns; without it every item's id counts as learned.
+    """
+
+    def __init__(self, content: Dict[str, np.ndarray], interaction_counts: np.ndarray = None):
         super().__init__(name="catalog")
         self.size = len(content[f.ITEM_TOKENS])
         self.content = {name: tf.constant(content[name]) for name in CATALOG_FEATURES}
+        learned = (np.ones(self.size) if interaction_counts is None
+                   else np.asarray(interaction_counts) > 0)
+        self.content[f.ITEM_ID_LEARNED] = tf.constant(learned, tf.float32)
 
     def lookup(self, item_index: tf.Tensor) -> Dict[str, tf.Tensor]:
         item = {name: tf.gather(values, item_index) for name, values in self.content.items()}

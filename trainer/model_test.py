@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.data import EMBEDDING_DIMS, QUERY_FEATURES  # noqa: E402
+from trainer.data import CATALOG_FEATURES, EMBEDDING_DIMS, QUERY_FEATURES  # noqa: E402
 from trainer.model import Catalog, RetrievalModel, Users, no_text_queries  # noqa: E402
 from transform import features as f  # noqa: E402
 
@@ -98,3 +98,11 @@ def test_user_table_asks_at_no_time():
     searched = model.query_tower({name: batch[name] for name in QUERY_FEATURES})
     recommended = tf.gather(model.user_embeddings(), batch[f.USER_INDEX])
     np.testing.assert_allclose(recommended, searched, atol=1e-6)
+
+
+def test_catalog_marks_the_ids_training_has_seen():
+    model = tiny_model(rating_weight=0.0)
+    content = {name: model.catalog.content[name].numpy() for name in CATALOG_FEATURES}
+    catalog = Catalog(content, interaction_counts=np.array([0, 3, 0, 1, 0]))
+    np.testing.assert_array_equal(catalog.all_items()[f.ITEM_ID_LEARNED], [0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(model.catalog.all_items()[f.ITEM_ID_LEARNED], [1, 1, 1, 1, 1])

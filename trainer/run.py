@@ -31,8 +31,13 @@ DEFAULTS = {
     "embedding_dim": 64,
     "learning_rate": 0.003,
     "temperature": 0.05,
-    # Share of present item modalities hidden per training row (cold start).
-    "modality_dropout": 0.2,
+    # Chance that each of an item's modalities (id, text, image) is hidden
+    # from a training row, keeping at least one: the item tower learns to
+    # place an item by any one of them (cold start, photo-only items). At 0.5
+    # a row shows the photo alone 1 time in 6; at 0.2, 1 in 30, which left
+    # text -> image search near chance on the fashion catalogue, while on
+    # MovieLens 0.5 and 0.2 gave the same recall@100 (README).
+    "modality_dropout": 0.5,
     # Share of a user's recent items hidden per training row (against memorising).
     "recent_item_dropout": 0.3,
     # Share of training rows whose time of interaction is hidden; 1: the
@@ -128,7 +133,7 @@ def run_fn(fn_args: FnArgs) -> None:
     progress_log.info("training on %s with batch size %d", strategy.__class__.__name__, batch_size)
 
     with strategy.scope():
-        model = RetrievalModel(Catalog(catalog_content), Users(recent_items),
+        model = RetrievalModel(Catalog(catalog_content, counts), Users(recent_items),
                                data.vocabulary_sizes(tft_output),
                                config["embedding_dim"], config["modalities"], config["temperature"],
                                item_probabilities=counts / counts.sum(),

@@ -105,14 +105,24 @@ class ModalityAttention(tf.keras.layers.Layer):
     In training, modality dropout hides each present modality with
     probability `modality_dropout`, always keeping at least one, so the tower
     learns to place an item seen only by its photo or only by its title.
+    `groups` gives each input the index of the modality it belongs to (the
+    item tower's words, sentence and attributes are all "text"): a modality
+    is hidden or kept as a whole, since hiding a title's words but not its
+    sentence embedding would still show the title.
     A row with no modality at all attends only to the fusion token.
     """
 
     def __init__(self, num_modalities: int, dim: int, num_heads: int = 4,
-                 modality_dropout: float = 0.0, **kwargs):
+                 modality_dropout: float = 0.0, groups: Sequence[int] = None, **kwargs):
         super().__init__(**kwargs)
         self.num_modalities = num_modalities
         self.modality_dropout = modality_dropout
+        groups = list(range(num_modalities)) if groups is None else list(groups)
+        if len(groups) != num_modalities:
+            raise ValueError(f"groups names {len(groups)} modalities, not {num_modalities}")
+        # [groups, modalities]: which inputs each group hides or keeps.
+        self.group_members = tf.constant(
+            [[float(group == g) for group in groups] for g in range(max(groups) + 1)])
         self.modality_type = tf.keras.layers.Embedding(num_modalities + 1, dim)
         self.token_norm = tf.keras.layers.LayerNormalization()
         self.attention = tf.keras.layers.MultiHeadAttention(num_heads, key_dim=max(dim // num_heads, 1))
@@ -122,13 +132,16 @@ class ModalityAttention(tf.keras.layers.Layer):
         self.output_norm = tf.keras.layers.LayerNormalization()
 
     def _drop_modalities(self, present: tf.Tensor) -> tf.Tensor:
-        keep = tf.cast(tf.random.uniform(tf.shape(present)) >= self.modality_dropout, tf.float32)
-        kept = present * keep
-        # Rows that lost every modality get one of their present ones back.
-        fallback = tf.one_hot(tf.argmax(present + tf.random.uniform(tf.shape(present)) * present,
-                                        axis=1), self.num_modalities)
+        group_present = tf.cast(tf.matmul(present, self.group_members, transpose_b=True) > 0,
+                                tf.float32)  # [batch, groups]
+        keep = tf.cast(tf.random.uniform(tf.shape(group_present)) >= self.modality_dropout, tf.float32)
+        kept = group_present * keep
+        # Rows that lost every group get one of their present ones back.
+        fallback = tf.one_hot(tf.argmax(group_present * (1.0 + tf.random.uniform(tf.shape(group_present))),
+                                        axis=1), tf.shape(group_present)[1])
         emptied = tf.cast(tf.reduce_sum(kept, axis=1, keepdims=True) == 0, tf.float32)
-        return kept + emptied * fallback * present
+        kept += emptied * fallback * group_present
+        return present * tf.matmul(kept, self.group_members)
 
     def call(self, encoded: Sequence[Encoded], training=None, return_attention=False):
         # Every modality enters on one scale, so that none (e.g. a projected
@@ -174,17 +187,26 @@ class ItemTower(tf.keras.layers.Layer):
         if "image" in self.modalities:
             self.image = FeatureProjection(dim)
         self.modality_attention = ModalityAttention(
-            len(self.modality_names()), dim, modality_dropout=modality_dropout)
+            len(self.modality_names()), dim, modality_dropout=modality_dropout,
+            groups=[self.modalities.index(modality) for modality, _ in self._inputs()])
+
+    def _inputs(self) -> Tuple[Tuple[str, str], ...]:
+        """(modality, input name) of each fused input, in the attention's order."""
+        names = {"id": ("item_id",), "text": ("words", "sentence", "attributes"), "image": ("image",)}
+        return tuple((modality, name) for modality in self.modalities for name in names[modality])
 
     def modality_names(self) -> Tuple[str, ...]:
-        """The fused modalities, in the order of the attention weights."""
-        names = {"id": ("item_id",), "text": ("words", "sentence", "attributes"), "image": ("image",)}
-        return tuple(name for modality in self.modalities for name in names[modality])
+        """The fused inputs, in the order of the attention weights."""
+        return tuple(name for _, name in self._inputs())
 
     def call(self, item: Dict[str, tf.Tensor], training=None, return_attention=False):
         encoded = []
         if "id" in self.modalities:
-            encoded.append(self.item_id(item[f.ITEM_INDEX]))
+            vector, present = self.item_id(item[f.ITEM_INDEX])
+            # An id that no training row had has only its random initial
+            # embedding: noise, which the token normalisation would blow up
+            # to the scale of a real modality. A new item is its content.
+            encoded.append((vector, present * item[f.ITEM_ID_LEARNED]))
         if "text" in self.modalities:
             encoded.append(self.words(item[f.ITEM_TOKENS]))
             encoded.append(self.sentence(item[f.ITEM_TEXT_EMBEDDING],

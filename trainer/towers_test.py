@@ -15,7 +15,7 @@ SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
 DIM = 8
 
 
-def _items(item_index, tokens, image_present):
+def _items(item_index, tokens, image_present, id_learned=None):
     batch = len(item_index)
     tokens = np.array([row + [0] * (f.ITEM_TEXT_LENGTH - len(row)) for row in tokens], np.int64)
     return {
@@ -26,6 +26,7 @@ def _items(item_index, tokens, image_present):
         f.ITEM_TEXT_EMBEDDING + "_present": tf.constant([float(any(row)) for row in tokens]),
         f.IMAGE_EMBEDDING: tf.random.stateless_uniform([batch, 1280], seed=(1, 2)),
         f.IMAGE_EMBEDDING + "_present": tf.constant(image_present, tf.float32),
+        f.ITEM_ID_LEARNED: tf.constant([1.0] * batch if id_learned is None else id_learned),
     }
 
 
@@ -68,6 +69,30 @@ def test_modality_dropout_keeps_at_least_one_present_modality():
     assert (dropped.sum(axis=1) >= 1).all()
     assert (dropped <= present.numpy()).all()  # never invents a modality
     assert dropped.mean() < present.numpy().mean() * 0.6
+
+
+def test_modality_dropout_hides_or_keeps_a_group_as_a_whole():
+    """The item tower's words, sentence and attributes are one modality: a
+    row keeps all of its text or none, so it is often seen by its image alone."""
+    fusion = ModalityAttention(5, DIM, modality_dropout=0.5, groups=[0, 1, 1, 1, 2])
+    present = tf.constant([[1.0, 1.0, 1.0, 0.0, 1.0]] * 2000)
+    dropped = fusion._drop_modalities(present).numpy()
+    np.testing.assert_array_equal(dropped[:, 1], dropped[:, 2])
+    assert (dropped[:, 3] == 0).all()  # an absent input stays absent within a kept group
+    assert (dropped.sum(axis=1) >= 1).all()
+    image_only = (dropped[:, [0, 1, 2]].sum(axis=1) == 0) & (dropped[:, 4] == 1)
+    # 1/8 of rows drop both id and text, and a third of the 1/8 that drop all get the image back.
+    assert 0.13 < image_only.mean() < 0.20
+
+
+def test_a_never_trained_item_id_is_not_a_modality():
+    """A new item's id embedding is still its random initial value: the item
+    is placed by its content alone, as if it had no id."""
+    tower = ItemTower(SIZES, BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM), DIM)
+    new_item = tower(_items([2], [[3, 4]], [1], id_learned=[0.0]))
+    no_id = tower(_items([0], [[3, 4]], [1]))
+    np.testing.assert_allclose(new_item, no_id, atol=1e-6)
+    assert not np.allclose(tower(_items([2], [[3, 4]], [1])), no_id, atol=1e-3)
 
 
 def test_item_tower_embeds_items_with_any_single_modality():

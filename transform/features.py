@@ -37,6 +37,9 @@ RECENT_ITEM_INDICES = "recent_item_indices"
 ITEM_TEXT_EMBEDDING = "item_text_embedding"
 QUERY_TEXT_EMBEDDING = "query_text_embedding"
 IMAGE_EMBEDDING = "image_embedding"
+# Not a Transform output: 1.0 for the items that training rows name, whose id
+# embedding is learned (trainer/model.py Catalog); 0.0 for the others.
+ITEM_ID_LEARNED = "item_id_learned"
 # When the interaction happened (UTC): sin and cos of the hour of day and of
 # the day of week, so that times training never saw still map near the times
 # it did. Zeros, with TIME_OF_INTERACTION + "_present" 0, on rows without a
