@@ -63,7 +63,7 @@ class Users(tf.Module):
 
 class RetrievalModel(tfrs.Model):
     def __init__(self, catalog: Catalog, users: Users, vocabulary_sizes: Dict[str, int], dim: int,
-                 modalities: Sequence[str] = MODALITIES, temperature: float = 0.05,
+                 modalities: Sequence[str] = MODALITIES, temperature: float = 0.1,
                  item_probabilities: np.ndarray = None, modality_dropout: float = 0.0,
                  recent_item_dropout: float = 0.0, time_dropout: float = 1.0,
                  rating_weight: float = 0.0):

@@ -30,7 +30,10 @@ DEFAULTS = {
     "batch_size": None,
     "embedding_dim": 64,
     "learning_rate": 0.003,
-    "temperature": 0.05,
+    # Of the in-batch softmax over cosine scores. 0.1 against 0.05: fashion
+    # text -> image precision@10 0.36 against 0.30 on the first 5,000
+    # products, MovieLens recall@100 0.619 against 0.613 (README).
+    "temperature": 0.1,
     # Chance that each of an item's modalities (id, text, image) is hidden
     # from a training row, keeping at least one: the item tower learns to
     # place an item by any one of them (cold start, photo-only items). At 0.5
