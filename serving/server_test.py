@@ -272,8 +272,13 @@ def test_a_new_version_is_swapped_in_only_once_complete_and_no_request_fails(
         time.sleep(0.5)
         assert served.watcher.servable.version == 1
         with caplog.at_level(logging.ERROR, logger="mmfuse.serving"):
-            with open(os.path.join(version_2, "saved_model.pb"), "wb") as corrupt:
-                corrupt.write(b"half a protobuf")
+            # Written beside the version and moved in, so that the watcher
+            # never sees the file empty: that would be a change of files, and
+            # the broken version would rightly be tried a second time.
+            corrupt = os.path.join(model_base, "corrupt.pb")
+            with open(corrupt, "wb") as handle:
+                handle.write(b"half a protobuf")
+            os.replace(corrupt, os.path.join(version_2, "saved_model.pb"))
             time.sleep(1.0)
         assert served.watcher.servable.version == 1
         assert loads.count(2) == 1, "a broken version is tried once until its files change"
