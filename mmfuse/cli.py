@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     from pipeline import local_runner
-    from pipeline.fingerprint import code_fingerprint, dataset_fingerprint
+    from pipeline.fingerprint import DATA_CODE, TRAINER_CODE, code_fingerprint, dataset_fingerprint
     from pipeline.pipeline import MODEL_NAME, PipelineConfig
 
     local_runner.show_progress()
@@ -179,7 +179,8 @@ def _run(args) -> int:
         split=args.split, modalities=args.modalities, epochs=args.epochs, seed=args.seed,
         rating_weight=args.rating_weight,
         min_recall=min_recall, enable_cache=not args.no_cache,
-        cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint()}")
+        cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint(DATA_CODE)}",
+        trainer_cache_key=code_fingerprint(TRAINER_CODE))
     started = time.time()
     result = local_runner.run(config)
     print(json.dumps({

@@ -2,7 +2,14 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from pipeline.fingerprint import code_fingerprint, dataset_fingerprint, files_state  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pipeline.fingerprint import (_ROOT, DATA_CODE, TRAINER_CODE, code_fingerprint,  # noqa: E402
+                                  dataset_fingerprint, files_state)
 
 
 def test_dataset_fingerprint_changes_with_any_file_not_only_the_csvs(tmp_path):
@@ -22,9 +29,64 @@ def test_dataset_fingerprint_changes_with_any_file_not_only_the_csvs(tmp_path):
     assert dataset_fingerprint(str(tmp_path)) != changed
 
 
-def test_code_fingerprint_is_stable_within_a_checkout():
-    assert code_fingerprint() == code_fingerprint()
-    assert len(code_fingerprint()) == 32
+def _checkout(root):
+    for path, text in {"transform/preprocessing.py": "fn = 1", "transform/preprocessing_test.py": "t = 1",
+                       "trainer/__init__.py": "", "trainer/text_encoder.py": "encoder = 1",
+                       "trainer/towers.py": "towers = 1"}.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+
+
+def test_a_trainer_change_keys_only_the_trainer_and_an_encoder_change_keys_both(tmp_path):
+    _checkout(tmp_path)
+    data_code = ("transform", "trainer/__init__.py", "trainer/text_encoder.py")
+
+    def keys():
+        return (code_fingerprint(data_code, str(tmp_path)), code_fingerprint(("trainer",), str(tmp_path)))
+
+    data_before, trainer_before = keys()
+    (tmp_path / "trainer/towers.py").write_text("towers = 2")
+    data_after, trainer_after = keys()
+    assert data_after == data_before and trainer_after != trainer_before
+
+    (tmp_path / "trainer/text_encoder.py").write_text("encoder = 2")
+    assert keys()[0] != data_after and keys()[1] != trainer_after
+
+    (tmp_path / "transform/preprocessing_test.py").write_text("t = 2")  # tests are not code that runs
+    assert keys()[0] == code_fingerprint(data_code, str(tmp_path))
+
+
+def test_a_missing_path_is_an_error_not_a_smaller_key(tmp_path):
+    _checkout(tmp_path)
+    with pytest.raises(FileNotFoundError, match="trainer/image_encoder.py"):
+        code_fingerprint(("trainer/image_encoder.py",), str(tmp_path))
+
+
+_LOADED_FILES = ("import json, os, sys; os.environ['TF_USE_LEGACY_KERAS'] = '1'; {imports}; "
+                 "print(json.dumps([getattr(m, '__file__', None) for m in list(sys.modules.values())]))")
+
+
+def _project_files_loaded_by(imports):
+    """The checkout's source files that Python loads for `imports`."""
+    out = subprocess.run([sys.executable, "-c", _LOADED_FILES.format(imports=imports)],
+                         cwd=_ROOT, capture_output=True, text=True, check=True).stdout
+    paths = [os.path.realpath(p) for p in json.loads(out.splitlines()[-1]) if p]
+    return {os.path.relpath(p, _ROOT) for p in paths
+            if p.startswith(_ROOT + os.sep) and os.sep + "site-packages" + os.sep not in p}
+
+
+def _uncovered(files, keys):
+    return sorted(path for path in files
+                  if not any(path == key or path.startswith(key + os.sep) for key in keys))
+
+
+def test_the_keys_cover_all_the_code_each_component_imports():
+    data_files = _project_files_loaded_by("import pipeline.example_gen, transform.preprocessing")
+    assert {"transform/preprocessing.py", "trainer/text_encoder.py"} <= data_files
+    assert _uncovered(data_files, DATA_CODE) == []
+    trainer_files = _project_files_loaded_by("import trainer.run")
+    assert "trainer/towers.py" in trainer_files
+    assert _uncovered(trainer_files, DATA_CODE + TRAINER_CODE) == []
 
 
 def test_files_state_changes_while_a_version_is_being_written(tmp_path):

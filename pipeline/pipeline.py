@@ -39,9 +39,11 @@ class PipelineConfig:
     # image's copy on Kubeflow (the compiling machine's path means nothing there).
     schema_file: str = SCHEMA_FILE
     # Reuse outputs of earlier runs whose inputs are unchanged; `cache_key`
-    # must then change with the data and the code (pipeline/fingerprint.py).
+    # must then change with the data and the code ExampleGen and Transform
+    # run, `trainer_cache_key` with the Trainer's code (pipeline/fingerprint.py).
     enable_cache: bool = True
     cache_key: str = ""
+    trainer_cache_key: str = ""
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
@@ -82,7 +84,9 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         eval_args=tfx.proto.EvalArgs(splits=[EVAL]),
         custom_config={"epochs": config.epochs, "seed": config.seed,
                        "modalities": list(config.modalities),
-                       "rating_weight": config.rating_weight})
+                       "rating_weight": config.rating_weight,
+                       # Keys the cache only (trainer/run.py CACHE_ONLY).
+                       "trainer_code": config.trainer_cache_key})
     components.append(trainer)
     # The latest blessed model, the baseline a candidate must not fall below.
     model_resolver = tfx.dsl.Resolver(

@@ -57,11 +57,17 @@ DEFAULTS = {
 }
 
 
+# custom_config entries that are not settings: the version of the Trainer's
+# code, there so that TFX re-trains when it changes (pipeline/fingerprint.py).
+CACHE_ONLY = ("trainer_code",)
+
+
 def hyperparameters(custom_config: Dict) -> Dict:
-    unknown = set(custom_config or {}) - set(DEFAULTS)
+    settings = {name: value for name, value in (custom_config or {}).items() if name not in CACHE_ONLY}
+    unknown = set(settings) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown trainer settings: {', '.join(sorted(unknown))}")
-    return {**DEFAULTS, **(custom_config or {})}
+    return {**DEFAULTS, **settings}
 
 
 def _batch_size(train_rows: int) -> int:

@@ -1,14 +1,35 @@
-"""The per-epoch eval callback logs the rating head's RMSE when there is one."""
+"""The Trainer's settings, and the per-epoch eval callback, which logs the
+rating head's RMSE when there is one."""
+import json
 import logging
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from pipeline.pipeline import PipelineConfig, create_pipeline  # noqa: E402
 from trainer.model_test import rating_mse, tiny_batch, tiny_model  # noqa: E402
-from trainer.run import RetrievalEvaluation  # noqa: E402
+from trainer.run import DEFAULTS, RetrievalEvaluation, hyperparameters  # noqa: E402
+
+
+def test_the_pipeline_gives_the_trainer_its_code_version_and_only_known_settings():
+    pipeline = create_pipeline(PipelineConfig(data_dir="data", pipeline_root="root", serving_dir="serving",
+                                              epochs=7, trainer_cache_key="trainer-code-v2"))
+    trainer, = [component for component in pipeline.components if component.id == "Trainer"]
+    custom_config = trainer.exec_properties["custom_config"]
+    custom_config = json.loads(custom_config) if isinstance(custom_config, str) else custom_config
+    assert custom_config["trainer_code"] == "trainer-code-v2"
+    settings = hyperparameters(custom_config)
+    assert settings["epochs"] == 7 and "trainer_code" not in settings
+    assert set(settings) == set(DEFAULTS)
+
+
+def test_an_unknown_setting_is_named():
+    with pytest.raises(ValueError, match="unknown trainer settings: epoch"):
+        hyperparameters({"epoch": 3})
 
 
 def _evaluate(model, log_dir, caplog):
