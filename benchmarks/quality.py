@@ -32,9 +32,11 @@ Protocols (all figures from evaluation/, see evaluation/evaluate.py):
   their title AND attribute cells are empty (attributes feed the item tower's
   text modality, and the query words are attribute values, so leaving them
   would let text match text), keeping only the image. The pipeline trains a
-  catalogue-only dataset on each titled product as a search for itself, so it
+  catalogue-only dataset on each product as a search for itself, by its title
+  and by one to three of its attribute values (pipeline/dataset.py), so it
   sees only the other 80% in training, while every held-out product is in the
-  catalogue through its image alone. Queries: "<colour> <article type>" for the
+  catalogue through its image alone. The query form below is one of the forms
+  those attribute searches take; no held-out product's attributes are used. Queries: "<colour> <article type>" for the
   50 most frequent (colour, article type) pairs among the held-out products.
   Each query ranks the held-out products only (the ranker scores all of them;
   the top 10 are kept): precision@10 = share of those 10 with both the colour

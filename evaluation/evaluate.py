@@ -1,7 +1,8 @@
 """The offline evaluation protocol: `mmfuse evaluate` and the quality benchmark.
 
 Rows are the dataset's interactions (for a catalogue-only dataset, the
-pipeline's own rows: each titled item as a search for itself), split by
+pipeline's own rows: each item as a search for itself by its title and by a
+few of its attribute values, `pipeline.dataset.training_interactions`), split by
 `pipeline.splits.assign_splits`, so the eval rows are the pipeline's.
 
 Recommendation (eval rows without a query): one list per eval user, the top

@@ -18,8 +18,9 @@ so the model sees at training time the history it gets at serving time.
 Interactions refer to items by id and the trainer joins them with the catalog:
 copying each image into every interaction that names it would store a poster
 once per rating (about 800 MB for MovieLens-100K instead of 13 MB).
-A catalogue-only dataset (no interactions.csv) trains on its titles as search
-queries for their own items, the pairing that teaches text-to-image search.
+A catalogue-only dataset (no interactions.csv) trains on its titles, and on a
+few attribute values of each item, as search queries for their own items, the
+pairing that teaches text-to-image search.
 """
 import collections
 import logging

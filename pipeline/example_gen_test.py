@@ -18,7 +18,7 @@ from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
 from tfx.utils import io_utils  # noqa: E402
 
 from pipeline import example_gen, sample_data, splits  # noqa: E402
-from pipeline.dataset import (Interaction, Item, attribute_tokens, read_dataset,  # noqa: E402
+from pipeline.dataset import (Interaction, Item, attribute_query, attribute_tokens, read_dataset,  # noqa: E402
                               training_interactions)
 from schema import SCHEMA_FILE  # noqa: E402
 from transform import features as f  # noqa: E402
@@ -207,12 +207,19 @@ def test_training_interactions_are_the_interactions_when_there_are_some(sample_d
     assert training_interactions(dataset) is dataset.interactions
 
 
-def test_catalogue_only_trains_on_titles_as_anonymous_searches(catalogue_only_dir):
+def test_catalogue_only_trains_on_titles_and_attribute_values_as_anonymous_searches(catalogue_only_dir):
     dataset = read_dataset(catalogue_only_dir)
     rows = training_interactions(dataset)
     titled = [item for item in dataset.items.values() if item.title]
     assert 0 < len(titled) < len(dataset.items)  # the sample has image-only items
-    assert [(row.item_id, row.query) for row in rows] == [(i.item_id, i.title) for i in titled]
+    assert [(row.item_id, row.query) for row in rows if row.query[:1].isupper()] == \
+        [(i.item_id, i.title) for i in titled]  # the sample's titles are capitalised, its values not
+    by_attributes = [row for row in rows if not row.query[:1].isupper()]
+    assert [row.item_id for row in by_attributes] == [i.item_id for i in dataset.items.values() if i.attributes]
+    for row in by_attributes:
+        values = {value for _, value in dataset.items[row.item_id].attributes}
+        assert 1 <= len(row.query.split()) <= 3 and set(row.query.split()) <= values
+    assert len({row.query for row in by_attributes}) > len(by_attributes) / 2
     assert all(row.user_id == "" and row.timestamp is None and row.rating is None
                for row in rows)
     # They are valid examples, and both split methods can split them.
@@ -220,6 +227,17 @@ def test_catalogue_only_trains_on_titles_as_anonymous_searches(catalogue_only_di
         assigned = splits.assign_splits(rows, method)
         assert set(assigned) <= {splits.TRAIN, splits.EVAL}
     assert_conforms_to_schema(example_gen.interaction_example(rows[0]))
+
+
+def test_an_attribute_search_is_the_same_in_every_run_and_takes_multi_valued_cells_apart():
+    item = Item("m1", attributes=(("genres", "Comedy|Drama|War"), ("year", "1995"), ("language", "en")))
+    query = attribute_query(item)
+    assert query == attribute_query(Item("m1", attributes=item.attributes))
+    assert 1 <= len(query.split()) <= 3
+    assert set(query.split()) <= {"Comedy", "Drama", "War", "1995", "en"}
+    drawn = {attribute_query(Item(f"m{n}", attributes=item.attributes)) for n in range(50)}
+    assert {len(q.split()) for q in drawn} == {1, 2, 3}
+    assert attribute_query(Item("m2")) == ""
 
 
 # --- the executor ----------------------------------------------------------------------------
