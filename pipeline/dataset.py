@@ -69,6 +69,9 @@ class Dataset:
     def summary(self) -> str:
         """One line a person reads before the pipeline starts."""
         parts = [f"{len(self.items)} items", f"{len(self.interactions)} interactions"]
+        if not self.interactions:
+            parts[-1] += (f" (training on {len(training_interactions(self))} searches made from the "
+                          "catalogue: titles and attribute values)")
         for key, value in self.report.items():
             if value:
                 parts.append(f"{key}: {value}")

@@ -220,6 +220,7 @@ def test_catalogue_only_trains_on_titles_and_attribute_values_as_anonymous_searc
         values = {value for _, value in dataset.items[row.item_id].attributes}
         assert 1 <= len(row.query.split()) <= 3 and set(row.query.split()) <= values
     assert len({row.query for row in by_attributes}) > len(by_attributes) / 2
+    assert f"training on {len(rows)} searches made from the catalogue" in dataset.summary()
     assert all(row.user_id == "" and row.timestamp is None and row.rating is None
                for row in rows)
     # They are valid examples, and both split methods can split them.
