@@ -36,8 +36,9 @@ Protocols (all figures from evaluation/, see evaluation/evaluate.py):
   and by one to three of its attribute values (pipeline/dataset.py), so it
   sees only the other 80% in training, while every held-out product is in the
   catalogue through its image alone. The query form below is one of the forms
-  those attribute searches take; no held-out product's attributes are used. Queries: "<colour> <article type>" for the
-  50 most frequent (colour, article type) pairs among the held-out products.
+  those attribute searches take; no held-out product's attributes are used.
+  Queries: "<colour> <article type>" for the 50 most frequent (colour, article
+  type) pairs among the held-out products.
   Each query ranks the held-out products only (the ranker scores all of them;
   the top 10 are kept): precision@10 = share of those 10 with both the colour
   and the article type of the query (from the original catalogue). "chance" is

@@ -283,17 +283,21 @@ def attribute_query(item: Item, most_values: int = 3) -> str:
     """One to `most_values` of the item's attribute values in random order,
     drawn with the item id as the seed, so every run (and `mmfuse evaluate`)
     makes the same queries; "" for an item without attributes."""
-    values = sorted({value.strip() for _, cell in item.attributes for value in cell.split("|")
-                     if value.strip()})
+    values = sorted({value for _, value in attribute_values(item)})
     if not values:
         return ""
     draw = random.Random(zlib.crc32(item.item_id.encode("utf-8")))
     return " ".join(draw.sample(values, draw.randint(1, min(most_values, len(values)))))
 
 
-def attribute_tokens(item: Item) -> Iterable[str]:
-    """"column=value" tokens; a "|"-separated cell (e.g. genres) gives one per value."""
+def attribute_values(item: Item) -> Iterable[Tuple[str, str]]:
+    """(column, value) pairs; a "|"-separated cell (e.g. genres) gives one per value."""
     for column, cell in item.attributes:
         for value in cell.split("|"):
             if value.strip():
-                yield f"{column}={value.strip()}"
+                yield column, value.strip()
+
+
+def attribute_tokens(item: Item) -> Iterable[str]:
+    """"column=value" tokens, one per attribute value."""
+    return (f"{column}={value}" for column, value in attribute_values(item))
