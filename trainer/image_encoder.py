@@ -12,6 +12,12 @@ while the checkpoint was trained with TF "same" padding (the extra pixel at the
 bottom/right on stride 2). Plain Keras layers with padding="same" reproduce it;
 the pooled features matched a PyTorch forward pass (see image_encoder_test.py).
 
+The recommender's image feature (`ImageEncoderModule`, FEATURE_DIM numbers)
+is more than the pooled head: the head was trained to tell 1,000 ImageNet
+classes apart and keeps little of what shoppers ask for, colour and shape. So
+the feature also carries the pooled outputs of the last three stages and a
+coarse colour histogram of the pixels (README, "How the model works").
+
 To save the encoder (a serving graph, a tf.Transform graph) prefer
 `ImageEncoderModule` to the Keras model: inside a `preprocessing_fn`, create it
 with `tft.make_and_track_object(ImageEncoderModule, name="image_encoder")`.
@@ -24,6 +30,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import collections  # noqa: E402
 import functools  # noqa: E402
+import math  # noqa: E402
 import pickle  # noqa: E402
 import zipfile  # noqa: E402
 from typing import Dict, Optional  # noqa: E402
@@ -41,6 +48,12 @@ STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
           (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
           (1, 3, 1, 6, 192, 320))
 STEM_CHANNELS = 32
+# The stages (indices into STAGES) whose pooled outputs join the pooled head.
+POOLED_STAGES = (4, 5, 6)
+# Colour bins per channel: 4 x 4 x 4 = 64 bins over RGB.
+COLOUR_LEVELS = 4
+FEATURE_DIM = (EMBEDDING_DIM + sum(STAGES[stage][5] for stage in POOLED_STAGES)
+               + COLOUR_LEVELS ** 3)
 # The checkpoint was trained in TF; PyTorch's default 1e-5 moves the pooled
 # features to cosine ~0.98 of the reference.
 BN_EPSILON = 1e-3
@@ -263,8 +276,42 @@ def load_image_encoder() -> tf.keras.Model:
     return model
 
 
+def _stage_output_layer(stage: int) -> str:
+    """The name of the layer that ends stage `stage` in `_build`'s model."""
+    last_block = sum(repeats for repeats, *_ in STAGES[:stage + 1]) - 1
+    # A stage of one block changes its channel count, so it ends without a shortcut.
+    return f"block{last_block}_add" if STAGES[stage][0] > 1 else f"block{last_block}_project_bn"
+
+
+def colour_histogram(pixels: tf.Tensor) -> tf.Tensor:
+    """Preprocessed images [batch, h, w, 3] -> share of pixels in each of the
+    COLOUR_LEVELS ** 3 RGB bins, [batch, 64]."""
+    values = pixels * 128.0 + 127.0  # undo image_preprocessor's (x - 127) / 128
+    levels = tf.cast(tf.clip_by_value(tf.floor(values * (COLOUR_LEVELS / 256.0)),
+                                      0.0, COLOUR_LEVELS - 1.0), tf.int32)
+    bins = (levels[..., 0] * COLOUR_LEVELS + levels[..., 1]) * COLOUR_LEVELS + levels[..., 2]
+    bins = tf.reshape(bins, [tf.shape(bins)[0], -1])
+    counts = tf.math.bincount(bins, minlength=COLOUR_LEVELS ** 3, maxlength=COLOUR_LEVELS ** 3,
+                              dtype=tf.float32, axis=-1)
+    counts = tf.reshape(counts, [-1, COLOUR_LEVELS ** 3])  # bincount leaves the shape unknown
+    return counts / tf.cast(tf.shape(bins)[1], tf.float32)
+
+
+def _unit_rms(part: tf.Tensor) -> tf.Tensor:
+    """Scales each row of a feature part to an RMS of 1 per number, so that
+    parts of very different scales (pooled activations up to 6, histogram
+    shares near 0) enter the towers' projection evenly."""
+    return tf.math.l2_normalize(part, axis=-1) * math.sqrt(part.shape[-1])
+
+
 class ImageEncoderModule(tf.Module):
-    """The frozen encoder as a tf.Module that tracks its variables, not its layers.
+    """The recommender's image feature, as a tf.Module that tracks the frozen
+    encoder's variables, not its layers.
+
+    Preprocessed images [batch, 224, 224, 3] -> [batch, FEATURE_DIM]: the
+    pooled head (1280), the pooled outputs of POOLED_STAGES (112, 192, 320)
+    and the square root of the colour histogram (64), each scaled by
+    `_unit_rms`, in that order.
 
     A tf.keras model attached to a saved object makes tf.saved_model.save trace
     and store every layer's call functions as well: 142 layers, about 25 s per
@@ -277,8 +324,12 @@ class ImageEncoderModule(tf.Module):
         super().__init__(name=name)
         model = load_image_encoder()
         self.encoder_variables = list(model.variables)
+        stages = tf.keras.Model(
+            model.input,
+            [model.output] + [model.get_layer(_stage_output_layer(stage)).output
+                              for stage in POOLED_STAGES])
         # A bound method is not trackable, so the layers stay out of the SavedModel.
-        self._model_call = model.__call__
+        self._model_call = stages.__call__
 
     # AutoGraph would transpile Keras's own layer code (about 4,000 functions:
     # 15-20 s per trace here) for a graph with no data-dependent control flow.
@@ -286,8 +337,11 @@ class ImageEncoderModule(tf.Module):
         tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="pixels")],
         autograph=False)
     def __call__(self, pixels: tf.Tensor) -> tf.Tensor:
-        """Preprocessed images [batch, 224, 224, 3] -> features [batch, 1280]."""
-        return self._model_call(pixels, training=False)
+        """Preprocessed images [batch, 224, 224, 3] -> features [batch, FEATURE_DIM]."""
+        head, *stage_outputs = self._model_call(pixels, training=False)
+        parts = ([head] + [tf.reduce_mean(output, axis=[1, 2]) for output in stage_outputs]
+                 + [tf.sqrt(colour_histogram(pixels))])
+        return tf.concat([_unit_rms(part) for part in parts], axis=-1)
 
 
 def load_imagenet_classifier() -> tf.keras.Model:

@@ -129,8 +129,40 @@ def test_encoder_round_trips_through_a_saved_model(encoder, tmp_path, wrapped):
         input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32)], autograph=False)
     pixels = tf.constant(_normalise(_synthetic_images()[:2]))
     saved = _round_trip(module, pixels, tmp_path)
-    np.testing.assert_allclose(saved, encoder(pixels).numpy(), rtol=1e-5, atol=1e-6)
+    assert saved.shape == (2, image_encoder.FEATURE_DIM if wrapped == "module"
+                           else image_encoder.EMBEDDING_DIM)
     assert len(module.encoder.variables) == len(encoder.variables)
+
+
+def test_feature_is_the_scaled_head_stages_and_colour_histogram(encoder):
+    images = _synthetic_images()
+    images[2] = [255, 0, 0]  # flat pure red
+    pixels = tf.constant(_normalise(images))
+    features = image_encoder.ImageEncoderModule()(pixels).numpy()
+    assert features.shape == (3, image_encoder.FEATURE_DIM) == (3, 1280 + 112 + 192 + 320 + 64)
+    head = encoder(pixels).numpy()
+    # Each part has an RMS of 1 per number: the head is the encoder's output, rescaled.
+    np.testing.assert_allclose(features[:, :1280],
+                               head / np.sqrt((head ** 2).mean(axis=1, keepdims=True)),
+                               rtol=1e-4, atol=1e-5)
+    for start, end in ((1280, 1392), (1392, 1584), (1584, 1904), (1904, 1968)):
+        np.testing.assert_allclose((features[:, start:end] ** 2).mean(axis=1), 1.0, rtol=1e-4)
+    # Flat red: every pixel in the bin (red 3, green 0, blue 0) = 48.
+    histogram = features[2, 1904:]
+    assert histogram.argmax() == 48 and np.count_nonzero(histogram) == 1
+    assert np.count_nonzero(features[0, 1904:]) > 8  # the gradient spreads over many bins
+
+
+def test_colour_histogram_counts_shares_of_pixels():
+    image = np.zeros([1, 4, 4, 3], np.uint8)
+    image[0, :2] = [255, 255, 255]   # 8 white pixels -> bin 63
+    image[0, 2:, :] = [70, 130, 200]  # levels (1, 2, 3) -> bin 27
+    image[0, 3, 3] = [63, 64, 191]    # bin edges: levels (0, 1, 2) -> bin 6
+    histogram = image_encoder.colour_histogram(tf.constant(_normalise(image))).numpy()
+    expected = np.zeros([1, 64], np.float32)
+    expected[0, 63], expected[0, 27], expected[0, 6] = 8 / 16, 7 / 16, 1 / 16
+    np.testing.assert_allclose(histogram, expected)
+    assert image_encoder.colour_histogram(tf.zeros([0, 4, 4, 3])).shape == (0, 64)
 
 
 def test_preprocess_resizes_crops_and_scales():
@@ -239,5 +271,6 @@ def test_runs_inside_a_transform_preprocessing_fn(encoder, tmp_path):
             preprocessing_fn)
     features = np.stack([row["features"] for row in transformed])
     # preprocess() resamples 224 -> 256 -> 224, so compare against it run eagerly.
-    expected = encoder(tf.stack([image_preprocessor.preprocess(r["image"]) for r in rows])).numpy()
+    expected = image_encoder.ImageEncoderModule()(
+        tf.stack([image_preprocessor.preprocess(r["image"]) for r in rows])).numpy()
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)

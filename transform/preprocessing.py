@@ -17,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
 from transform import features as f  # noqa: E402
-from trainer.image_encoder import EMBEDDING_DIM as IMAGE_DIM  # noqa: E402
+from trainer.image_encoder import FEATURE_DIM as IMAGE_DIM  # noqa: E402
 from trainer.image_encoder import ImageEncoderModule  # noqa: E402
 from trainer.text_encoder import EMBEDDING_DIM as TEXT_DIM  # noqa: E402
 from trainer.text_encoder import load_text_encoder  # noqa: E402

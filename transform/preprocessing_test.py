@@ -20,7 +20,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
 from schema import SCHEMA_FILE  # noqa: E402
 from transform import features as f  # noqa: E402
 from transform import image_preprocessor, text_preprocessor  # noqa: E402
-from trainer.image_encoder import ImageEncoderModule  # noqa: E402
+from trainer.image_encoder import FEATURE_DIM as IMAGE_DIM, ImageEncoderModule  # noqa: E402
 from trainer.text_encoder import load_text_encoder  # noqa: E402
 from transform.preprocessing import IdLookup, preprocessing_fn  # noqa: E402
 
@@ -113,7 +113,7 @@ def test_only_rows_with_the_input_carry_frozen_features(transformed):
     outputs, _ = transformed
     lengths = [(len(row[f.ITEM_TEXT_EMBEDDING]), len(row[f.QUERY_TEXT_EMBEDDING]),
                 len(row[f.IMAGE_EMBEDDING])) for row in outputs]
-    assert lengths == [(384, 0, 1280), (384, 0, 0), (0, 384, 0), (0, 384, 0), (0, 0, 0)]
+    assert lengths == [(384, 0, IMAGE_DIM), (384, 0, 0), (0, 384, 0), (0, 384, 0), (0, 0, 0)]
 
 
 def test_frozen_features_equal_the_encoders_run_directly(transformed):
