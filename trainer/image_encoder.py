@@ -50,8 +50,8 @@ STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
 STEM_CHANNELS = 32
 # The stages (indices into STAGES) whose pooled outputs join the pooled head.
 POOLED_STAGES = (4, 5, 6)
-# Colour bins per channel: 4 x 4 x 4 = 64 bins over RGB.
-COLOUR_LEVELS = 4
+# Colour bins per channel: 8 x 8 x 8 = 512 bins over RGB.
+COLOUR_LEVELS = 8
 FEATURE_DIM = (EMBEDDING_DIM + sum(STAGES[stage][5] for stage in POOLED_STAGES)
                + COLOUR_LEVELS ** 3)
 # The checkpoint was trained in TF; PyTorch's default 1e-5 moves the pooled
@@ -285,7 +285,7 @@ def _stage_output_layer(stage: int) -> str:
 
 def colour_histogram(pixels: tf.Tensor) -> tf.Tensor:
     """Preprocessed images [batch, h, w, 3] -> share of pixels in each of the
-    COLOUR_LEVELS ** 3 RGB bins, [batch, 64]."""
+    COLOUR_LEVELS ** 3 RGB bins, [batch, 512]."""
     values = pixels * 128.0 + 127.0  # undo image_preprocessor's (x - 127) / 128
     levels = tf.cast(tf.clip_by_value(tf.floor(values * (COLOUR_LEVELS / 256.0)),
                                       0.0, COLOUR_LEVELS - 1.0), tf.int32)
@@ -310,7 +310,7 @@ class ImageEncoderModule(tf.Module):
 
     Preprocessed images [batch, 224, 224, 3] -> [batch, FEATURE_DIM]: the
     pooled head (1280), the pooled outputs of POOLED_STAGES (112, 192, 320)
-    and the square root of the colour histogram (64), each scaled by
+    and the square root of the colour histogram (512), each scaled by
     `_unit_rms`, in that order.
 
     A tf.keras model attached to a saved object makes tf.saved_model.save trace

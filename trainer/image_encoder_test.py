@@ -141,30 +141,30 @@ def test_feature_is_the_scaled_head_stages_and_colour_histogram(encoder):
     images[2] = [255, 0, 0]  # flat pure red
     pixels = tf.constant(_normalise(images))
     features = image_encoder.ImageEncoderModule()(pixels).numpy()
-    assert features.shape == (3, image_encoder.FEATURE_DIM) == (3, 1280 + 112 + 192 + 320 + 64)
+    assert features.shape == (3, image_encoder.FEATURE_DIM) == (3, 1280 + 112 + 192 + 320 + 512)
     head = encoder(pixels).numpy()
     # Each part has an RMS of 1 per number: the head is the encoder's output, rescaled.
     np.testing.assert_allclose(features[:, :1280],
                                head / np.sqrt((head ** 2).mean(axis=1, keepdims=True)),
                                rtol=1e-4, atol=1e-5)
-    for start, end in ((1280, 1392), (1392, 1584), (1584, 1904), (1904, 1968)):
+    for start, end in ((1280, 1392), (1392, 1584), (1584, 1904), (1904, 2416)):
         np.testing.assert_allclose((features[:, start:end] ** 2).mean(axis=1), 1.0, rtol=1e-4)
-    # Flat red: every pixel in the bin (red 3, green 0, blue 0) = 48.
+    # Flat red: every pixel in the bin (red 7, green 0, blue 0) = 448.
     histogram = features[2, 1904:]
-    assert histogram.argmax() == 48 and np.count_nonzero(histogram) == 1
+    assert histogram.argmax() == 448 and np.count_nonzero(histogram) == 1
     assert np.count_nonzero(features[0, 1904:]) > 8  # the gradient spreads over many bins
 
 
 def test_colour_histogram_counts_shares_of_pixels():
     image = np.zeros([1, 4, 4, 3], np.uint8)
-    image[0, :2] = [255, 255, 255]   # 8 white pixels -> bin 63
-    image[0, 2:, :] = [70, 130, 200]  # levels (1, 2, 3) -> bin 27
-    image[0, 3, 3] = [63, 64, 191]    # bin edges: levels (0, 1, 2) -> bin 6
+    image[0, :2] = [255, 255, 255]   # 8 white pixels -> bin 511
+    image[0, 2:, :] = [70, 130, 200]  # levels (2, 4, 6) -> bin 166
+    image[0, 3, 3] = [31, 32, 223]    # bin edges: levels (0, 1, 6) -> bin 14
     histogram = image_encoder.colour_histogram(tf.constant(_normalise(image))).numpy()
-    expected = np.zeros([1, 64], np.float32)
-    expected[0, 63], expected[0, 27], expected[0, 6] = 8 / 16, 7 / 16, 1 / 16
+    expected = np.zeros([1, 512], np.float32)
+    expected[0, 511], expected[0, 166], expected[0, 14] = 8 / 16, 7 / 16, 1 / 16
     np.testing.assert_allclose(histogram, expected)
-    assert image_encoder.colour_histogram(tf.zeros([0, 4, 4, 3])).shape == (0, 64)
+    assert image_encoder.colour_histogram(tf.zeros([0, 4, 4, 3])).shape == (0, 512)
 
 
 def test_preprocess_resizes_crops_and_scales():
