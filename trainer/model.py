@@ -24,15 +24,21 @@ class Catalog(tf.Module):
     """Item content indexed by item index; row 0 is the empty "unknown" item.
 
     `interaction_counts` (training rows per item index) tells which items'
-    ids the model learns; without it every item's id counts as learned.
+    ids the model learns: those with at least `id_min_rows` rows. An id
+    embedding learned from a row or two mostly memorises those rows' queries,
+    which pulls the item away from where its content would place it for new
+    ones. Without counts every item's id counts as learned.
     """
 
-    def __init__(self, content: Dict[str, np.ndarray], interaction_counts: np.ndarray = None):
+    def __init__(self, content: Dict[str, np.ndarray], interaction_counts: np.ndarray = None,
+                 id_min_rows: int = 1):
         super().__init__(name="catalog")
+        if not (isinstance(id_min_rows, int) and id_min_rows >= 1):
+            raise ValueError(f"id_min_rows must be a whole number >= 1, not {id_min_rows!r}")
         self.size = len(content[f.ITEM_TOKENS])
         self.content = {name: tf.constant(content[name]) for name in CATALOG_FEATURES}
         learned = (np.ones(self.size) if interaction_counts is None
-                   else np.asarray(interaction_counts) > 0)
+                   else np.asarray(interaction_counts) >= id_min_rows)
         self.content[f.ITEM_ID_LEARNED] = tf.constant(learned, tf.float32)
 
     def lookup(self, item_index: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -66,7 +72,7 @@ class RetrievalModel(tfrs.Model):
                  modalities: Sequence[str] = MODALITIES, temperature: float = 0.1,
                  item_probabilities: np.ndarray = None, modality_dropout: float = 0.0,
                  recent_item_dropout: float = 0.0, time_dropout: float = 1.0,
-                 rating_weight: float = 0.0):
+                 rating_weight: float = 0.0, token_dropout: float = 0.0):
         super().__init__()
         if not rating_weight >= 0:
             raise ValueError(f"rating_weight must be a number >= 0, not {rating_weight!r}")
@@ -77,10 +83,10 @@ class RetrievalModel(tfrs.Model):
         # to push popular items down (Yi et al., RecSys 2019).
         self.item_probabilities = (None if item_probabilities is None
                                    else tf.constant(item_probabilities, tf.float32))
-        words = BagOfTokensEncoder(vocabulary_sizes[f.TOKEN_VOCABULARY], dim, name="words")
+        words = BagOfTokensEncoder(vocabulary_sizes[f.TOKEN_VOCABULARY], dim, token_dropout, name="words")
         sentence = FeatureProjection(dim, name="sentence")
         self.item_tower = ItemTower(vocabulary_sizes, words, sentence, dim, modalities,
-                                    modality_dropout, name="item_tower")
+                                    modality_dropout, token_dropout, name="item_tower")
         self.query_tower = QueryTower(vocabulary_sizes, words, sentence, dim, recent_item_dropout,
                                       time_dropout, name="query_tower")
         # In-batch softmax; an item appearing twice in a batch is not its own negative.

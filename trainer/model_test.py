@@ -106,3 +106,14 @@ def test_catalog_marks_the_ids_training_has_seen():
     catalog = Catalog(content, interaction_counts=np.array([0, 3, 0, 1, 0]))
     np.testing.assert_array_equal(catalog.all_items()[f.ITEM_ID_LEARNED], [0, 1, 0, 1, 0])
     np.testing.assert_array_equal(model.catalog.all_items()[f.ITEM_ID_LEARNED], [1, 1, 1, 1, 1])
+    # Ids with fewer rows than id_min_rows are left to the item's content.
+    catalog = Catalog(content, interaction_counts=np.array([0, 3, 0, 1, 5]), id_min_rows=3)
+    np.testing.assert_array_equal(catalog.all_items()[f.ITEM_ID_LEARNED], [0, 1, 0, 0, 1])
+
+
+@pytest.mark.parametrize("id_min_rows", [0, 2.5, "3"])
+def test_id_min_rows_must_be_a_whole_number_of_rows(id_min_rows):
+    model = tiny_model(rating_weight=0.0)
+    content = {name: model.catalog.content[name].numpy() for name in CATALOG_FEATURES}
+    with pytest.raises(ValueError, match="id_min_rows"):
+        Catalog(content, interaction_counts=np.ones(5), id_min_rows=id_min_rows)

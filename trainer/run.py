@@ -43,6 +43,12 @@ DEFAULTS = {
     "modality_dropout": 0.5,
     # Share of a user's recent items hidden per training row (against memorising).
     "recent_item_dropout": 0.3,
+    # Share of the words (of queries and item text) and attribute values
+    # hidden per training row, against matching by memorised rare words.
+    # Home Depot, text only, unseen queries: recall@100 0.709 against 0.701
+    # without; with id_min_rows 5, MovieLens recall@100 0.612 against 0.616
+    # and fashion text -> image 0.770 against 0.778 (README).
+    "token_dropout": 0.3,
     # Share of training rows whose time of interaction is hidden; 1: the
     # query tower has no time token. Serving requests carry no time, so a
     # tower that uses it is gated on questions serving never asks
@@ -52,6 +58,12 @@ DEFAULTS = {
     # Weight of the rating head's loss beside the retrieval loss; 0 builds no
     # head, and the model is the plain retrieval model.
     "rating_weight": 0.0,
+    # An item's id embedding joins its content once the item has at least
+    # this many training rows; learned from fewer it memorises them
+    # (trainer/model.py Catalog). Home Depot, where 78% of the products are
+    # judged once, fusion's recall@100 on unseen queries: 0.702 against 0.653
+    # with 1 (both with token_dropout 0.3).
+    "id_min_rows": 5,
     "modalities": ["id", "text", "image"],
     "seed": 42,
 }
@@ -142,14 +154,15 @@ def run_fn(fn_args: FnArgs) -> None:
     progress_log.info("training on %s with batch size %d", strategy.__class__.__name__, batch_size)
 
     with strategy.scope():
-        model = RetrievalModel(Catalog(catalog_content, counts), Users(recent_items),
-                               data.vocabulary_sizes(tft_output),
+        catalog = Catalog(catalog_content, counts, config["id_min_rows"])
+        model = RetrievalModel(catalog, Users(recent_items), data.vocabulary_sizes(tft_output),
                                config["embedding_dim"], config["modalities"], config["temperature"],
                                item_probabilities=counts / counts.sum(),
                                modality_dropout=config["modality_dropout"],
                                recent_item_dropout=config["recent_item_dropout"],
                                time_dropout=config["time_dropout"],
-                               rating_weight=config["rating_weight"])
+                               rating_weight=config["rating_weight"],
+                               token_dropout=config["token_dropout"])
         model.compile(optimizer=tf.keras.optimizers.Adam(config["learning_rate"]))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),

@@ -32,14 +32,23 @@ class IdEncoder(tf.keras.layers.Layer):
 
 
 class BagOfTokensEncoder(tf.keras.layers.Layer):
-    """The mean embedding of a padded token sequence (text words, attributes)."""
+    """The mean embedding of a padded token sequence (text words, attributes).
 
-    def __init__(self, vocabulary_size: int, dim: int, **kwargs):
+    In training, each token is hidden with probability `token_dropout`, so a
+    row cannot be matched by one rare word that its embedding has memorised:
+    a query the model never saw shares only some of its words with a title.
+    A row whose tokens are all hidden counts as having no text.
+    """
+
+    def __init__(self, vocabulary_size: int, dim: int, token_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        self.token_dropout = token_dropout
         self.embedding = tf.keras.layers.Embedding(vocabulary_size, dim)
 
-    def call(self, tokens: tf.Tensor) -> Encoded:
+    def call(self, tokens: tf.Tensor, training=None) -> Encoded:
         mask = tf.cast(tokens > 0, tf.float32)
+        if training and self.token_dropout > 0:
+            mask *= tf.cast(tf.random.uniform(tf.shape(mask)) >= self.token_dropout, tf.float32)
         count = tf.reduce_sum(mask, axis=1)
         total = tf.reduce_sum(self.embedding(tokens) * mask[:, :, None], axis=1)
         return total / tf.maximum(count, 1.0)[:, None], tf.cast(count > 0, tf.float32)
@@ -172,7 +181,7 @@ class ItemTower(tf.keras.layers.Layer):
 
     def __init__(self, vocabulary_sizes: Dict[str, int], words: BagOfTokensEncoder,
                  sentence: FeatureProjection, dim: int, modalities: Sequence[str] = MODALITIES,
-                 modality_dropout: float = 0.0, **kwargs):
+                 modality_dropout: float = 0.0, token_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.modalities = tuple(modalities)
         # Only the chosen modalities get encoders: an unused one would hold
@@ -183,7 +192,8 @@ class ItemTower(tf.keras.layers.Layer):
         self.words = words
         self.sentence = sentence
         if "text" in self.modalities:
-            self.attributes = BagOfTokensEncoder(vocabulary_sizes[f.ATTRIBUTE_VOCABULARY], dim)
+            self.attributes = BagOfTokensEncoder(vocabulary_sizes[f.ATTRIBUTE_VOCABULARY], dim,
+                                                 token_dropout)
         if "image" in self.modalities:
             self.image = FeatureProjection(dim)
         self.modality_attention = ModalityAttention(
@@ -208,10 +218,10 @@ class ItemTower(tf.keras.layers.Layer):
             # to the scale of a real modality. A new item is its content.
             encoded.append((vector, present * item[f.ITEM_ID_LEARNED]))
         if "text" in self.modalities:
-            encoded.append(self.words(item[f.ITEM_TOKENS]))
+            encoded.append(self.words(item[f.ITEM_TOKENS], training=training))
             encoded.append(self.sentence(item[f.ITEM_TEXT_EMBEDDING],
                                          item[f.ITEM_TEXT_EMBEDDING + "_present"]))
-            encoded.append(self.attributes(item[f.ATTRIBUTE_TOKENS]))
+            encoded.append(self.attributes(item[f.ATTRIBUTE_TOKENS], training=training))
         if "image" in self.modalities:
             encoded.append(self.image(item[f.IMAGE_EMBEDDING], item[f.IMAGE_EMBEDDING + "_present"]))
         return self.modality_attention(encoded, training=training, return_attention=return_attention)
@@ -248,7 +258,7 @@ class QueryTower(tf.keras.layers.Layer):
         encoded = [
             self.user_id(query[f.USER_INDEX]),
             self.recent_items(query[f.RECENT_ITEM_INDICES], training=training),
-            self.words(query[f.QUERY_TOKENS]),
+            self.words(query[f.QUERY_TOKENS], training=training),
             self.sentence(query[f.QUERY_TEXT_EMBEDDING], query[f.QUERY_TEXT_EMBEDDING + "_present"]),
         ]
         if self.time_of_interaction is not None:

@@ -52,6 +52,21 @@ def test_bag_of_tokens_ignores_padding():
     assert present.numpy().tolist() == [1.0, 1.0, 0.0]
 
 
+def test_token_dropout_hides_tokens_in_training_only():
+    tokens = tf.constant([[3, 4, 5, 6, 0, 0]] * 64, tf.int64)
+    encoder = BagOfTokensEncoder(9, DIM, token_dropout=0.5)
+    served, present = encoder(tokens)
+    table = encoder.embedding.embeddings.numpy()
+    np.testing.assert_allclose(served[0], table[3:7].mean(axis=0), rtol=1e-6)  # all words when serving
+    trained, trained_present = encoder(tokens, training=True)
+    # Rows lose different words, so identical rows encode differently; a row
+    # that lost every word has no text.
+    assert len({tuple(np.round(row, 5)) for row in trained.numpy()}) > 1
+    emptied = trained_present.numpy() == 0
+    np.testing.assert_allclose(trained.numpy()[emptied], 0.0)
+    assert present.numpy().all()
+
+
 def test_attention_ignores_absent_modalities():
     fusion = ModalityAttention(2, DIM)
     a, b = tf.random.stateless_normal([1, DIM], seed=(1, 1)), tf.fill([1, DIM], 5.0)
