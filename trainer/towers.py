@@ -215,7 +215,8 @@ class ItemTower(tf.keras.layers.Layer):
             vector, present = self.item_id(item[f.ITEM_INDEX])
             # An id that no training row had has only its random initial
             # embedding: noise, which the token normalisation would blow up
-            # to the scale of a real modality. A new item is its content.
+            # to the scale of a real modality. A new item is its content, and
+            # so is one with too few rows to learn from (model.Catalog).
             encoded.append((vector, present * item[f.ITEM_ID_LEARNED]))
         if "text" in self.modalities:
             encoded.append(self.words(item[f.ITEM_TOKENS], training=training))
