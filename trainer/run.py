@@ -46,8 +46,9 @@ DEFAULTS = {
     # Share of the words (of queries and item text) and attribute values
     # hidden per training row, against matching by memorised rare words.
     # Home Depot, text only, unseen queries: recall@100 0.709 against 0.701
-    # without; with id_min_rows 5, MovieLens recall@100 0.612 against 0.616
-    # and fashion text -> image 0.770 against 0.778 (README).
+    # without. Fusion with both this and id_min_rows 5 against neither:
+    # MovieLens recall@100 0.612 against 0.616, fashion text -> image 0.770
+    # against 0.778 (README).
     "token_dropout": 0.3,
     # Share of training rows whose time of interaction is hidden; 1: the
     # query tower has no time token. Serving requests carry no time, so a

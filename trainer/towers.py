@@ -20,6 +20,12 @@ MODALITIES = ("id", "text", "image")
 Encoded = Tuple[tf.Tensor, tf.Tensor]  # ([batch, dim] vector, [batch] 0/1 presence)
 
 
+def hide_at_random(mask: tf.Tensor, rate: float) -> tf.Tensor:
+    """A 0/1 mask with each entry set to 0 with probability `rate` (the
+    dropout of tokens, recent items, modalities and the time)."""
+    return mask * tf.cast(tf.random.uniform(tf.shape(mask)) >= rate, tf.float32)
+
+
 class IdEncoder(tf.keras.layers.Layer):
     """An embedding per id; absent (0) ids are marked not present."""
 
@@ -48,7 +54,7 @@ class BagOfTokensEncoder(tf.keras.layers.Layer):
     def call(self, tokens: tf.Tensor, training=None) -> Encoded:
         mask = tf.cast(tokens > 0, tf.float32)
         if training and self.token_dropout > 0:
-            mask *= tf.cast(tf.random.uniform(tf.shape(mask)) >= self.token_dropout, tf.float32)
+            mask = hide_at_random(mask, self.token_dropout)
         count = tf.reduce_sum(mask, axis=1)
         total = tf.reduce_sum(self.embedding(tokens) * mask[:, :, None], axis=1)
         return total / tf.maximum(count, 1.0)[:, None], tf.cast(count > 0, tf.float32)
@@ -76,7 +82,7 @@ class RecentItemsEncoder(tf.keras.layers.Layer):
     def call(self, item_indices: tf.Tensor, training=None) -> Encoded:
         mask = tf.cast(item_indices > 0, tf.float32)
         if training and self.item_dropout > 0:
-            mask *= tf.cast(tf.random.uniform(tf.shape(mask)) >= self.item_dropout, tf.float32)
+            mask = hide_at_random(mask, self.item_dropout)
         count = tf.reduce_sum(mask, axis=1, keepdims=True)
         tokens = self.item(item_indices) + self.position(tf.range(tf.shape(item_indices)[1]))[None]
         mean = tf.reduce_sum(tokens * mask[:, :, None], axis=1) / tf.maximum(count, 1.0)
@@ -143,8 +149,7 @@ class ModalityAttention(tf.keras.layers.Layer):
     def _drop_modalities(self, present: tf.Tensor) -> tf.Tensor:
         group_present = tf.cast(tf.matmul(present, self.group_members, transpose_b=True) > 0,
                                 tf.float32)  # [batch, groups]
-        keep = tf.cast(tf.random.uniform(tf.shape(group_present)) >= self.modality_dropout, tf.float32)
-        kept = group_present * keep
+        kept = hide_at_random(group_present, self.modality_dropout)
         # Rows that lost every group get one of their present ones back.
         fallback = tf.one_hot(tf.argmax(group_present * (1.0 + tf.random.uniform(tf.shape(group_present))),
                                         axis=1), tf.shape(group_present)[1])
@@ -265,6 +270,6 @@ class QueryTower(tf.keras.layers.Layer):
         if self.time_of_interaction is not None:
             has_time = query[f.TIME_OF_INTERACTION + "_present"]
             if training and self.time_dropout > 0:
-                has_time *= tf.cast(tf.random.uniform(tf.shape(has_time)) >= self.time_dropout, tf.float32)
+                has_time = hide_at_random(has_time, self.time_dropout)
             encoded.append(self.time_of_interaction(query[f.TIME_OF_INTERACTION], has_time))
         return self.modality_attention(encoded, training=training)
