@@ -59,6 +59,12 @@ def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
                          f"got shape {embeddings.shape}")
     model.candidates.assign(embeddings)
     model.item_ids.assign(np.asarray(item_ids, dtype=object))
+    if isinstance(getattr(model, "lexical_entries", None), tf.Variable):
+        # Search's lexical table (trainer/lexical.py) keeps the words of the
+        # rows that stay; appended items have none.
+        kept = model.lexical_entries.numpy()[:, 0] < len(item_ids)
+        model.lexical_weights.assign(model.lexical_weights.numpy()[kept])
+        model.lexical_entries.assign(model.lexical_entries.numpy()[kept])
     tf.saved_model.save(model, out_dir, signatures=model.signatures)
 
 

@@ -75,3 +75,18 @@ def test_a_model_with_a_fixed_catalogue_is_refused(tmp_path):
                                       [b"a"], np.zeros((1, 2), np.float32))
     with pytest.raises(ValueError, match="fixed size 3"):
         model_store.read_catalogue(str(tmp_path / "fixed"))
+
+
+def test_a_smaller_catalogue_keeps_the_search_words_of_the_rows_that_stay(tmp_path):
+    module = tf.Module()
+    module.candidates = tf.Variable(np.eye(3, dtype=np.float32)[:, :2], shape=[None, 2])
+    module.item_ids = tf.Variable([b"<unknown>", b"a", b"b"], shape=[None])
+    # (item index, word index) entries of trainer/lexical.py's table.
+    module.lexical_entries = tf.Variable(np.array([[1, 4], [2, 4], [2, 5]]), shape=[None, 2])
+    module.lexical_weights = tf.Variable([0.5, 0.25, 0.75], shape=[None])
+    tf.saved_model.save(module, str(tmp_path / "model"))
+    model_store.replace_catalogue(str(tmp_path / "model"), str(tmp_path / "out"),
+                                  [b"<unknown>", b"a"], np.eye(2, dtype=np.float32))
+    smaller = tf.saved_model.load(str(tmp_path / "out"))
+    np.testing.assert_array_equal(smaller.lexical_entries.numpy(), [[1, 4]])
+    np.testing.assert_array_equal(smaller.lexical_weights.numpy(), [0.5])

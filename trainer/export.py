@@ -6,6 +6,8 @@ training preprocessing itself) and embed them with a tower; `recommend` and
 vocabularies) and a row of a table computed at export: every user's query
 vector, every item's vector. Each signature then scores the whole catalogue
 with one matrix product and `tf.math.top_k`: ops that stock TF Serving has.
+`search` adds to the towers' scores the lexical ones (trainer/lexical.py), a
+sparse product with the catalogue's BM25 table, also computed at export.
 
 Signatures take `k` as an input. TF Serving requires every signature input in a
 request, so clients send it; `mmfuse serve` fills in k=10 (and an empty
@@ -18,7 +20,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
-from trainer.data import QUERY_FEATURES, dense_embeddings  # noqa: E402
+from trainer import lexical  # noqa: E402
+from trainer.data import QUERY_FEATURES, dense_embeddings, vocabulary_sizes  # noqa: E402
 from trainer.model import RetrievalModel, ranks_of_items  # noqa: E402
 from transform import features as f  # noqa: E402
 from transform.preprocessing import IdLookup  # noqa: E402
@@ -28,7 +31,8 @@ _K = tf.TensorSpec([], tf.int32)
 
 
 class ServingModule(tf.Module):
-    def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput):
+    def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
+                 lexical_weight: float):
         super().__init__()
         self.model = model
         self.tft_layer = tft_output.transform_features_layer()
@@ -44,6 +48,17 @@ class ServingModule(tf.Module):
         # A user's recommend query depends on nothing but the user (id and
         # training history), so it is computed once here instead of per request.
         self.user_queries = tf.Variable(model.user_embeddings(), trainable=False, name="user_queries")
+        # Weight 0: search is the towers' alone, and no table is saved.
+        self.lexical_weight = lexical_weight
+        if lexical_weight > 0:
+            entries, weights = lexical.bm25_weights(model.catalog.content[f.ITEM_TOKENS].numpy())
+            # Variables of unknown length, as the catalogue's are
+            # (serving/model_store.py replace_catalogue keeps them in step).
+            self.lexical_entries = tf.Variable(entries, trainable=False, shape=[None, 2],
+                                               name="lexical_entries")
+            self.lexical_weights = tf.Variable(weights, trainable=False, shape=[None],
+                                               name="lexical_weights")
+            self.token_vocabulary_size = vocabulary_sizes(tft_output)[f.TOKEN_VOCABULARY]
         self.user_index = IdLookup(tft_output.vocabulary_file_by_name(f.USER_VOCABULARY))
         self.item_index = IdLookup(tft_output.vocabulary_file_by_name(f.ITEM_VOCABULARY))
 
@@ -70,10 +85,19 @@ class ServingModule(tf.Module):
         transformed[f.RECENT_ITEM_INDICES] = self.model.users.recent_items(transformed[f.USER_INDEX])
         return self._query_embeddings(transformed)
 
-    def _top_k(self, query: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor = None):
+    def _scores(self, query: tf.Tensor, query_tokens: tf.Tensor = None) -> tf.Tensor:
+        """[batch, catalogue]: the towers' cosine and, given the query's
+        words, their lexical score."""
         # catalogue x query, then transposed: the faster product when the
         # catalogue is much longer than the batch (2-5x at 44k-1M items).
         scores = tf.transpose(tf.matmul(self.candidates, query, transpose_b=True))
+        if query_tokens is None or self.lexical_weight == 0:
+            return scores
+        return scores + self.lexical_weight * lexical.normalised_scores(
+            self.lexical_entries.value(), self.lexical_weights.value(), tf.shape(scores)[1],
+            self.token_vocabulary_size, query_tokens)
+
+    def _top_k(self, scores: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor = None):
         # Index 0 (the unknown item) and `exclude` (an index per row) are never
         # answers: take a few more than k and drop them, rather than masking
         # the whole score matrix.
@@ -89,17 +113,19 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[_STRINGS, _K])
     def recommend(self, user_id, k):
-        return self._top_k(_rows(self.user_queries, self.user_index(user_id)), k)
+        return self._top_k(self._scores(_rows(self.user_queries, self.user_index(user_id))), k)
 
     @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
     def search(self, query, user_id, k):
-        return self._top_k(self._user_query_embeddings(self._transform(query=query, user_id=user_id)), k)
+        transformed = self._transform(query=query, user_id=user_id)
+        return self._top_k(self._scores(self._user_query_embeddings(transformed),
+                                        transformed[f.QUERY_TOKENS]), k)
 
     @tf.function(input_signature=[_STRINGS, _K])
     def similar_items(self, item_id, k):
         item_index = self.item_index(item_id)
         query = _rows(self.candidates, item_index)
-        return self._top_k(query, k, exclude=item_index)
+        return self._top_k(self._scores(query), k, exclude=item_index)
 
     @tf.function(input_signature=[_STRINGS, _K])
     def image_search(self, image, k):
@@ -108,15 +134,16 @@ class ServingModule(tf.Module):
         image_only = self.model.catalog.lookup(tf.zeros_like(transformed[f.ITEM_INDEX]))
         for name in (f.IMAGE_EMBEDDING, f.IMAGE_EMBEDDING + "_present"):
             image_only[name] = transformed[name]
-        return self._top_k(self.model.item_tower(image_only), k)
+        return self._top_k(self._scores(self.model.item_tower(image_only)), k)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def rank_examples(self, examples):
-        """For the Evaluator: the rank of each example's item for its user/query."""
+        """For the Evaluator: the rank of each example's item for its user/query,
+        scored as `search` scores it (with no words, as `recommend` does)."""
         raw = tf.io.parse_example(examples, self._raw_spec)
         transformed = dense_embeddings(self.tft_layer(raw))
-        ranks = ranks_of_items(self._query_embeddings(transformed), self.candidates,
-                               transformed[f.ITEM_INDEX])
+        scores = self._scores(self._query_embeddings(transformed), transformed[f.QUERY_TOKENS])
+        ranks = ranks_of_items(scores, transformed[f.ITEM_INDEX])
         return {"rank": ranks}
 
 
@@ -129,8 +156,9 @@ def _rows(variable: tf.Variable, indices: tf.Tensor) -> tf.Tensor:
     return tf.gather(variable.value(), indices)
 
 
-def export_serving_model(model: RetrievalModel, tft_output: tft.TFTransformOutput, path: str) -> None:
-    module = ServingModule(model, tft_output)
+def export_serving_model(model: RetrievalModel, tft_output: tft.TFTransformOutput, path: str,
+                         lexical_weight: float) -> None:
+    module = ServingModule(model, tft_output, lexical_weight)
     signatures = {
         "recommend": module.recommend,
         "search": module.search,

@@ -156,12 +156,13 @@ def no_text_queries(user_index: tf.Tensor, recent_item_indices: tf.Tensor) -> Di
             f.TIME_OF_INTERACTION + "_present": tf.zeros([rows])}
 
 
-def ranks_of_items(query: tf.Tensor, candidates: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
-    """1-based rank of each row's item among all candidates (row 0 excluded).
+def ranks_of_items(scores: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
+    """1-based rank of each row's item by its row of `scores` [batch, catalog
+    size] (column 0, the unknown item, excluded).
 
     Ties count against the item, so a model that scores everything alike
     ranks every item last rather than first.
     """
-    scores = tf.matmul(query, candidates[1:], transpose_b=True)
+    scores = scores[:, 1:]
     true_scores = tf.gather(scores, item_index - 1, batch_dims=1)
     return tf.reduce_sum(tf.cast(scores >= true_scores[:, None], tf.float32), axis=1)

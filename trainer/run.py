@@ -65,6 +65,11 @@ DEFAULTS = {
     # judged once, fusion's recall@100 on unseen queries: 0.702 against 0.653
     # with 1 (both with token_dropout 0.3).
     "id_min_rows": 5,
+    # Weight of the lexical score (BM25 over item words, divided by the
+    # query's best) beside the towers' cosine in `search` (trainer/lexical.py);
+    # 0: the towers alone. Chosen on validation queries carved from Home
+    # Depot's train split (README).
+    "lexical_weight": 0.75,
     "modalities": ["id", "text", "image"],
     "seed": 42,
 }
@@ -80,7 +85,12 @@ def hyperparameters(custom_config: Dict) -> Dict:
     unknown = set(settings) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown trainer settings: {', '.join(sorted(unknown))}")
-    return {**DEFAULTS, **settings}
+    settings = {**DEFAULTS, **settings}
+    # Checked before training: the lexical table is built at export, after it.
+    weight = settings["lexical_weight"]
+    if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and weight >= 0):
+        raise ValueError(f"lexical_weight must be a number >= 0, not {weight!r}")
+    return settings
 
 
 def _batch_size(train_rows: int) -> int:
@@ -114,7 +124,8 @@ class RetrievalEvaluation(tf.keras.callbacks.Callback):
         ranks, rating_errors = [], []
         for batch in self.batches:
             query = self.model.query_tower({name: batch[name] for name in QUERY_FEATURES})
-            ranks.append(ranks_of_items(query, candidates, batch[f.ITEM_INDEX]).numpy())
+            ranks.append(ranks_of_items(tf.matmul(query, candidates, transpose_b=True),
+                                        batch[f.ITEM_INDEX]).numpy())
             if self.model.rating_weight > 0:
                 errors = (self.model.predicted_ratings(query, tf.gather(candidates, batch[f.ITEM_INDEX]))
                           - batch[f.RATING_LABEL])
@@ -171,4 +182,5 @@ def run_fn(fn_args: FnArgs) -> None:
     ]
     model.fit(train, epochs=config["epochs"], validation_data=evaluation, callbacks=callbacks,
               verbose=2)
-    export.export_serving_model(model, tft_output, fn_args.serving_model_dir)
+    export.export_serving_model(model, tft_output, fn_args.serving_model_dir,
+                                config["lexical_weight"])

@@ -32,6 +32,13 @@ def test_an_unknown_setting_is_named():
         hyperparameters({"epoch": 3})
 
 
+@pytest.mark.parametrize("weight", [-0.5, "0.75", None, True])
+def test_a_lexical_weight_that_is_not_a_number_at_least_0_is_refused_before_training(weight):
+    with pytest.raises(ValueError, match="lexical_weight must be a number >= 0"):
+        hyperparameters({"lexical_weight": weight})
+    assert hyperparameters({"lexical_weight": 0})["lexical_weight"] == 0
+
+
 def _evaluate(model, log_dir, caplog):
     batches = tf.data.Dataset.from_tensors(tiny_batch(unrated_label=1000.0))
     callback = RetrievalEvaluation(batches, str(log_dir))

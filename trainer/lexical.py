@@ -1,0 +1,63 @@
+"""The lexical side of search: Okapi BM25 of a query's words over each item's words.
+
+The towers place a query near items that mean the same; they are weaker at the
+exact match of a rare word (a model number, a brand, a size) that a lexical
+score gets right. `search` adds the two: the towers' cosine plus
+`lexical_weight` times the query's BM25 scores divided by their maximum over
+the catalogue, so that the best lexical match adds exactly `lexical_weight`
+whatever the query's length.
+
+Both sides are the Transform's token indices (`ITEM_TOKENS`, `QUERY_TOKENS`,
+one vocabulary), so the words are the ones the towers see: normalised and
+tokenised by the same code, index 0 (padding or a word outside the
+vocabulary) never matching.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from typing import Tuple  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def bm25_weights(item_tokens: np.ndarray, k1: float = 1.2,
+                 b: float = 0.75) -> Tuple[np.ndarray, np.ndarray]:
+    """(entries [n, 2] of (item index, word index), their weights [n]) from
+    the catalogue's token indices [items, length], row 0 being the empty
+    "unknown" item. The weight of word t in item d is
+    idf(t) * f(t, d) (k1 + 1) / (f(t, d) + k1 (1 - b + b |d| / avgdl)), with
+    idf(t) = ln(1 + (N - n(t) + 0.5) / (n(t) + 0.5)): the same formula as the
+    benchmark's BM25 baseline (evaluation/rankers.py)."""
+    items, words = np.nonzero(item_tokens)
+    words = item_tokens[items, words]
+    # One entry per (item, word), with the word's count in the item.
+    pairs, counts = np.unique(np.stack([items, words], axis=1), axis=0, return_counts=True)
+    pairs = pairs.reshape(-1, 2)
+    lengths = np.count_nonzero(item_tokens, axis=1)
+    documents = len(item_tokens) - 1
+    average_length = max(lengths[1:].mean() if documents else 0.0, 1e-9)
+    document_frequency = np.bincount(pairs[:, 1], minlength=item_tokens.max(initial=0) + 1)
+    idf = np.log1p((documents - document_frequency + 0.5) / (document_frequency + 0.5))
+    norm = k1 * (1.0 - b + b * lengths[pairs[:, 0]] / average_length)
+    weights = idf[pairs[:, 1]] * counts * (k1 + 1.0) / (counts + norm)
+    return pairs.astype(np.int64), weights.astype(np.float32)
+
+
+def normalised_scores(entries: tf.Tensor, weights: tf.Tensor, num_items: tf.Tensor,
+                      vocabulary_size: int, query_tokens: tf.Tensor) -> tf.Tensor:
+    """[batch, num_items]: each query's BM25 scores over the catalogue divided
+    by the query's best one (all 0 for a query with no word in any item).
+
+    A word repeated in a query counts once per occurrence, as in the baseline.
+    """
+    index = tf.SparseTensor(entries, weights, tf.stack([tf.cast(num_items, tf.int64),
+                                                        vocabulary_size]))
+    # [vocabulary, batch] word counts; column 0 (padding, unknown) dropped.
+    counts = tf.reduce_sum(tf.one_hot(query_tokens, vocabulary_size), axis=1)
+    counts = tf.concat([tf.zeros_like(counts[:, :1]), counts[:, 1:]], axis=1)
+    # catalogue x queries, then transposed, as the towers' product is.
+    scores = tf.transpose(tf.sparse.sparse_dense_matmul(index, counts, adjoint_b=True))
+    best = tf.reduce_max(scores, axis=1, keepdims=True)
+    return tf.math.divide_no_nan(scores, best)
