@@ -43,6 +43,10 @@ Protocols (all figures from evaluation/, see evaluation/evaluate.py):
   the top 10 are kept): precision@10 = share of those 10 with both the colour
   and the article type of the query (from the original catalogue). "chance" is
   the share of held-out products that match, averaged over the queries.
+  Image search: the photos of 500 held-out products (fixed by md5 of the id)
+  are asked (`image_search`) over the whole catalogue; precision@10 = share of
+  the top 10, the photo's own product left out, with both its colour and its
+  article type. "chance" is the share of the other products that match.
 - home-depot (search relevance judgements, anonymous queries; the random split
   splits by query text, so every eval query is unseen): judged re-ranking
   nDCG@10 (each eval query's judged products ordered by the ranker, gain =
@@ -85,6 +89,7 @@ VARIANTS = BASELINES + tuple(MODEL_MODALITIES)
 EASE_L2 = 500.0
 HELD_OUT_FRACTION = 0.2
 FASHION_QUERIES = 50
+FASHION_PHOTO_QUERIES = 500
 HOME_DEPOT_RELEVANT = 2.5
 
 
@@ -114,9 +119,11 @@ def _cell(value, column: str) -> str:
 @dataclasses.dataclass
 class Protocol:
     title: str
-    question: str  # rankers.RECOMMEND or rankers.SEARCH
+    question: str  # rankers.RECOMMEND, SEARCH or IMAGE_SEARCH
     columns: List[str]
     measure: Callable[[Dataset, rankers.Ranker], Dict[str, object]]
+    # The figures of a ranker that picks at random, first in the table.
+    chance: Optional[Callable[[], Dict[str, object]]] = None
 
 
 @dataclasses.dataclass
@@ -210,13 +217,27 @@ def _home_depot(dataset, ranker):
             "judged_queries": search.get("judged_queries")}
 
 
+def _fashion_original(options) -> Dataset:
+    """The catalogue as converted, attributes and all (the model sees the
+    held-out products' photos only)."""
+    return _read_once(os.path.join(options.out, "data", _fashion_dir(options)))
+
+
 @functools.lru_cache(maxsize=None)
-def _fashion_queries(original_dir: str):
+def _read_once(dataset_dir: str) -> Dataset:
+    return read_dataset(dataset_dir, check_images=False)
+
+
+def _fashion_held_out(options) -> Dict[str, Dict[str, str]]:
+    """The held-out products' ids and true attributes."""
+    return {item.item_id: dict(item.attributes) for item in _fashion_original(options).items.values()
+            if item.image_path and _is_held_out(item.item_id)}
+
+
+def _fashion_queries(options):
     """(query text, colour, article type) for the most frequent pairs among the
     held-out products, and those products' ids and true attributes."""
-    original = read_dataset(original_dir, check_images=False)
-    held_out = {item.item_id: dict(item.attributes) for item in original.items.values()
-                if item.image_path and _is_held_out(item.item_id)}
+    held_out = _fashion_held_out(options)
     pairs = collections.Counter((attributes["colour"], attributes["article_type"])
                                 for attributes in held_out.values()
                                 if attributes.get("colour") and attributes.get("article_type"))
@@ -231,7 +252,7 @@ def _matches(attributes, colour, article_type) -> bool:
 
 def _fashion_text_to_image(options):
     def measure(dataset, ranker):
-        queries, held_out = _fashion_queries(os.path.join(options.out, "data", _fashion_dir(options)))
+        queries, held_out = _fashion_queries(options)
         candidates = list(held_out)
         scores = ranker.score_search([text for text, _, _ in queries], [""] * len(queries),
                                      [candidates] * len(queries))
@@ -246,11 +267,57 @@ def _fashion_text_to_image(options):
 
 
 def _fashion_chance(options) -> Dict[str, object]:
-    queries, held_out = _fashion_queries(os.path.join(options.out, "data", _fashion_dir(options)))
+    queries, held_out = _fashion_queries(options)
     shares = [sum(_matches(attributes, colour, article_type) for attributes in held_out.values())
               / len(held_out) for _, colour, article_type in queries]
     return {"precision@10": sum(shares) / len(shares), "queries": len(queries),
             "held_out": len(held_out), "note": "share of held-out products matching"}
+
+
+def _fashion_photo_queries(options) -> List[str]:
+    """Every held-out product with a colour and an article type, in a fixed
+    order (md5 of the id), the first FASHION_PHOTO_QUERIES of them."""
+    held_out = _fashion_held_out(options)
+    asked = [item_id for item_id, attributes in held_out.items()
+             if attributes.get("colour") and attributes.get("article_type")]
+    asked.sort(key=lambda item_id: hashlib.md5(item_id.encode("utf-8")).hexdigest())
+    return asked[:FASHION_PHOTO_QUERIES]
+
+
+def _fashion_photo_to_look_alikes(options):
+    def measure(dataset, ranker):
+        original = _fashion_original(options)
+        asked = _fashion_photo_queries(options)
+        photos = []
+        for item_id in asked:
+            with open(original.items[item_id].image_path, "rb") as photo:
+                photos.append(photo.read())
+        # The photo's own product is in the catalogue (by that photo alone): one more, then left out.
+        ranked = ranker.image_search(photos, 11)
+        precision = []
+        for item_id, found in zip(asked, ranked.item_ids):
+            attributes = dict(original.items[item_id].attributes)
+            others = [other for other in found if other != item_id][:10]
+            precision.append(sum(_matches(dict(original.items[other].attributes),
+                                          attributes["colour"], attributes["article_type"])
+                                 for other in others) / 10)
+        return {"precision@10": sum(precision) / len(precision), "queries": len(asked)}
+    return measure
+
+
+def _fashion_photo_chance(options) -> Dict[str, object]:
+    original = _fashion_original(options)
+    pairs = collections.Counter((attributes.get("colour"), attributes.get("article_type"))
+                                for attributes in (dict(item.attributes)
+                                                   for item in original.items.values()))
+    asked = _fashion_photo_queries(options)
+    shares = []
+    for item_id in asked:
+        attributes = dict(original.items[item_id].attributes)
+        shares.append((pairs[(attributes["colour"], attributes["article_type"])] - 1)
+                      / (len(original.items) - 1))
+    return {"precision@10": sum(shares) / len(shares), "queries": len(asked),
+            "note": "share of the other products matching"}
 
 
 def _specs(options) -> Dict[str, DataSpec]:
@@ -265,7 +332,11 @@ def _specs(options) -> Dict[str, DataSpec]:
                               {"bm25": "no search rows"}),
         "fashion": DataSpec(_prepare_fashion, [
             Protocol("text -> image over held-out products", rankers.SEARCH,
-                     ["precision@10", "queries", "held_out"], _fashion_text_to_image(options))],
+                     ["precision@10", "queries", "held_out"], _fashion_text_to_image(options),
+                     functools.partial(_fashion_chance, options)),
+            Protocol("photo -> look-alikes over the whole catalogue", rankers.IMAGE_SEARCH,
+                     ["precision@10", "queries"], _fashion_photo_to_look_alikes(options),
+                     functools.partial(_fashion_photo_chance, options))],
             {name: "no interactions" for name in ("popularity", "ease")}
             | {"bm25": "held-out products have no text"}),
         "home-depot": DataSpec(_prepare_home_depot, [
@@ -413,8 +484,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         tables = [Table(f"{name}: {protocol.title}", protocol.columns)
                   for protocol in spec.protocols]
-        if name == "fashion":
-            tables[0].rows.append({"variant": "chance", **_fashion_chance(options)})
+        for table, protocol in zip(tables, spec.protocols):
+            if protocol.chance:
+                table.rows.append({"variant": "chance", **protocol.chance()})
         for variant in options.variants:
             _run_variant(options, name, spec, data_dir, dataset, variant, tables)
         for table in tables:

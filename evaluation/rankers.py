@@ -1,10 +1,11 @@
 """Things that rank the catalogue, behind one interface, so that the pushed
 model and the baselines are measured by the same code.
 
-A `Ranker` answers some of two questions, named in its `questions`:
-"recommend" (`recommend(user_ids, k)`: the top k items per user) and "search"
+A `Ranker` answers some of three questions, named in its `questions`:
+"recommend" (`recommend(user_ids, k)`: the top k items per user), "search"
 (`search(queries, user_ids, k)`; `score_search(queries, user_ids, candidates)`
-scores given items for each query, for re-ranking judged items). Lists come
+scores given items for each query, for re-ranking judged items) and
+"image_search" (`image_search(images, k)`: encoded photos). Lists come
 back best first with their scores. Rankers that score the whole catalogue in
 numpy break ties by catalogue order.
 
@@ -34,6 +35,7 @@ from pipeline.dataset import Interaction, Item
 
 RECOMMEND = "recommend"
 SEARCH = "search"
+IMAGE_SEARCH = "image_search"
 # Rows per call: a batch of scores over a large catalogue stays in the tens of MB.
 BATCH_SIZE = 256
 
@@ -60,6 +62,9 @@ class Ranker:
         """For each query, the score of each of its candidate items (-inf for
         an item the ranker does not know)."""
         raise NotImplementedError(f"{self.name} does not search")
+
+    def image_search(self, images: Sequence[bytes], k: int) -> Ranked:
+        raise NotImplementedError(f"{self.name} does not search by image")
 
 
 def _batches(count: int, size: int) -> Iterator[slice]:
@@ -240,7 +245,7 @@ class SavedModelRanker(Ranker):
     """The pushed model: `path` is a version directory (with saved_model.pb) or a
     TF Serving model base, whose newest version is used."""
     name = "model"
-    questions = frozenset({RECOMMEND, SEARCH})
+    questions = frozenset({RECOMMEND, SEARCH, IMAGE_SEARCH})
     # score_search asks for the whole catalogue per query, so it sends fewer rows per call.
     SCORE_BATCH_SIZE = 32
     _EVERY_ITEM = 2**31 - 1  # the signatures clip k to the catalogue
@@ -282,6 +287,9 @@ class SavedModelRanker(Ranker):
 
     def search(self, queries, user_ids, k):
         return self._ranked("search", k, query=queries, user_id=user_ids)
+
+    def image_search(self, images, k):
+        return self._ranked("image_search", k, image=images)
 
     def score_search(self, queries, user_ids, candidates):
         result = []

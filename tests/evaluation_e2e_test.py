@@ -24,7 +24,7 @@ def sample_model(sample_run):
     return str(sample_run["root"] / "out" / "serving" / "mmfuse")
 
 
-def test_saved_model_ranker_on_the_sample_model(sample_model):
+def test_saved_model_ranker_on_the_sample_model(sample_run, sample_model):
     ranker = rankers.SavedModelRanker(sample_model, batch_size=2)
     assert os.path.exists(os.path.join(ranker.path, "saved_model.pb"))
     # Three rows in batches of two: the second call returns the rest.
@@ -35,6 +35,13 @@ def test_saved_model_ranker_on_the_sample_model(sample_model):
     (scores,) = ranker.score_search(["red mug"], [""], [found.item_ids[0] + ["no-such-item"]])
     np.testing.assert_allclose(scores[:3], found.scores[0], rtol=1e-5)
     assert scores[3] == -math.inf
+    photos = [sample_run["data"] / row["image"] for row in sample_run["items"].values()
+              if row["image"] and row != sample_run["corrupt"]][:3]
+    alike = ranker.image_search([path.read_bytes() for path in photos], k=4)
+    direct = ranker.model.signatures["image_search"](
+        image=tf.constant([photos[0].read_bytes()]), k=tf.constant(4))
+    assert [len(items) for items in alike.item_ids] == [4, 4, 4]
+    assert alike.item_ids[0] == [item.decode() for item in direct["item_ids"].numpy()[0]]
 
 
 def test_model_figures_are_the_evaluators_on_the_sample(sample_run, sample_model):

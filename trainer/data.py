@@ -21,8 +21,11 @@ EMBEDDING_DIMS = {
 }
 CATALOG_FEATURES = (f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS, f.ITEM_TEXT_EMBEDDING,
                     f.ITEM_TEXT_EMBEDDING + "_present", f.IMAGE_EMBEDDING, f.IMAGE_EMBEDDING + "_present")
+# A query's photo is the request's `image`, the feature an item's photo is:
+# interaction rows have none, serving's image search has one.
 QUERY_FEATURES = (f.USER_INDEX, f.RECENT_ITEM_INDICES, f.QUERY_TOKENS, f.QUERY_TEXT_EMBEDDING,
-                  f.QUERY_TEXT_EMBEDDING + "_present", f.TIME_OF_INTERACTION,
+                  f.QUERY_TEXT_EMBEDDING + "_present", f.IMAGE_EMBEDDING,
+                  f.IMAGE_EMBEDDING + "_present", f.TIME_OF_INTERACTION,
                   f.TIME_OF_INTERACTION + "_present")
 # The rating head's label and which rows have one.
 RATING_FEATURES = (f.RATING_LABEL, f.RATING_LABEL + "_present")

@@ -1,8 +1,8 @@
 """The serving SavedModel: the signatures of DESIGN.md over an exact top-k.
 
 `search` and `image_search` feed raw strings through the Transform graph (the
-training preprocessing itself) and embed them with a tower; `recommend` and
-`similar_items` need only an id's index (looked up in the Transform's own
+training preprocessing itself) and embed them with the query tower;
+`recommend` and `similar_items` need only an id's index (looked up in the Transform's own
 vocabularies) and a row of a table computed at export: every user's query
 vector, every item's vector. Each signature then scores the whole catalogue
 with one matrix product and `tf.math.top_k`: ops that stock TF Serving has.
@@ -129,12 +129,8 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[_STRINGS, _K])
     def image_search(self, image, k):
-        transformed = self._transform(image=image)
-        # The photo as an item with no other modality: the catalogue's empty row 0 plus the image.
-        image_only = self.model.catalog.lookup(tf.zeros_like(transformed[f.ITEM_INDEX]))
-        for name in (f.IMAGE_EMBEDDING, f.IMAGE_EMBEDDING + "_present"):
-            image_only[name] = transformed[name]
-        return self._top_k(self._scores(self.model.item_tower(image_only)), k)
+        # A query of the photo alone, as training's photo queries are (trainer/model.py).
+        return self._top_k(self._scores(self._query_embeddings(self._transform(image=image))), k)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def rank_examples(self, examples):

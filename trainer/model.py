@@ -16,7 +16,8 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 from trainer.data import CATALOG_FEATURES, EMBEDDING_DIMS, QUERY_FEATURES  # noqa: E402
-from trainer.towers import MODALITIES, BagOfTokensEncoder, FeatureProjection, ItemTower, QueryTower  # noqa: E402
+from trainer.towers import (MODALITIES, BagOfTokensEncoder, FeatureProjection, ItemTower,  # noqa: E402
+                            QueryTower, hide_at_random)
 from transform import features as f  # noqa: E402
 
 
@@ -72,10 +73,17 @@ class RetrievalModel(tfrs.Model):
                  modalities: Sequence[str] = MODALITIES, temperature: float = 0.1,
                  item_probabilities: np.ndarray = None, modality_dropout: float = 0.0,
                  recent_item_dropout: float = 0.0, time_dropout: float = 1.0,
-                 rating_weight: float = 0.0, token_dropout: float = 0.0):
+                 rating_weight: float = 0.0, token_dropout: float = 0.0,
+                 photo_query_rate: float = 0.0):
         super().__init__()
         if not rating_weight >= 0:
             raise ValueError(f"rating_weight must be a number >= 0, not {rating_weight!r}")
+        if not 0 <= photo_query_rate <= 1:
+            raise ValueError(f"photo_query_rate must be a share from 0 to 1, not {photo_query_rate!r}")
+        # Training rows asked instead by their item's photo alone, where it
+        # has one: no interaction row carries a query photo, and without
+        # these the query tower would never learn to read one.
+        self.photo_query_rate = photo_query_rate
         self.catalog = catalog
         self.users = users
         # An item's share of the training rows: the chance it is drawn as an
@@ -88,7 +96,10 @@ class RetrievalModel(tfrs.Model):
         self.item_tower = ItemTower(vocabulary_sizes, words, sentence, dim, modalities,
                                     modality_dropout, token_dropout, name="item_tower")
         self.query_tower = QueryTower(vocabulary_sizes, words, sentence, dim, recent_item_dropout,
-                                      time_dropout, name="query_tower")
+                                      time_dropout,
+                                      # The item tower has one only with the image modality.
+                                      image=getattr(self.item_tower, "image", None),
+                                      name="query_tower")
         # In-batch softmax; an item appearing twice in a batch is not its own negative.
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
         # Weight 0 builds no head, so the model is the plain retrieval model.
@@ -124,10 +135,32 @@ class RetrievalModel(tfrs.Model):
         """[batch] ratings of each row's (query vector, item vector) pair."""
         return self.rating_head(tf.concat([query, items], axis=1))[:, 0]
 
+    def photo_queries(self, item_index: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Query tower features of each item's catalogue photo asked alone,
+        as `image_search` asks (no user, no words)."""
+        photo = self.catalog.lookup(item_index)
+        queries = no_text_queries(tf.zeros_like(item_index),
+                                  tf.zeros([tf.shape(item_index)[0], f.RECENT_ITEMS_LENGTH], tf.int64))
+        for name in (f.IMAGE_EMBEDDING, f.IMAGE_EMBEDDING + "_present"):
+            queries[name] = photo[name]
+        return queries
+
+    def _with_photo_queries(self, queries: Dict[str, tf.Tensor],
+                            item_index: tf.Tensor) -> Dict[str, tf.Tensor]:
+        photos = self.photo_queries(item_index)
+        # 1 with probability photo_query_rate, on rows whose item has a photo.
+        asked = hide_at_random(photos[f.IMAGE_EMBEDDING + "_present"], 1.0 - self.photo_query_rate)
+        return {name: tf.where(tf.reshape(asked > 0, [-1] + [1] * (len(value.shape) - 1)),
+                               photos[name], value)
+                for name, value in queries.items()}
+
     def compute_loss(self, inputs, training=False):
+        queries = {name: inputs[name] for name in QUERY_FEATURES}
+        if training and self.photo_query_rate > 0:
+            queries = self._with_photo_queries(queries, inputs[f.ITEM_INDEX])
         # TFRS calls compute_loss directly, not through a layer call, so
         # `training` (modality dropout) has to be passed on by hand.
-        query = self.query_tower({name: inputs[name] for name in QUERY_FEATURES}, training=training)
+        query = self.query_tower(queries, training=training)
         items = self.item_embeddings(inputs[f.ITEM_INDEX], training=training)
         probabilities = (None if self.item_probabilities is None
                          else tf.gather(self.item_probabilities, inputs[f.ITEM_INDEX]))
@@ -144,14 +177,15 @@ class RetrievalModel(tfrs.Model):
 
 
 def no_text_queries(user_index: tf.Tensor, recent_item_indices: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Query tower features of users asking without text, at no particular
-    time (as serving requests do: they carry no timestamp)."""
+    """Query tower features of users asking without text or photo, at no
+    particular time (as serving requests do: they carry no timestamp)."""
     rows = tf.shape(user_index)[0]
-    text_dim = EMBEDDING_DIMS[f.QUERY_TEXT_EMBEDDING]
     return {f.USER_INDEX: user_index, f.RECENT_ITEM_INDICES: recent_item_indices,
             f.QUERY_TOKENS: tf.zeros([rows, f.QUERY_LENGTH], tf.int64),
-            f.QUERY_TEXT_EMBEDDING: tf.zeros([rows, text_dim]),
+            f.QUERY_TEXT_EMBEDDING: tf.zeros([rows, EMBEDDING_DIMS[f.QUERY_TEXT_EMBEDDING]]),
             f.QUERY_TEXT_EMBEDDING + "_present": tf.zeros([rows]),
+            f.IMAGE_EMBEDDING: tf.zeros([rows, EMBEDDING_DIMS[f.IMAGE_EMBEDDING]]),
+            f.IMAGE_EMBEDDING + "_present": tf.zeros([rows]),
             f.TIME_OF_INTERACTION: tf.zeros([rows, f.TIME_OF_INTERACTION_DIM]),
             f.TIME_OF_INTERACTION + "_present": tf.zeros([rows])}
 

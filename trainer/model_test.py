@@ -17,7 +17,8 @@ SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
 DIM = 8
 
 
-def tiny_model(rating_weight: float) -> RetrievalModel:
+def tiny_model(rating_weight: float, **settings) -> RetrievalModel:
+    """Items 1-3 have a photo; item 4 has none."""
     tf.keras.utils.set_random_seed(0)
     items = SIZES[f.ITEM_VOCABULARY]
     rng = np.random.default_rng(0)
@@ -28,8 +29,11 @@ def tiny_model(rating_weight: float) -> RetrievalModel:
     for name in (f.ITEM_TEXT_EMBEDDING, f.IMAGE_EMBEDDING):
         content[name] = rng.normal(size=[items, EMBEDDING_DIMS[name]]).astype(np.float32)
         content[name + "_present"] = np.ones([items], np.float32)
+    content[f.IMAGE_EMBEDDING][4] = 0.0
+    content[f.IMAGE_EMBEDDING + "_present"][4] = 0.0
     recent_items = rng.integers(1, items, [SIZES[f.USER_VOCABULARY], f.RECENT_ITEMS_LENGTH])
-    return RetrievalModel(Catalog(content), Users(recent_items), SIZES, DIM, rating_weight=rating_weight)
+    return RetrievalModel(Catalog(content), Users(recent_items), SIZES, DIM, rating_weight=rating_weight,
+                          **settings)
 
 
 def tiny_batch(unrated_label: float = 0.0):
@@ -117,3 +121,33 @@ def test_id_min_rows_must_be_a_whole_number_of_rows(id_min_rows):
     content = {name: model.catalog.content[name].numpy() for name in CATALOG_FEATURES}
     with pytest.raises(ValueError, match="id_min_rows"):
         Catalog(content, interaction_counts=np.ones(5), id_min_rows=id_min_rows)
+
+
+def test_a_photo_query_is_the_items_photo_asked_alone():
+    model = tiny_model(rating_weight=0.0)
+    queries = model.photo_queries(tf.constant([2, 3], tf.int64))
+    np.testing.assert_array_equal(queries[f.IMAGE_EMBEDDING],
+                                  model.catalog.content[f.IMAGE_EMBEDDING].numpy()[[2, 3]])
+    np.testing.assert_array_equal(queries[f.IMAGE_EMBEDDING + "_present"], [1, 1])
+    for name in (f.USER_INDEX, f.RECENT_ITEM_INDICES, f.QUERY_TOKENS,
+                 f.QUERY_TEXT_EMBEDDING + "_present", f.TIME_OF_INTERACTION + "_present"):
+        assert not np.any(queries[name]), name
+
+
+@pytest.mark.parametrize("rate, asked_by_photo", [(1.0, [1, 1, 1, 0, 1, 1]), (0.0, [0] * 6)])
+def test_photo_query_rate_is_the_share_of_rows_asked_by_their_items_photo(rate, asked_by_photo):
+    """Row 4's item (index 4) has no photo, so it keeps its own query."""
+    model = tiny_model(rating_weight=0.0, photo_query_rate=rate)
+    batch = tiny_batch()
+    queries = model._with_photo_queries({name: batch[name] for name in QUERY_FEATURES},
+                                        batch[f.ITEM_INDEX])
+    photos = model.photo_queries(batch[f.ITEM_INDEX])
+    for row, by_photo in enumerate(asked_by_photo):
+        expected = photos if by_photo else batch
+        for name in QUERY_FEATURES:
+            np.testing.assert_array_equal(queries[name][row], expected[name][row], err_msg=name)
+
+
+def test_a_share_of_photo_queries_is_at_most_1():
+    with pytest.raises(ValueError, match="photo_query_rate must be a share from 0 to 1"):
+        tiny_model(rating_weight=0.0, photo_query_rate=1.5)

@@ -235,11 +235,14 @@ class ItemTower(tf.keras.layers.Layer):
 
 class QueryTower(tf.keras.layers.Layer):
     """User id, the user's recent items, query text (words, sentence
-    embedding) and when the question is asked -> the vector items are scored
-    against.
+    embedding), a query photo and when the question is asked -> the vector
+    items are scored against.
 
     The word and sentence encoders are the item tower's, so a query and a
-    title with the same words start out close.
+    title with the same words start out close; so is `image`, the item
+    tower's photo projection, so a photo asked about starts where the same
+    photo in the catalogue does. Without it (an item tower without images)
+    the tower takes no photo.
 
     The time is used only with `time_dropout` below 1. Serving requests carry
     no time, while the Evaluator's examples do, so a tower that uses it is
@@ -249,7 +252,7 @@ class QueryTower(tf.keras.layers.Layer):
 
     def __init__(self, vocabulary_sizes: Dict[str, int], words: BagOfTokensEncoder,
                  sentence: FeatureProjection, dim: int, recent_item_dropout: float = 0.0,
-                 time_dropout: float = 1.0, **kwargs):
+                 time_dropout: float = 1.0, image: FeatureProjection = None, **kwargs):
         super().__init__(**kwargs)
         self.time_dropout = time_dropout
         self.user_id = IdEncoder(vocabulary_sizes[f.USER_VOCABULARY], dim)
@@ -257,8 +260,10 @@ class QueryTower(tf.keras.layers.Layer):
                                                f.RECENT_ITEMS_LENGTH, item_dropout=recent_item_dropout)
         self.words = words
         self.sentence = sentence
+        self.image = image
         self.time_of_interaction = FeatureProjection(dim) if time_dropout < 1 else None
-        self.modality_attention = ModalityAttention(4 if self.time_of_interaction is None else 5, dim)
+        self.modality_attention = ModalityAttention(
+            4 + (image is not None) + (self.time_of_interaction is not None), dim)
 
     def call(self, query: Dict[str, tf.Tensor], training=None) -> tf.Tensor:
         encoded = [
@@ -267,6 +272,8 @@ class QueryTower(tf.keras.layers.Layer):
             self.words(query[f.QUERY_TOKENS], training=training),
             self.sentence(query[f.QUERY_TEXT_EMBEDDING], query[f.QUERY_TEXT_EMBEDDING + "_present"]),
         ]
+        if self.image is not None:
+            encoded.append(self.image(query[f.IMAGE_EMBEDDING], query[f.IMAGE_EMBEDDING + "_present"]))
         if self.time_of_interaction is not None:
             has_time = query[f.TIME_OF_INTERACTION + "_present"]
             if training and self.time_dropout > 0:

@@ -136,6 +136,21 @@ def test_query_and_item_text_share_encoders():
     assert queries.sentence is items.sentence
 
 
+def test_a_query_photo_goes_through_the_item_towers_photo_projection():
+    words, sentence = BagOfTokensEncoder(SIZES[f.TOKEN_VOCABULARY], DIM), FeatureProjection(DIM)
+    items = ItemTower(SIZES, words, sentence, DIM)
+    queries = QueryTower(SIZES, words, sentence, DIM, image=items.image)
+    assert queries.image is items.image
+    no_photo = {**_queries([0, 0], [[0.0] * f.TIME_OF_INTERACTION_DIM] * 2, [0, 0]),
+                f.IMAGE_EMBEDDING: tf.random.stateless_uniform([2, 1280], seed=(4, 5)),
+                f.IMAGE_EMBEDDING + "_present": tf.zeros([2])}
+    with_photo = {**no_photo, f.IMAGE_EMBEDDING + "_present": tf.constant([1.0, 0.0])}
+    asked, not_asked = queries(with_photo).numpy(), queries(no_photo).numpy()
+    assert not np.allclose(asked[0], not_asked[0], atol=1e-3)
+    # A row whose photo is marked absent ignores the photo's values.
+    np.testing.assert_allclose(asked[1], not_asked[1], rtol=1e-6)
+
+
 def test_recent_items_encoder_masks_absent_items_and_users_without_history():
     encoder = RecentItemsEncoder(SIZES[f.ITEM_VOCABULARY], DIM, length=4)
     vectors, present = encoder(tf.constant([[2, 3, 0, 0], [2, 3, 4, 0], [0, 0, 0, 0]], tf.int64))
