@@ -156,7 +156,9 @@ class RetrievalModel(tfrs.Model):
 
     def compute_loss(self, inputs, training=False):
         queries = {name: inputs[name] for name in QUERY_FEATURES}
-        if training and self.photo_query_rate > 0:
+        # A query tower without photos (no image modality) would see a
+        # photo query as an empty one, and learn to answer it with the item.
+        if training and self.photo_query_rate > 0 and self.query_tower.image is not None:
             queries = self._with_photo_queries(queries, inputs[f.ITEM_INDEX])
         # TFRS calls compute_loss directly, not through a layer call, so
         # `training` (modality dropout) has to be passed on by hand.

@@ -148,6 +148,19 @@ def test_photo_query_rate_is_the_share_of_rows_asked_by_their_items_photo(rate, 
             np.testing.assert_array_equal(queries[name][row], expected[name][row], err_msg=name)
 
 
+def test_without_the_image_modality_no_row_is_asked_by_photo(monkeypatch):
+    asked = []
+    model = tiny_model(rating_weight=0.0, photo_query_rate=1.0, modalities=["id", "text"])
+    monkeypatch.setattr(model, "_with_photo_queries", lambda queries, items: asked.append(items))
+    model.compute_loss(tiny_batch(), training=True)
+    assert model.query_tower.image is None and not asked
+    with_image = tiny_model(rating_weight=0.0, photo_query_rate=1.0)
+    monkeypatch.setattr(with_image, "_with_photo_queries",
+                        lambda queries, items: asked.append(items) or queries)
+    with_image.compute_loss(tiny_batch(), training=True)
+    assert len(asked) == 1
+
+
 def test_a_share_of_photo_queries_is_at_most_1():
     with pytest.raises(ValueError, match="photo_query_rate must be a share from 0 to 1"):
         tiny_model(rating_weight=0.0, photo_query_rate=1.5)
