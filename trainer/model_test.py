@@ -85,10 +85,12 @@ def test_rating_weight_0_builds_no_rating_head():
     assert "rating_rmse" not in histories[0] and "rating_rmse" in histories[1]
 
 
-@pytest.mark.parametrize("rating_weight", [-0.5, float("nan")])
-def test_negative_rating_weight_is_refused(rating_weight):
+@pytest.mark.parametrize("weight", [-0.5, float("nan")])
+def test_a_negative_task_weight_is_refused(weight):
     with pytest.raises(ValueError, match="rating_weight must be a number >= 0"):
-        tiny_model(rating_weight)
+        tiny_model(weight)
+    with pytest.raises(ValueError, match="photo_search_weight must be a number >= 0"):
+        tiny_model(0.0, photo_search_weight=weight)
 
 
 def test_user_table_asks_at_no_time():
@@ -134,33 +136,24 @@ def test_a_photo_query_is_the_items_photo_asked_alone():
         assert not np.any(queries[name]), name
 
 
-@pytest.mark.parametrize("rate, asked_by_photo", [(1.0, [1, 1, 1, 0, 1, 1]), (0.0, [0] * 6)])
-def test_photo_query_rate_is_the_share_of_rows_asked_by_their_items_photo(rate, asked_by_photo):
-    """Row 4's item (index 4) has no photo, so it keeps its own query."""
-    model = tiny_model(rating_weight=0.0, photo_query_rate=rate)
+def test_the_photo_search_task_asks_each_item_with_a_photo_by_it():
+    """Its loss is the retrieval loss of the rows' photo queries against the
+    batch's items, counting the rows whose item has a photo (not row 3's,
+    item 4)."""
+    model = tiny_model(rating_weight=0.0, photo_search_weight=0.5)
     batch = tiny_batch()
-    queries = model._with_photo_queries({name: batch[name] for name in QUERY_FEATURES},
-                                        batch[f.ITEM_INDEX])
-    photos = model.photo_queries(batch[f.ITEM_INDEX])
-    for row, by_photo in enumerate(asked_by_photo):
-        expected = photos if by_photo else batch
-        for name in QUERY_FEATURES:
-            np.testing.assert_array_equal(queries[name][row], expected[name][row], err_msg=name)
+    items = model.item_embeddings(batch[f.ITEM_INDEX])
+    photo_query = model.query_tower(model.photo_queries(batch[f.ITEM_INDEX]))
+    has_photo = tf.constant([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    expected = model.task(model.query_tower({name: batch[name] for name in QUERY_FEATURES}), items,
+                          candidate_ids=batch[f.ITEM_INDEX])
+    expected += 0.5 * model.photo_search_task(photo_query, items, sample_weight=has_photo,
+                                              candidate_ids=batch[f.ITEM_INDEX])
+    np.testing.assert_allclose(model.compute_loss(batch), expected, rtol=1e-5)
+    model.photo_search_weight = 0.0
+    assert model.compute_loss(batch) < expected
 
 
-def test_without_the_image_modality_no_row_is_asked_by_photo(monkeypatch):
-    asked = []
-    model = tiny_model(rating_weight=0.0, photo_query_rate=1.0, modalities=["id", "text"])
-    monkeypatch.setattr(model, "_with_photo_queries", lambda queries, items: asked.append(items))
-    model.compute_loss(tiny_batch(), training=True)
-    assert model.query_tower.image is None and not asked
-    with_image = tiny_model(rating_weight=0.0, photo_query_rate=1.0)
-    monkeypatch.setattr(with_image, "_with_photo_queries",
-                        lambda queries, items: asked.append(items) or queries)
-    with_image.compute_loss(tiny_batch(), training=True)
-    assert len(asked) == 1
-
-
-def test_a_share_of_photo_queries_is_at_most_1():
-    with pytest.raises(ValueError, match="photo_query_rate must be a share from 0 to 1"):
-        tiny_model(rating_weight=0.0, photo_query_rate=1.5)
+def test_without_the_image_modality_there_is_no_photo_search_task():
+    model = tiny_model(rating_weight=0.0, photo_search_weight=1.0, modalities=["id", "text"])
+    assert model.query_tower.image is None and model.photo_search_weight == 0

@@ -50,9 +50,10 @@ DEFAULTS = {
     # MovieLens recall@100 0.612 against 0.616, fashion text -> image 0.770
     # against 0.778 (README).
     "token_dropout": 0.3,
-    # Share of training rows asked instead by their item's photo alone (rows
-    # whose item has one), so that the query tower learns image search.
-    "photo_query_rate": 0.1,
+    # Weight of the photo search task (each row's item asked by its own
+    # photo alone; trainer/model.py) beside the retrieval loss, from which
+    # the query tower learns image search; 0: no such task.
+    "photo_search_weight": 0.1,
     # Share of training rows whose time of interaction is hidden; 1: the
     # query tower has no time token. Serving requests carry no time, so a
     # tower that uses it is gated on questions serving never asks
@@ -178,7 +179,7 @@ def run_fn(fn_args: FnArgs) -> None:
                                time_dropout=config["time_dropout"],
                                rating_weight=config["rating_weight"],
                                token_dropout=config["token_dropout"],
-                               photo_query_rate=config["photo_query_rate"])
+                               photo_search_weight=config["photo_search_weight"])
         model.compile(optimizer=tf.keras.optimizers.Adam(config["learning_rate"]))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
