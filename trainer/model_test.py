@@ -157,3 +157,23 @@ def test_the_photo_search_task_asks_each_item_with_a_photo_by_it():
 def test_without_the_image_modality_there_is_no_photo_search_task():
     model = tiny_model(rating_weight=0.0, photo_search_weight=1.0, modalities=["id", "text"])
     assert model.query_tower.image is None and model.photo_search_weight == 0
+
+
+def test_the_photo_search_task_moves_the_query_side_only():
+    """The items stay where the retrieval task puts them: the item id
+    embeddings (the item tower's alone) get the same gradient with or without
+    the photo task, while the query tower's fusion gets another."""
+    model = tiny_model(rating_weight=0.0, photo_search_weight=1.0)
+    batch = tiny_batch()
+
+    def gradients(weight):
+        model.photo_search_weight = weight
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch)
+        variables = [model.item_tower.item_id.embedding.embeddings,
+                     model.query_tower.modality_attention.feed_forward.trainable_variables[0]]
+        return [tf.convert_to_tensor(gradient) for gradient in tape.gradient(loss, variables)]
+
+    (items_with, query_with), (items_without, query_without) = gradients(1.0), gradients(0.0)
+    np.testing.assert_allclose(items_with, items_without, atol=1e-6)
+    assert not np.allclose(query_with, query_without, atol=1e-6)
