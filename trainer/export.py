@@ -4,8 +4,9 @@
 training preprocessing itself) and embed them with the query tower;
 `recommend` and `similar_items` need only an id's index (looked up in the
 Transform's own vocabularies) and a row of a table computed at export: every
-user's query vector, every item's vector. Each signature then scores the whole catalogue
-with one matrix product and `tf.math.top_k`: ops that stock TF Serving has.
+user's query vector, every item's vector. Each signature then scores the whole
+catalogue with one matrix product and `tf.math.top_k`: ops that stock TF
+Serving has.
 `search` adds to the towers' scores the lexical ones (trainer/lexical.py), a
 sparse product with the catalogue's BM25 table, also computed at export.
 

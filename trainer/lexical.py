@@ -34,7 +34,6 @@ def bm25_weights(item_tokens: np.ndarray, k1: float = 1.2,
     words = item_tokens[items, words]
     # One entry per (item, word), with the word's count in the item.
     pairs, counts = np.unique(np.stack([items, words], axis=1), axis=0, return_counts=True)
-    pairs = pairs.reshape(-1, 2)
     lengths = np.count_nonzero(item_tokens, axis=1)
     documents = len(item_tokens) - 1
     average_length = max(lengths[1:].mean() if documents else 0.0, 1e-9)
@@ -54,8 +53,11 @@ def normalised_scores(entries: tf.Tensor, weights: tf.Tensor, num_items: tf.Tens
     """
     index = tf.SparseTensor(entries, weights, tf.stack([tf.cast(num_items, tf.int64),
                                                         vocabulary_size]))
-    # [vocabulary, batch] word counts; column 0 (padding, unknown) dropped.
-    counts = tf.reduce_sum(tf.one_hot(query_tokens, vocabulary_size), axis=1)
+    # [batch, vocabulary] word counts, counted in place rather than summed
+    # over one-hot rows (a [batch, length, vocabulary] tensor: 0.5 GB for 256
+    # queries of 16 words over 30k words); column 0 (padding, unknown) dropped.
+    counts = tf.math.bincount(query_tokens, minlength=vocabulary_size, maxlength=vocabulary_size,
+                              axis=-1, dtype=tf.float32)
     counts = tf.concat([tf.zeros_like(counts[:, :1]), counts[:, 1:]], axis=1)
     # catalogue x queries, then transposed, as the towers' product is.
     scores = tf.transpose(tf.sparse.sparse_dense_matmul(index, counts, adjoint_b=True))
