@@ -94,9 +94,9 @@ class ServingModule(tf.Module):
         scores = tf.transpose(tf.matmul(self.candidates, query, transpose_b=True))
         if query_tokens is None or self.lexical_weight == 0:
             return scores
-        return scores + self.lexical_weight * lexical.normalised_scores(
-            self.lexical_entries.value(), self.lexical_weights.value(), tf.shape(scores)[1],
-            self.token_vocabulary_size, query_tokens)
+        return lexical.search_scores(scores, self.lexical_weight, self.lexical_entries.value(),
+                                     self.lexical_weights.value(), self.token_vocabulary_size,
+                                     query_tokens)
 
     def _top_k(self, scores: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor = None):
         # Index 0 (the unknown item) and `exclude` (an index per row) are never

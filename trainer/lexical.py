@@ -63,3 +63,14 @@ def normalised_scores(entries: tf.Tensor, weights: tf.Tensor, num_items: tf.Tens
     scores = tf.transpose(tf.sparse.sparse_dense_matmul(index, counts, adjoint_b=True))
     best = tf.reduce_max(scores, axis=1, keepdims=True)
     return tf.math.divide_no_nan(scores, best)
+
+
+def search_scores(tower_scores: tf.Tensor, lexical_weight: float, entries: tf.Tensor,
+                  weights: tf.Tensor, vocabulary_size: int, query_tokens: tf.Tensor) -> tf.Tensor:
+    """[batch, catalogue]: the towers' scores plus `lexical_weight` times the
+    normalised lexical ones, as `search` ranks (a query with no words gets
+    the towers' alone)."""
+    if lexical_weight == 0:
+        return tower_scores
+    return tower_scores + lexical_weight * normalised_scores(
+        entries, weights, tf.shape(tower_scores)[1], vocabulary_size, query_tokens)

@@ -17,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
-from trainer import data, export, ranking  # noqa: E402
+from trainer import data, export, lexical, ranking  # noqa: E402
 from trainer.data import QUERY_FEATURES  # noqa: E402
 from trainer.model import Catalog, RetrievalModel, Users, ranks_of_items  # noqa: E402
 from transform import features as f  # noqa: E402
@@ -115,12 +115,21 @@ class RetrievalEvaluation(tf.keras.callbacks.Callback):
     """Writes recall@k, ndcg@k and MRR on the eval split to TensorBoard each
     epoch, with a rating head the RMSE of its ratings on the eval rows that
     have one, and how much attention the item tower gives each modality (mean
-    over the catalogue's items that have it, and the per-item distribution)."""
+    over the catalogue's items that have it, and the per-item distribution).
 
-    def __init__(self, batches: tf.data.Dataset, log_dir: str):
+    Rows are ranked as the exported model ranks them: a row with a query
+    adds the lexical score of its words (`item_tokens`, the catalogue's
+    words, and `lexical_weight`; trainer/lexical.py) to the towers'.
+    """
+
+    def __init__(self, batches: tf.data.Dataset, log_dir: str, item_tokens: np.ndarray,
+                 token_vocabulary_size: int, lexical_weight: float):
         super().__init__()
         self.batches = batches
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "retrieval_eval"))
+        self.lexical_weight = lexical_weight
+        self.lexical_table = lexical.bm25_weights(item_tokens) if lexical_weight > 0 else (None, None)
+        self.token_vocabulary_size = token_vocabulary_size
 
     def on_epoch_end(self, epoch, logs=None):
         # One pass over the catalogue gives the candidates and the attention.
@@ -129,8 +138,10 @@ class RetrievalEvaluation(tf.keras.callbacks.Callback):
         ranks, rating_errors = [], []
         for batch in self.batches:
             query = self.model.query_tower({name: batch[name] for name in QUERY_FEATURES})
-            ranks.append(ranks_of_items(tf.matmul(query, candidates, transpose_b=True),
-                                        batch[f.ITEM_INDEX]).numpy())
+            scores = lexical.search_scores(tf.matmul(query, candidates, transpose_b=True),
+                                           self.lexical_weight, *self.lexical_table,
+                                           self.token_vocabulary_size, batch[f.QUERY_TOKENS])
+            ranks.append(ranks_of_items(scores, batch[f.ITEM_INDEX]).numpy())
             if self.model.rating_weight > 0:
                 errors = (self.model.predicted_ratings(query, tf.gather(candidates, batch[f.ITEM_INDEX]))
                           - batch[f.RATING_LABEL])
@@ -184,7 +195,9 @@ def run_fn(fn_args: FnArgs) -> None:
         model.compile(optimizer=tf.keras.optimizers.Adam(config["learning_rate"]))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-        RetrievalEvaluation(evaluation, fn_args.model_run_dir),
+        RetrievalEvaluation(evaluation, fn_args.model_run_dir, catalog_content[f.ITEM_TOKENS],
+                            data.vocabulary_sizes(tft_output)[f.TOKEN_VOCABULARY],
+                            config["lexical_weight"]),
     ]
     model.fit(train, epochs=config["epochs"], validation_data=evaluation, callbacks=callbacks,
               verbose=2)

@@ -11,8 +11,11 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline.pipeline import PipelineConfig, create_pipeline  # noqa: E402
-from trainer.model_test import rating_mse, tiny_batch, tiny_model  # noqa: E402
+from trainer.data import CATALOG_FEATURES  # noqa: E402
+from trainer.model import Catalog  # noqa: E402
+from trainer.model_test import SIZES, rating_mse, tiny_batch, tiny_model  # noqa: E402
 from trainer.run import DEFAULTS, RetrievalEvaluation, hyperparameters  # noqa: E402
+from transform import features as f  # noqa: E402
 
 
 def test_the_pipeline_gives_the_trainer_its_code_version_and_only_known_settings():
@@ -39,9 +42,10 @@ def test_a_lexical_weight_that_is_not_a_number_at_least_0_is_refused_before_trai
     assert hyperparameters({"lexical_weight": 0})["lexical_weight"] == 0
 
 
-def _evaluate(model, log_dir, caplog):
-    batches = tf.data.Dataset.from_tensors(tiny_batch(unrated_label=1000.0))
-    callback = RetrievalEvaluation(batches, str(log_dir))
+def _evaluate(model, log_dir, caplog, batch=None, lexical_weight=0.0):
+    batches = tf.data.Dataset.from_tensors(tiny_batch(unrated_label=1000.0) if batch is None else batch)
+    callback = RetrievalEvaluation(batches, str(log_dir), model.catalog.content[f.ITEM_TOKENS].numpy(),
+                                   SIZES[f.TOKEN_VOCABULARY], lexical_weight)
     callback.set_model(model)
     with caplog.at_level(logging.INFO, logger="mmfuse"):
         callback.on_epoch_end(0)
@@ -65,3 +69,23 @@ def test_eval_logs_the_rating_rmse_of_rated_rows(tmp_path, caplog):
 def test_eval_without_a_rating_head_logs_no_rmse(tmp_path, caplog):
     scalars, log = _evaluate(tiny_model(rating_weight=0.0), tmp_path, caplog)
     assert "recall@10" in scalars and "rating_rmse" not in scalars and "rating_rmse" not in log
+
+
+def test_eval_ranks_a_row_with_words_as_search_does(tmp_path, caplog):
+    """Each item has a word of its own and each row asks for its item's word:
+    the towers alone (untrained) rank the items at random, while with a
+    large lexical weight every row's item comes first, as in `search`."""
+    model = tiny_model(rating_weight=0.0)
+    content = {name: model.catalog.content[name].numpy() for name in CATALOG_FEATURES}
+    own_word = np.array([0, 5, 6, 7, 8])
+    content[f.ITEM_TOKENS] = np.zeros_like(content[f.ITEM_TOKENS])
+    content[f.ITEM_TOKENS][:, 0] = own_word
+    model.catalog = Catalog(content)
+    batch = tiny_batch()
+    query_tokens = np.zeros([6, f.QUERY_LENGTH], np.int64)
+    query_tokens[:, 0] = own_word[batch[f.ITEM_INDEX].numpy()]
+    batch[f.QUERY_TOKENS] = tf.constant(query_tokens)
+    towers_alone, _ = _evaluate(model, tmp_path / "towers", caplog, batch)
+    with_words, _ = _evaluate(model, tmp_path / "lexical", caplog, batch, lexical_weight=1000.0)
+    assert towers_alone["mrr"] < 1
+    assert with_words["mrr"] == 1
