@@ -164,9 +164,13 @@ def _prepare_sample(options) -> str:
     return dst
 
 
-def _is_held_out(item_id: str) -> bool:
-    bucket = int.from_bytes(hashlib.md5(item_id.encode("utf-8")).digest()[:8], "big") / 2.0**64
-    return bucket < HELD_OUT_FRACTION
+def md5_share(text: str) -> float:
+    """A fixed, evenly spread number in [0, 1) for `text`."""
+    return int.from_bytes(hashlib.md5(text.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def is_held_out(item_id: str) -> bool:
+    return md5_share(item_id) < HELD_OUT_FRACTION
 
 
 def _prepare_fashion(options) -> str:
@@ -183,7 +187,7 @@ def _prepare_fashion(options) -> str:
         row = {"item_id": item.item_id, "title": item.title,
                "image": os.path.relpath(item.image_path, dst) if item.image_path else "",
                **dict(item.attributes)}
-        if item.image_path and _is_held_out(item.item_id):
+        if item.image_path and is_held_out(item.item_id):
             row.update({"title": "", **{name: "" for name in FASHION_ATTRIBUTES}})
         rows.append(row)
     write_dataset(dst, rows, FASHION_ATTRIBUTES)
@@ -231,43 +235,47 @@ def _read_once(dataset_dir: str) -> Dataset:
 def _fashion_held_out(options) -> Dict[str, Dict[str, str]]:
     """The held-out products' ids and true attributes."""
     return {item.item_id: dict(item.attributes) for item in _fashion_original(options).items.values()
-            if item.image_path and _is_held_out(item.item_id)}
+            if item.image_path and is_held_out(item.item_id)}
 
 
-def _fashion_queries(options):
-    """(query text, colour, article type) for the most frequent pairs among the
-    held-out products, and those products' ids and true attributes."""
-    held_out = _fashion_held_out(options)
+def fashion_queries(products: Dict[str, Dict[str, str]]):
+    """(query text, colour, article type) for the most frequent pairs among
+    `products` (id -> true attributes)."""
     pairs = collections.Counter((attributes["colour"], attributes["article_type"])
-                                for attributes in held_out.values()
+                                for attributes in products.values()
                                 if attributes.get("colour") and attributes.get("article_type"))
-    queries = [(f"{colour} {article_type}", colour, article_type)
-               for (colour, article_type), _ in pairs.most_common(FASHION_QUERIES)]
-    return queries, held_out
+    return [(f"{colour} {article_type}", colour, article_type)
+            for (colour, article_type), _ in pairs.most_common(FASHION_QUERIES)]
 
 
 def _matches(attributes, colour, article_type) -> bool:
     return attributes.get("colour") == colour and attributes.get("article_type") == article_type
 
 
+def text_to_image_precision(ranker: rankers.Ranker, products: Dict[str, Dict[str, str]]):
+    """Each of `fashion_queries(products)` ranks `products` only; precision@10."""
+    queries = fashion_queries(products)
+    candidates = list(products)
+    scores = ranker.score_search([text for text, _, _ in queries], [""] * len(queries),
+                                 [candidates] * len(queries))
+    precision = []
+    for (_, colour, article_type), item_scores in zip(queries, scores):
+        order = sorted(range(len(candidates)), key=lambda i: -item_scores[i])[:10]
+        precision.append(sum(_matches(products[candidates[i]], colour, article_type)
+                             for i in order) / 10)
+    return {"precision@10": sum(precision) / len(precision), "queries": len(queries),
+            "held_out": len(products)}
+
+
 def _fashion_text_to_image(options):
     def measure(dataset, ranker):
-        queries, held_out = _fashion_queries(options)
-        candidates = list(held_out)
-        scores = ranker.score_search([text for text, _, _ in queries], [""] * len(queries),
-                                     [candidates] * len(queries))
-        precision = []
-        for (_, colour, article_type), item_scores in zip(queries, scores):
-            order = sorted(range(len(candidates)), key=lambda i: -item_scores[i])[:10]
-            precision.append(sum(_matches(held_out[candidates[i]], colour, article_type)
-                                 for i in order) / 10)
-        return {"precision@10": sum(precision) / len(precision), "queries": len(queries),
-                "held_out": len(held_out)}
+        return text_to_image_precision(ranker, _fashion_held_out(options))
     return measure
 
 
 def _fashion_chance(options) -> Dict[str, object]:
-    queries, held_out = _fashion_queries(options)
+    held_out = _fashion_held_out(options)
+    queries = fashion_queries(held_out)
     shares = [sum(_matches(attributes, colour, article_type) for attributes in held_out.values())
               / len(held_out) for _, colour, article_type in queries]
     return {"precision@10": sum(shares) / len(shares), "queries": len(queries),

@@ -1,0 +1,75 @@
+"""The validation carve: which products it takes, and what it does to each split."""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from benchmarks import fashion_validation, quality  # noqa: E402
+from pipeline.dataset import read_dataset  # noqa: E402
+from pipeline.sample_data import write_sample_dataset  # noqa: E402
+from transform import features as f  # noqa: E402
+
+
+def _example(item_index, tokens=(3, 4, 0), embedding=(0.5, 0.25)):
+    return tf.train.Example(features=tf.train.Features(feature={
+        f.ITEM_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=[item_index])),
+        f.ITEM_TOKENS: tf.train.Feature(int64_list=tf.train.Int64List(value=list(tokens))),
+        f.ATTRIBUTE_TOKENS: tf.train.Feature(int64_list=tf.train.Int64List(value=[5, 0])),
+        f.ITEM_TEXT_EMBEDDING: tf.train.Feature(float_list=tf.train.FloatList(value=list(embedding))),
+        f.IMAGE_EMBEDDING: tf.train.Feature(float_list=tf.train.FloatList(value=[1.0, 2.0])),
+    }))
+
+
+def _write(path, examples):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as out:
+        for example in examples:
+            out.write(example.SerializeToString())
+
+
+def _read(path):
+    return [tf.train.Example.FromString(record.numpy()).features.feature
+            for record in tf.data.TFRecordDataset([path], compression_type="GZIP")]
+
+
+def test_validation_rows_are_dropped_and_their_text_blanked(tmp_path):
+    examples = tmp_path / "examples"
+    for split in ("train", "eval"):
+        _write(str(examples / f"Split-{split}" / "part-0.gz"), [_example(1), _example(2), _example(2)])
+    _write(str(examples / "Split-catalog" / "part-0.gz"), [_example(1), _example(2)])
+    _write(str(examples / "Split-users" / "part-0.gz"), [tf.train.Example()])
+
+    counts = fashion_validation.carve(str(examples), str(tmp_path / "out"), {2})
+
+    assert counts == {"train": 1, "train_dropped": 2, "eval": 1, "eval_dropped": 2, "catalog": 2,
+                      "catalog_blanked": 1, "users": 1}
+    for split in ("train", "eval"):
+        rows = _read(str(tmp_path / "out" / f"Split-{split}" / "part.gz"))
+        assert [row[f.ITEM_INDEX].int64_list.value[0] for row in rows] == [1]
+    kept, blanked = _read(str(tmp_path / "out" / "Split-catalog" / "part.gz"))
+    assert list(kept[f.ITEM_TOKENS].int64_list.value) == [3, 4, 0]
+    assert list(kept[f.ITEM_TEXT_EMBEDDING].float_list.value) == [0.5, 0.25]
+    # Fixed-length token lists keep their length; the photo is untouched.
+    assert list(blanked[f.ITEM_TOKENS].int64_list.value) == [0, 0, 0]
+    assert list(blanked[f.ATTRIBUTE_TOKENS].int64_list.value) == [0, 0]
+    assert list(blanked[f.ITEM_TEXT_EMBEDDING].float_list.value) == []
+    assert list(blanked[f.IMAGE_EMBEDDING].float_list.value) == [1.0, 2.0]
+
+
+def test_a_missing_split_is_named(tmp_path):
+    _write(str(tmp_path / "Split-train" / "part-0.gz"), [_example(1)])
+    with pytest.raises(FileNotFoundError, match="Split-eval"):
+        fashion_validation.carve(str(tmp_path), str(tmp_path / "out"), {1})
+
+
+def test_validation_products_have_a_photo_and_are_not_held_out(tmp_path):
+    write_sample_dataset(str(tmp_path))
+    catalogue = read_dataset(str(tmp_path), check_images=False)
+    products = fashion_validation.validation_products(catalogue)
+    assert products
+    for item_id in products:
+        assert catalogue.items[item_id].image_path and not quality.is_held_out(item_id)
+    share = len(products) / sum(1 for item in catalogue.items.values() if item.image_path)
+    assert 0.05 < share < 0.35
