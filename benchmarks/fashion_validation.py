@@ -34,7 +34,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
 from benchmarks import quality  # noqa: E402
 from evaluation import rankers  # noqa: E402
-from pipeline.dataset import Dataset  # noqa: E402
+from pipeline.dataset import Dataset, read_dataset  # noqa: E402
 from trainer.run import run_fn  # noqa: E402
 from transform import features as f  # noqa: E402
 
@@ -103,7 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     transform_dir = os.path.join(options.out, "fashion", "runs", "pipeline", "Transform")
     graph = _newest(transform_dir, "transform_graph")
     examples = _newest(transform_dir, "transformed_examples")
-    products = validation_products(quality._read_once(os.path.join(options.out, "data", "fashion")))
+    products = validation_products(read_dataset(os.path.join(options.out, "data", "fashion"),
+                                                     check_images=False))
     position = {item_id.decode(): index + 1 for index, item_id in
                 enumerate(tft.TFTransformOutput(graph).vocabulary_by_name(f.ITEM_VOCABULARY))}
     work = os.path.join(options.out, "fashion-validation")

@@ -180,10 +180,11 @@ def run_fn(fn_args: FnArgs) -> None:
     train = data.interaction_batches(train_files, tft_output, batch_size, shuffle_seed=config["seed"])
     evaluation = data.interaction_batches(fn_args.eval_files[0], tft_output, batch_size)
     progress_log.info("training on %s with batch size %d", strategy.__class__.__name__, batch_size)
+    vocabulary_sizes = data.vocabulary_sizes(tft_output)
 
     with strategy.scope():
         catalog = Catalog(catalog_content, counts, config["id_min_rows"])
-        model = RetrievalModel(catalog, Users(recent_items), data.vocabulary_sizes(tft_output),
+        model = RetrievalModel(catalog, Users(recent_items), vocabulary_sizes,
                                config["embedding_dim"], config["modalities"], config["temperature"],
                                item_probabilities=counts / counts.sum(),
                                modality_dropout=config["modality_dropout"],
@@ -196,7 +197,7 @@ def run_fn(fn_args: FnArgs) -> None:
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         RetrievalEvaluation(evaluation, fn_args.model_run_dir, catalog_content[f.ITEM_TOKENS],
-                            data.vocabulary_sizes(tft_output)[f.TOKEN_VOCABULARY],
+                            vocabulary_sizes[f.TOKEN_VOCABULARY],
                             config["lexical_weight"]),
     ]
     model.fit(train, epochs=config["epochs"], validation_data=evaluation, callbacks=callbacks,
