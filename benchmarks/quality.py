@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.quality [--datasets movielens,fashion,home-depot]
         [--variants popularity,ease,bm25,id,text,image,fusion] [--epochs 5]
-        [--out runs/benchmark] [--data-root ../shared/data] [--skip-runs]
+        [--out runs/benchmark] [--data-root ../shared/data] [--seeds 42] [--skip-runs]
 
 Per data set it converts the raw data into OUT/data/<data set> (once), runs each
 variant, prints one table per protocol (with the wall time of training and of
@@ -18,6 +18,11 @@ not: the gate compares each variant with the one before it, which is not what
 a benchmark asks): `id` (M = id: the plain TFRS two-tower model), `text`,
 `image`, `fusion` (id,text,image). The variants share one run directory, so
 TFX's cache runs ExampleGen and Transform (the encoders) once per data set.
+`--seeds 42,7` trains each model variant once per seed (`mmfuse run --seed`:
+the seed changes the Trainer's initialisation, dropout and shuffling, not the
+split) and its row gives the mean over the seeds, each seed's first figure in
+the note: on fashion's 50 queries two seeds of one model differ by a few
+hundredths, more than some of the changes a table is read for.
 `--skip-runs` evaluates what the logged earlier runs trained.
 
 Protocols (all figures from evaluation/, see evaluation/evaluate.py):
@@ -80,6 +85,7 @@ from evaluation.evaluate import evaluate, split_rows  # noqa: E402
 from trainer.ranking import DEFAULT_KS  # noqa: E402
 from pipeline.converters import FASHION_ATTRIBUTES, convert, write_dataset  # noqa: E402
 from pipeline.dataset import Dataset, read_dataset  # noqa: E402
+from pipeline.pipeline import PipelineConfig  # noqa: E402
 from pipeline.sample_data import write_sample_dataset  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,6 +97,7 @@ HELD_OUT_FRACTION = 0.2
 FASHION_QUERIES = 50
 FASHION_PHOTO_QUERIES = 500
 HOME_DEPOT_RELEVANT = 2.5
+DEFAULT_SEED = PipelineConfig.seed
 
 
 @dataclasses.dataclass
@@ -370,16 +377,17 @@ def _baseline(variant: str, dataset: Dataset) -> rankers.Ranker:
     return rankers.EASE(list(dataset.items), train, l2=EASE_L2)
 
 
-def _model_run(options, name: str, data_dir: str, variant: str):
+def _model_run(options, name: str, data_dir: str, variant: str, seed: int):
     """(the variant's trained model path or None, training seconds, note)."""
     out = os.path.join(options.out, name, "runs")
-    log_path = os.path.join(options.out, name, f"{variant}.log")
+    suffix = "" if seed == DEFAULT_SEED else f"-seed{seed}"
+    log_path = os.path.join(options.out, name, f"{variant}{suffix}.log")
     seconds = None
     if not options.skip_runs:
         os.makedirs(out, exist_ok=True)
         command = [sys.executable, "-m", "mmfuse", "run", "--data", data_dir, "--out", out,
                    "--modalities", MODEL_MODALITIES[variant], "--epochs", str(options.epochs),
-                   "--min-recall", "0"]
+                   "--seed", str(seed), "--min-recall", "0"]
         _progress(f"{name}/{variant}: {shlex.join(command)} (log: {log_path})")
         started = time.time()
         with open(log_path, "w") as log:
@@ -406,30 +414,9 @@ def _last_json_line(path: str) -> Optional[dict]:
     return None
 
 
-def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dataset,
-                 variant: str, tables: List[Table]) -> None:
-    def add(values):
-        for table, row in zip(tables, values):
-            table.rows.append({"variant": variant, **row})
-
-    if variant in spec.not_applicable:
-        add([{"note": f"n/a: {spec.not_applicable[variant]}"}] * len(tables))
-        return
-    started = time.time()
-    if variant in BASELINES:
-        try:
-            ranker = _baseline(variant, dataset)
-        except ValueError as error:
-            add([{"note": f"n/a: {error}"}] * len(tables))
-            return
-        train_s, note = time.time() - started, ""
-    else:
-        model, train_s, note = _model_run(options, name, data_dir, variant)
-        if model is None:
-            add([{"train_s": train_s, "note": note}] * len(tables))
-            return
-        ranker = rankers.SavedModelRanker(model)
-        note = ranker.path
+def _measure(spec: DataSpec, dataset: Dataset, ranker: rankers.Ranker, train_s, note: str,
+             label: str) -> List[Dict[str, object]]:
+    """One row per protocol: `ranker`'s figures."""
     rows = []
     for protocol in spec.protocols:
         if protocol.question not in ranker.questions:
@@ -439,8 +426,66 @@ def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dat
         values = protocol.measure(dataset, ranker)
         rows.append({**values, "train_s": train_s, "eval_s": time.time() - started,
                      "note": note})
-        _progress(f"{name}/{variant}, {protocol.title}: {json.dumps(values)}")
-    add(rows)
+        _progress(f"{label}, {protocol.title}: {json.dumps(values)}")
+    return rows
+
+
+def mean_over_seeds(rows_by_seed: Dict[int, Dict[str, object]], first_column: str) -> Dict[str, object]:
+    """One protocol's rows of one variant, a row per seed -> one row.
+
+    Figures are averaged over the seeds that gave them; the note lists each
+    seed's `first_column` and says which seeds gave no figures, and why.
+    The per-seed rows stay under "seeds" (quality.json).
+    """
+    measured = {seed: row for seed, row in rows_by_seed.items() if first_column in row}
+    if len(rows_by_seed) == 1:
+        return dict(next(iter(rows_by_seed.values())))
+    row: Dict[str, object] = {"seeds": {str(seed): row for seed, row in rows_by_seed.items()}}
+    for name in {name for values in measured.values() for name in values}:
+        values = [values[name] for values in measured.values() if values.get(name) is not None]
+        if values and all(isinstance(value, float) for value in values):
+            row[name] = sum(values) / len(values)
+        elif values and all(value == values[0] for value in values):
+            row[name] = values[0]
+    notes = [f"mean of {len(measured)} seeds: "
+             + ", ".join(f"{seed} {values[first_column]:.4f}" for seed, values in measured.items())
+             if measured else "no seed gave figures"]
+    notes += [f"seed {seed}: {values.get('note')}" for seed, values in rows_by_seed.items()
+              if seed not in measured]
+    row["note"] = "; ".join(notes)
+    return row
+
+
+def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dataset,
+                 variant: str, tables: List[Table]) -> None:
+    def add(values):
+        for table, row in zip(tables, values):
+            table.rows.append({"variant": variant, **row})
+
+    if variant in spec.not_applicable:
+        add([{"note": f"n/a: {spec.not_applicable[variant]}"}] * len(tables))
+        return
+    if variant in BASELINES:
+        started = time.time()
+        try:
+            ranker = _baseline(variant, dataset)
+        except ValueError as error:
+            add([{"note": f"n/a: {error}"}] * len(tables))
+            return
+        add(_measure(spec, dataset, ranker, time.time() - started, "", f"{name}/{variant}"))
+        return
+    rows_by_seed = {}
+    for seed in options.seeds:
+        model, train_s, note = _model_run(options, name, data_dir, variant, seed)
+        if model is None:
+            rows_by_seed[seed] = [{"train_s": train_s, "note": note}] * len(tables)
+            continue
+        ranker = rankers.SavedModelRanker(model)
+        label = f"{name}/{variant}" + ("" if len(options.seeds) == 1 else f" (seed {seed})")
+        rows_by_seed[seed] = _measure(spec, dataset, ranker, train_s, ranker.path, label)
+    add([mean_over_seeds({seed: rows[index] for seed, rows in rows_by_seed.items()},
+                         protocol.columns[0])
+         for index, protocol in enumerate(spec.protocols)])
 
 
 def _progress(message: str) -> None:
@@ -454,6 +499,17 @@ def _names(text: str, known: Sequence[str], option: str) -> List[str]:
         raise argparse.ArgumentTypeError(
             f"{option} takes a comma-separated subset of {','.join(known)}, not {text!r}")
     return names
+
+
+def _seeds(text: str) -> List[int]:
+    try:
+        seeds = [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds takes distinct comma-separated whole numbers, "
+                                         f"not {text!r}")
+    return seeds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -472,6 +528,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fashion-limit", type=int,
                         help="fashion: only the first N products, for a quick look (the protocol "
                              "as specified uses all of them)")
+    parser.add_argument("--seeds", default=str(DEFAULT_SEED), type=_seeds,
+                        help="comma-separated Trainer seeds: each model variant is trained once "
+                             "per seed and its row is the mean (default: %(default)s)")
     parser.add_argument("--skip-runs", action="store_true",
                         help="evaluate the models that the logged earlier runs into OUT trained, instead of training")
     return parser
@@ -507,6 +566,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ".venv/bin/python", "-m", "benchmarks.quality", "--datasets", ",".join(options.datasets),
         "--variants", ",".join(options.variants), "--epochs", str(options.epochs),
         "--out", options.out, "--data-root", options.data_root,
+        *([] if options.seeds == [DEFAULT_SEED] else ["--seeds", ",".join(map(str, options.seeds))]),
         *([] if options.fashion_limit is None else ["--fashion-limit", str(options.fashion_limit)]),
         *(["--skip-runs"] if options.skip_runs else [])]))
     return 0
