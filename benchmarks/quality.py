@@ -447,7 +447,7 @@ def mean_over_seeds(rows_by_seed: Dict[int, Dict[str, object]], first_column: st
             row[name] = sum(values) / len(values)
         elif values and all(value == values[0] for value in values):
             row[name] = values[0]
-    notes = [f"mean of {len(measured)} seeds: "
+    notes = [f"mean of {len(measured)} seed{'s' if len(measured) > 1 else ''}: "
              + ", ".join(f"{seed} {values[first_column]:.4f}" for seed, values in measured.items())
              if measured else "no seed gave figures"]
     notes += [f"seed {seed}: {values.get('note')}" for seed, values in rows_by_seed.items()

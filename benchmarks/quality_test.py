@@ -27,7 +27,7 @@ def test_a_seed_without_figures_is_named_not_averaged():
         7: {"train_s": 3.0, "note": "mmfuse run failed (exit 1, see fusion-seed7.log)"},
     }, "recall@100")
     assert row["recall@100"] == pytest.approx(0.61)
-    assert row["note"] == ("mean of 1 seeds: 42 0.6100; "
+    assert row["note"] == ("mean of 1 seed: 42 0.6100; "
                            "seed 7: mmfuse run failed (exit 1, see fusion-seed7.log)")
 
 
