@@ -437,9 +437,9 @@ def mean_over_seeds(rows_by_seed: Dict[int, Dict[str, object]], first_column: st
     seed's `first_column` and says which seeds gave no figures, and why.
     The per-seed rows stay under "seeds" (quality.json).
     """
-    measured = {seed: row for seed, row in rows_by_seed.items() if first_column in row}
     if len(rows_by_seed) == 1:
         return dict(next(iter(rows_by_seed.values())))
+    measured = {seed: row for seed, row in rows_by_seed.items() if first_column in row}
     row: Dict[str, object] = {"seeds": {str(seed): row for seed, row in rows_by_seed.items()}}
     for name in {name for values in measured.values() for name in values}:
         values = [values[name] for values in measured.values() if values.get(name) is not None]
