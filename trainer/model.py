@@ -73,10 +73,11 @@ class RetrievalModel(tfrs.Model):
                  item_probabilities: np.ndarray = None, modality_dropout: float = 0.0,
                  recent_item_dropout: float = 0.0, time_dropout: float = 1.0,
                  rating_weight: float = 0.0, token_dropout: float = 0.0,
-                 photo_search_weight: float = 0.0):
+                 photo_search_weight: float = 0.0, photo_item_weight: float = 0.0):
         super().__init__()
         for name, weight in (("rating_weight", rating_weight),
-                             ("photo_search_weight", photo_search_weight)):
+                             ("photo_search_weight", photo_search_weight),
+                             ("photo_item_weight", photo_item_weight)):
             if not weight >= 0:
                 raise ValueError(f"{name} must be a number >= 0, not {weight!r}")
         self.catalog = catalog
@@ -109,6 +110,17 @@ class RetrievalModel(tfrs.Model):
         self.photo_search_weight = photo_search_weight if self.query_tower.image is not None else 0.0
         self.photo_search_task = tfrs.tasks.Retrieval(temperature=temperature,
                                                       remove_accidental_hits=True)
+        # Modality dropout shows an item by its photo alone in a minority of
+        # the rows, so a photo-only item (one with no title yet) is placed
+        # from little; this task asks each row's query to find its item seen
+        # by its photo alone. The queries are held still: the photo view
+        # learns to land where the item's questions point, without bending
+        # them towards it. Only an item tower with the photo and something
+        # besides gets it: an image-only tower sees every item so already.
+        self.photo_item_weight = (photo_item_weight if "image" in self.item_tower.modalities
+                                  and len(self.item_tower.modalities) > 1 else 0.0)
+        self.photo_item_task = tfrs.tasks.Retrieval(temperature=temperature,
+                                                    remove_accidental_hits=True)
         # Weight 0 builds no head, so the model is the plain retrieval model.
         self.rating_weight = rating_weight
         if rating_weight > 0:
@@ -152,6 +164,15 @@ class RetrievalModel(tfrs.Model):
             queries[name] = photo[name]
         return queries
 
+    def photo_alone_items(self, item_index: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Item tower features of each item with everything but its photo
+        hidden, as a catalogue item with only a photo is."""
+        item = self.catalog.lookup(item_index)
+        for name in (f.ITEM_ID_LEARNED, f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS,
+                     f.ITEM_TEXT_EMBEDDING + "_present"):
+            item[name] = tf.zeros_like(item[name])
+        return item
+
     def compute_loss(self, inputs, training=False):
         # TFRS calls compute_loss directly, not through a layer call, so
         # `training` (modality dropout) has to be passed on by hand.
@@ -169,6 +190,14 @@ class RetrievalModel(tfrs.Model):
             loss += self.photo_search_weight * self.photo_search_task(
                 self.query_tower(photos, training=training), tf.stop_gradient(items),
                 sample_weight=photos[f.IMAGE_EMBEDDING + "_present"],
+                candidate_ids=inputs[f.ITEM_INDEX], candidate_sampling_probability=probabilities)
+        if self.photo_item_weight > 0:
+            photo_alone = self.photo_alone_items(inputs[f.ITEM_INDEX])
+            # Rows whose item has no photo ask nothing; their empty views are
+            # still negatives for the others.
+            loss += self.photo_item_weight * self.photo_item_task(
+                tf.stop_gradient(query), self.item_tower(photo_alone, training=training),
+                sample_weight=photo_alone[f.IMAGE_EMBEDDING + "_present"],
                 candidate_ids=inputs[f.ITEM_INDEX], candidate_sampling_probability=probabilities)
         if self.rating_weight > 0:
             # [batch, 1]: Keras losses average over the last axis, which must

@@ -91,6 +91,8 @@ def test_a_negative_task_weight_is_refused(weight):
         tiny_model(weight)
     with pytest.raises(ValueError, match="photo_search_weight must be a number >= 0"):
         tiny_model(0.0, photo_search_weight=weight)
+    with pytest.raises(ValueError, match="photo_item_weight must be a number >= 0"):
+        tiny_model(0.0, photo_item_weight=weight)
 
 
 def test_user_table_asks_at_no_time():
@@ -159,21 +161,63 @@ def test_without_the_image_modality_there_is_no_photo_search_task():
     assert model.query_tower.image is None and model.photo_search_weight == 0
 
 
-def test_the_photo_search_task_moves_the_query_side_only():
-    """The items stay where the retrieval task puts them: the item id
-    embeddings (the item tower's alone) get the same gradient with or without
-    the photo task, while the query tower's fusion gets another."""
-    model = tiny_model(rating_weight=0.0, photo_search_weight=1.0)
+@pytest.mark.parametrize("task_weight, held_still, moved", [
+    # Photo queries learn to find the items where retrieval puts them.
+    ("photo_search_weight", lambda model: model.item_tower.item_id.embedding.embeddings,
+     lambda model: model.query_tower.modality_attention.feed_forward.trainable_variables[0]),
+    # Photo-alone items learn to land where their rows' queries point.
+    ("photo_item_weight", lambda model: model.query_tower.user_id.embedding.embeddings,
+     lambda model: model.item_tower.modality_attention.feed_forward.trainable_variables[0]),
+])
+def test_each_photo_task_moves_one_side_only(task_weight, held_still, moved):
+    """The held side's own embeddings (item ids, or user ids) get the same
+    gradient with or without the task, while the other side's fusion gets
+    another."""
+    model = tiny_model(rating_weight=0.0, photo_search_weight=0.0)
     batch = tiny_batch()
 
     def gradients(weight):
-        model.photo_search_weight = weight
+        setattr(model, task_weight, weight)
         with tf.GradientTape() as tape:
             loss = model.compute_loss(batch)
-        variables = [model.item_tower.item_id.embedding.embeddings,
-                     model.query_tower.modality_attention.feed_forward.trainable_variables[0]]
-        return [tf.convert_to_tensor(gradient) for gradient in tape.gradient(loss, variables)]
+        return [tf.convert_to_tensor(gradient)
+                for gradient in tape.gradient(loss, [held_still(model), moved(model)])]
 
-    (items_with, query_with), (items_without, query_without) = gradients(1.0), gradients(0.0)
-    np.testing.assert_allclose(items_with, items_without, atol=1e-6)
-    assert not np.allclose(query_with, query_without, atol=1e-6)
+    (held_with, moved_with), (held_without, moved_without) = gradients(1.0), gradients(0.0)
+    np.testing.assert_allclose(held_with, held_without, atol=1e-6)
+    assert not np.allclose(moved_with, moved_without, atol=1e-6)
+
+
+def test_the_photo_item_task_asks_each_rows_query_for_its_item_by_its_photo_alone():
+    """Its loss is the retrieval loss of the rows' queries against the
+    batch's items seen by their photo alone, counting the rows whose item
+    has a photo (not row 3's, item 4)."""
+    model = tiny_model(rating_weight=0.0, photo_search_weight=0.0, photo_item_weight=0.5)
+    batch = tiny_batch()
+    query = model.query_tower({name: batch[name] for name in QUERY_FEATURES})
+    photo_alone = model.photo_alone_items(batch[f.ITEM_INDEX])
+    has_photo = tf.constant([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    expected = model.task(query, model.item_embeddings(batch[f.ITEM_INDEX]),
+                          candidate_ids=batch[f.ITEM_INDEX])
+    expected += 0.5 * model.photo_item_task(query, model.item_tower(photo_alone), sample_weight=has_photo,
+                                            candidate_ids=batch[f.ITEM_INDEX])
+    np.testing.assert_allclose(model.compute_loss(batch), expected, rtol=1e-5)
+
+
+def test_an_item_seen_by_its_photo_alone_is_placed_as_a_photo_only_item():
+    model = tiny_model(rating_weight=0.0)
+    index = tf.constant([1, 2], tf.int64)
+    content = {name: model.catalog.content[name].numpy() for name in CATALOG_FEATURES}
+    for name in (f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS, f.ITEM_TEXT_EMBEDDING + "_present"):
+        content[name] = np.zeros_like(content[name])
+    photo_only = Catalog(content, interaction_counts=np.zeros(5))
+    np.testing.assert_allclose(model.item_tower(model.photo_alone_items(index)),
+                               model.item_tower(photo_only.lookup(index)), atol=1e-6)
+    assert not np.allclose(model.item_tower(model.photo_alone_items(index)),
+                           model.item_embeddings(index), atol=1e-3)
+
+
+@pytest.mark.parametrize("modalities", [["image"], ["id", "text"]])
+def test_an_item_tower_without_photos_or_with_photos_alone_has_no_photo_item_task(modalities):
+    model = tiny_model(rating_weight=0.0, photo_item_weight=1.0, modalities=modalities)
+    assert model.photo_item_weight == 0
