@@ -154,36 +154,28 @@ class RetrievalModel(tfrs.Model):
         """[batch] ratings of each row's (query vector, item vector) pair."""
         return self.rating_head(tf.concat([query, items], axis=1))[:, 0]
 
-    def photo_queries(self, item_index: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """Query tower features of each item's catalogue photo asked alone,
-        as `image_search` asks (no user, no words)."""
-        photo = self.catalog.lookup(item_index)
+    def photo_queries(self, item: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """Query tower features of each looked-up item's catalogue photo
+        asked alone, as `image_search` asks (no user, no words)."""
+        item_index = item[f.ITEM_INDEX]
         queries = no_text_queries(tf.zeros_like(item_index),
                                   tf.zeros([tf.shape(item_index)[0], f.RECENT_ITEMS_LENGTH], tf.int64))
         for name in (f.IMAGE_EMBEDDING, f.IMAGE_EMBEDDING + "_present"):
-            queries[name] = photo[name]
+            queries[name] = item[name]
         return queries
-
-    def photo_alone_items(self, item_index: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """Item tower features of each item with everything but its photo
-        hidden, as a catalogue item with only a photo is."""
-        item = self.catalog.lookup(item_index)
-        for name in (f.ITEM_ID_LEARNED, f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS,
-                     f.ITEM_TEXT_EMBEDDING + "_present"):
-            item[name] = tf.zeros_like(item[name])
-        return item
 
     def compute_loss(self, inputs, training=False):
         # TFRS calls compute_loss directly, not through a layer call, so
         # `training` (modality dropout) has to be passed on by hand.
         query = self.query_tower({name: inputs[name] for name in QUERY_FEATURES}, training=training)
-        items = self.item_embeddings(inputs[f.ITEM_INDEX], training=training)
+        item = self.catalog.lookup(inputs[f.ITEM_INDEX])
+        items = self.item_tower(item, training=training)
         probabilities = (None if self.item_probabilities is None
                          else tf.gather(self.item_probabilities, inputs[f.ITEM_INDEX]))
         loss = self.task(query, items, candidate_ids=inputs[f.ITEM_INDEX],
                          candidate_sampling_probability=probabilities)
         if self.photo_search_weight > 0:
-            photos = self.photo_queries(inputs[f.ITEM_INDEX])
+            photos = self.photo_queries(item)
             # Rows whose item has no photo ask nothing, but their items are
             # still negatives for the others. The items are where the other
             # tasks put them: a photo query learns to find them there.
@@ -192,12 +184,11 @@ class RetrievalModel(tfrs.Model):
                 sample_weight=photos[f.IMAGE_EMBEDDING + "_present"],
                 candidate_ids=inputs[f.ITEM_INDEX], candidate_sampling_probability=probabilities)
         if self.photo_item_weight > 0:
-            photo_alone = self.photo_alone_items(inputs[f.ITEM_INDEX])
             # Rows whose item has no photo ask nothing; their empty views are
             # still negatives for the others.
             loss += self.photo_item_weight * self.photo_item_task(
-                tf.stop_gradient(query), self.item_tower(photo_alone, training=training),
-                sample_weight=photo_alone[f.IMAGE_EMBEDDING + "_present"],
+                tf.stop_gradient(query), self.item_tower(item, training=training, shown=("image",)),
+                sample_weight=item[f.IMAGE_EMBEDDING + "_present"],
                 candidate_ids=inputs[f.ITEM_INDEX], candidate_sampling_probability=probabilities)
         if self.rating_weight > 0:
             # [batch, 1]: Keras losses average over the last axis, which must

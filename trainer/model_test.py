@@ -129,7 +129,7 @@ def test_id_min_rows_must_be_a_whole_number_of_rows(id_min_rows):
 
 def test_a_photo_query_is_the_items_photo_asked_alone():
     model = tiny_model(rating_weight=0.0)
-    queries = model.photo_queries(tf.constant([2, 3], tf.int64))
+    queries = model.photo_queries(model.catalog.lookup(tf.constant([2, 3], tf.int64)))
     np.testing.assert_array_equal(queries[f.IMAGE_EMBEDDING],
                                   model.catalog.content[f.IMAGE_EMBEDDING].numpy()[[2, 3]])
     np.testing.assert_array_equal(queries[f.IMAGE_EMBEDDING + "_present"], [1, 1])
@@ -145,7 +145,7 @@ def test_the_photo_search_task_asks_each_item_with_a_photo_by_it():
     model = tiny_model(rating_weight=0.0, photo_search_weight=0.5)
     batch = tiny_batch()
     items = model.item_embeddings(batch[f.ITEM_INDEX])
-    photo_query = model.query_tower(model.photo_queries(batch[f.ITEM_INDEX]))
+    photo_query = model.query_tower(model.photo_queries(model.catalog.lookup(batch[f.ITEM_INDEX])))
     has_photo = tf.constant([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
     expected = model.task(model.query_tower({name: batch[name] for name in QUERY_FEATURES}), items,
                           candidate_ids=batch[f.ITEM_INDEX])
@@ -195,11 +195,11 @@ def test_the_photo_item_task_asks_each_rows_query_for_its_item_by_its_photo_alon
     model = tiny_model(rating_weight=0.0, photo_search_weight=0.0, photo_item_weight=0.5)
     batch = tiny_batch()
     query = model.query_tower({name: batch[name] for name in QUERY_FEATURES})
-    photo_alone = model.photo_alone_items(batch[f.ITEM_INDEX])
+    photo_alone = model.item_tower(model.catalog.lookup(batch[f.ITEM_INDEX]), shown=("image",))
     has_photo = tf.constant([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
     expected = model.task(query, model.item_embeddings(batch[f.ITEM_INDEX]),
                           candidate_ids=batch[f.ITEM_INDEX])
-    expected += 0.5 * model.photo_item_task(query, model.item_tower(photo_alone), sample_weight=has_photo,
+    expected += 0.5 * model.photo_item_task(query, photo_alone, sample_weight=has_photo,
                                             candidate_ids=batch[f.ITEM_INDEX])
     np.testing.assert_allclose(model.compute_loss(batch), expected, rtol=1e-5)
 
@@ -211,10 +211,9 @@ def test_an_item_seen_by_its_photo_alone_is_placed_as_a_photo_only_item():
     for name in (f.ITEM_TOKENS, f.ATTRIBUTE_TOKENS, f.ITEM_TEXT_EMBEDDING + "_present"):
         content[name] = np.zeros_like(content[name])
     photo_only = Catalog(content, interaction_counts=np.zeros(5))
-    np.testing.assert_allclose(model.item_tower(model.photo_alone_items(index)),
-                               model.item_tower(photo_only.lookup(index)), atol=1e-6)
-    assert not np.allclose(model.item_tower(model.photo_alone_items(index)),
-                           model.item_embeddings(index), atol=1e-3)
+    photo_alone = model.item_tower(model.catalog.lookup(index), shown=("image",))
+    np.testing.assert_allclose(photo_alone, model.item_tower(photo_only.lookup(index)), atol=1e-6)
+    assert not np.allclose(photo_alone, model.item_embeddings(index), atol=1e-3)
 
 
 @pytest.mark.parametrize("modalities", [["image"], ["id", "text"]])

@@ -214,7 +214,10 @@ class ItemTower(tf.keras.layers.Layer):
         """The fused inputs, in the order of the attention weights."""
         return tuple(name for _, name in self._inputs())
 
-    def call(self, item: Dict[str, tf.Tensor], training=None, return_attention=False):
+    def call(self, item: Dict[str, tf.Tensor], training=None, return_attention=False,
+             shown: Sequence[str] = None):
+        """`shown`: the modalities to see each item by (default all the
+        tower's); the others count as absent, as for an item without them."""
         encoded = []
         if "id" in self.modalities:
             vector, present = self.item_id(item[f.ITEM_INDEX])
@@ -230,6 +233,9 @@ class ItemTower(tf.keras.layers.Layer):
             encoded.append(self.attributes(item[f.ATTRIBUTE_TOKENS], training=training))
         if "image" in self.modalities:
             encoded.append(self.image(item[f.IMAGE_EMBEDDING], item[f.IMAGE_EMBEDDING + "_present"]))
+        if shown is not None:
+            encoded = [(vector, present * float(modality in shown))
+                       for (vector, present), (modality, _) in zip(encoded, self._inputs())]
         return self.modality_attention(encoded, training=training, return_attention=return_attention)
 
 
