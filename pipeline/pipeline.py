@@ -70,6 +70,10 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn="transform.preprocessing.preprocessing_fn",
+        # StatisticsGen already describes the raw data; TFDV's pre- and
+        # post-transform statistics would describe it again, and the frozen
+        # embeddings' 2,352 floats an item besides.
+        disable_statistics=True,
         splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN, CATALOG],
                                                  transform=[TRAIN, EVAL, CATALOG, USERS]))
     transform.add_upstream_node(anomalies_gate)

@@ -39,7 +39,9 @@ def _popularity_recall_at_100(data_dir: str) -> float:
 def test_movielens_run_is_blessed_and_beats_popularity(tmp_path):
     data = tmp_path / "ml100k"
     convert("movielens-100k", _source(), str(data))
-    _, result = run_pipeline(data, tmp_path / "out", epochs=3)
+    # Two epochs: the eval split's recall@100 was 0.39 after them (0.40 after
+    # three) against popularity's 0.30; the third epoch cost about 80 s.
+    _, result = run_pipeline(data, tmp_path / "out", epochs=2)
     assert result["blessed"] and os.path.isdir(result["pushed_model"])
     popularity = _popularity_recall_at_100(str(data))
     assert result["metrics"]["recall@100"] > popularity + 0.02, (result["metrics"], popularity)
