@@ -133,9 +133,6 @@ class RetrievalModel(tfrs.Model):
                 loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.SUM),
                 metrics=[tf.keras.metrics.RootMeanSquaredError(name="rating_rmse")])
 
-    def item_embeddings(self, item_index: tf.Tensor, training=None) -> tf.Tensor:
-        return self.item_tower(self.catalog.lookup(item_index), training=training)
-
     def catalog_embeddings(self) -> tf.Tensor:
         """[catalog size, dim]; row 0 (unknown) is excluded by the callers."""
         return self.item_tower(self.catalog.all_items())

@@ -51,7 +51,7 @@ def tiny_batch(unrated_label: float = 0.0):
 
 def rating_mse(model: RetrievalModel, batch) -> float:
     query = model.query_tower({name: batch[name] for name in QUERY_FEATURES})
-    predicted = model.predicted_ratings(query, model.item_embeddings(batch[f.ITEM_INDEX]))
+    predicted = model.predicted_ratings(query, model.item_tower(model.catalog.lookup(batch[f.ITEM_INDEX])))
     rated = batch[f.RATING_LABEL + "_present"] > 0
     return float(tf.reduce_mean(tf.square(tf.boolean_mask(predicted - batch[f.RATING_LABEL], rated))))
 
@@ -144,7 +144,7 @@ def test_the_photo_search_task_asks_each_item_with_a_photo_by_it():
     item 4)."""
     model = tiny_model(rating_weight=0.0, photo_search_weight=0.5)
     batch = tiny_batch()
-    items = model.item_embeddings(batch[f.ITEM_INDEX])
+    items = model.item_tower(model.catalog.lookup(batch[f.ITEM_INDEX]))
     photo_query = model.query_tower(model.photo_queries(model.catalog.lookup(batch[f.ITEM_INDEX])))
     has_photo = tf.constant([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
     expected = model.task(model.query_tower({name: batch[name] for name in QUERY_FEATURES}), items,
@@ -197,7 +197,7 @@ def test_the_photo_item_task_asks_each_rows_query_for_its_item_by_its_photo_alon
     query = model.query_tower({name: batch[name] for name in QUERY_FEATURES})
     photo_alone = model.item_tower(model.catalog.lookup(batch[f.ITEM_INDEX]), shown=("image",))
     has_photo = tf.constant([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
-    expected = model.task(query, model.item_embeddings(batch[f.ITEM_INDEX]),
+    expected = model.task(query, model.item_tower(model.catalog.lookup(batch[f.ITEM_INDEX])),
                           candidate_ids=batch[f.ITEM_INDEX])
     expected += 0.5 * model.photo_item_task(query, photo_alone, sample_weight=has_photo,
                                             candidate_ids=batch[f.ITEM_INDEX])
@@ -213,7 +213,7 @@ def test_an_item_seen_by_its_photo_alone_is_placed_as_a_photo_only_item():
     photo_only = Catalog(content, interaction_counts=np.zeros(5))
     photo_alone = model.item_tower(model.catalog.lookup(index), shown=("image",))
     np.testing.assert_allclose(photo_alone, model.item_tower(photo_only.lookup(index)), atol=1e-6)
-    assert not np.allclose(photo_alone, model.item_embeddings(index), atol=1e-3)
+    assert not np.allclose(photo_alone, model.item_tower(model.catalog.lookup(index)), atol=1e-3)
 
 
 @pytest.mark.parametrize("modalities", [["image"], ["id", "text"]])
