@@ -67,6 +67,13 @@ def assert_conforms_to_schema(example):
             assert expected.name in features, f"required {expected.name} missing"
 
 
+def generated_examples(executor, pipeline, data_dir, method):
+    """The executor's splits, parsed back into tf.Examples."""
+    return {name: records | f"Parse[{name}]" >> beam.Map(tf.train.Example.FromString)
+            for name, records in executor.GenerateExamplesByBeam(
+                pipeline, exec_properties(data_dir, method)).items()}
+
+
 def parse_with_schema(examples):
     """Parses serialized examples with the schema's feature spec (raises on a type mismatch)."""
     serialized = tf.constant([e.SerializeToString() for e in examples])
@@ -274,7 +281,7 @@ def test_generate_examples_by_beam_matches_assign_splits(sample_dir, method):
 
     executor = example_gen.Executor()
     with beam.Pipeline() as pipeline:
-        result = executor.GenerateExamplesByBeam(pipeline, exec_properties(sample_dir, method))
+        result = generated_examples(executor, pipeline, sample_dir, method)
         assert set(result) == set(example_gen.SPLIT_NAMES)
         for name in (splits.TRAIN, splits.EVAL):
             beam_util.assert_that(result[name] | f"Key[{name}]" >> beam.Map(interaction_key),
@@ -337,8 +344,7 @@ def test_executor_on_a_catalogue_only_dataset(catalogue_only_dir):
         return pcoll | f"Count[{label}]" >> beam.combiners.Count.Globally()
 
     with beam.Pipeline() as pipeline:
-        result = example_gen.Executor().GenerateExamplesByBeam(
-            pipeline, exec_properties(catalogue_only_dir, "random"))
+        result = generated_examples(example_gen.Executor(), pipeline, catalogue_only_dir, "random")
         for name in (splits.TRAIN, splits.EVAL):
             beam_util.assert_that(count(result[name], name), beam_util.equal_to([expected[name]]),
                                   label=f"Check[{name}]")
