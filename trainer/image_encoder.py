@@ -20,7 +20,9 @@ coarse colour histogram of the pixels (README, "How the model works").
 
 To save the encoder (a serving graph, a tf.Transform graph) prefer
 `ImageEncoderModule` to the Keras model: inside a `preprocessing_fn`, create it
-with `tft.make_and_track_object(ImageEncoderModule, name="image_encoder")`.
+with `tft.make_and_track_object(ImageEncoderModule, name="image_encoder")`, or
+with a factory that returns one module per process, as transform/preprocessing.py
+does: tf.Transform traces the function several times a run.
 Wrap the Keras model in `tf.function(..., autograph=False)`: AutoGraph finds
 nothing to convert in it but takes 15-20 s per trace trying.
 """

@@ -249,7 +249,9 @@ def load_text_encoder(root: Optional[str] = None) -> TextEncoder:
     In a tf.Transform `preprocessing_fn` (TF2 tracing), create it with
     `tft.make_and_track_object(load_text_encoder, name="text_encoder")`: an
     encoder loaded outside the function is not tracked by the transform graph,
-    whose export then fails on the vocabulary table's resource handle.
+    whose export then fails on the vocabulary table's resource handle. The
+    factory may return one encoder per process (transform/preprocessing.py
+    does): tf.Transform traces the function several times a run.
     """
     if not _saved_model_dir(root).is_dir():
         # The first use may come inside a graph trace (tf.Transform), where a
