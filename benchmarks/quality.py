@@ -245,23 +245,27 @@ def _fashion_held_out(options) -> Dict[str, Dict[str, str]]:
             if item.image_path and is_held_out(item.item_id)}
 
 
-def fashion_queries(products: Dict[str, Dict[str, str]]):
-    """(query text, colour, article type) for the most frequent pairs among
-    `products` (id -> true attributes)."""
+def fashion_queries(products: Dict[str, Dict[str, str]], min_products: Optional[int] = None):
+    """(query text, colour, article type) for the FASHION_QUERIES most
+    frequent pairs among `products` (id -> true attributes), or, given
+    `min_products`, for every pair that many products or more have."""
     pairs = collections.Counter((attributes["colour"], attributes["article_type"])
                                 for attributes in products.values()
                                 if attributes.get("colour") and attributes.get("article_type"))
-    return [(f"{colour} {article_type}", colour, article_type)
-            for (colour, article_type), _ in pairs.most_common(FASHION_QUERIES)]
+    chosen = (pairs.most_common(FASHION_QUERIES) if min_products is None else
+              [(pair, count) for pair, count in pairs.most_common() if count >= min_products])
+    return [(f"{colour} {article_type}", colour, article_type) for (colour, article_type), _ in chosen]
 
 
 def _matches(attributes, colour, article_type) -> bool:
     return attributes.get("colour") == colour and attributes.get("article_type") == article_type
 
 
-def text_to_image_precision(ranker: rankers.Ranker, products: Dict[str, Dict[str, str]]):
-    """Each of `fashion_queries(products)` ranks `products` only; precision@10."""
-    queries = fashion_queries(products)
+def text_to_image_precision(ranker: rankers.Ranker, products: Dict[str, Dict[str, str]],
+                            min_products: Optional[int] = None):
+    """Each of `fashion_queries(products, min_products)` ranks `products`
+    only; precision@10."""
+    queries = fashion_queries(products, min_products)
     candidates = list(products)
     scores = ranker.score_search([text for text, _, _ in queries], [""] * len(queries),
                                  [candidates] * len(queries))

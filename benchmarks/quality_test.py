@@ -1,4 +1,4 @@
-"""The quality benchmark's own logic: seeds, and what a row over seeds says."""
+"""The quality benchmark's own logic: seeds, what a row over seeds says, the fashion queries."""
 import argparse
 import os
 
@@ -58,3 +58,15 @@ def test_each_seed_trains_with_its_own_seed_and_log(tmp_path, monkeypatch):
         assert (model, note) == (f"/m/{seed}", "")
     assert [command[command.index("--seed") + 1] for command in commands] == ["42", "7"]
     assert sorted(os.listdir(tmp_path / "sample")) == ["id-seed7.log", "id.log", "runs"]
+
+
+def test_fashion_queries_are_the_most_frequent_pairs_or_every_pair_with_enough_products():
+    products = {f"p{i}": {"colour": colour, "article_type": "Shirts"}
+                for i, colour in enumerate(["Red"] * 3 + ["Blue"] * 2 + ["Green"])}
+    products["untyped"] = {"colour": "Red", "article_type": ""}
+
+    assert quality.fashion_queries(products) == [
+        ("Red Shirts", "Red", "Shirts"), ("Blue Shirts", "Blue", "Shirts"),
+        ("Green Shirts", "Green", "Shirts")]
+    assert [text for text, _, _ in quality.fashion_queries(products, min_products=2)] == [
+        "Red Shirts", "Blue Shirts"]
