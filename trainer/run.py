@@ -60,8 +60,8 @@ DEFAULTS = {
     # which places items that have only a photo; 0: no such task. Not
     # tuned. Fashion text -> image on the held-out products 0.790 and 0.812
     # against 0.766 and 0.790 without (seeds 42, 7), but on the validation
-    # carve 0.738 against 0.762 without (mean of those seeds), 1.0 giving
-    # 0.750; MovieLens recall@100 0.613 either way. Open (README).
+    # carve's 140 pairs 0.594 against 0.608 without (mean of three seeds);
+    # MovieLens recall@100 0.613 either way. Open (README).
     "photo_item_weight": 0.5,
     # Share of training rows whose time of interaction is hidden; 1: the
     # query tower has no time token. Serving requests carry no time, so a
