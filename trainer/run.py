@@ -30,6 +30,12 @@ DEFAULTS = {
     "batch_size": None,
     "embedding_dim": 64,
     "learning_rate": 0.003,
+    # How the learning rate falls over the run: "cosine", from
+    # `learning_rate` to 0 at the last step, so that the last epochs settle
+    # what the first ones found; or "constant". Fashion text -> image on the
+    # validation carve's 140 pairs: 0.618 against 0.594 constant, ahead for
+    # each of seeds 42, 7 and 1 (README).
+    "learning_rate_schedule": "cosine",
     # Of the in-batch softmax over cosine scores. 0.1 against 0.05: fashion
     # text -> image precision@10 0.36 against 0.30 on the first 5,000
     # products, MovieLens recall@100 0.619 against 0.613 (README).
@@ -91,6 +97,7 @@ DEFAULTS = {
 # custom_config entries that are not settings: the version of the Trainer's
 # code, there so that TFX re-trains when it changes (pipeline/fingerprint.py).
 CACHE_ONLY = ("trainer_code",)
+LEARNING_RATE_SCHEDULES = ("cosine", "constant")
 
 
 def hyperparameters(custom_config: Dict) -> Dict:
@@ -103,7 +110,18 @@ def hyperparameters(custom_config: Dict) -> Dict:
     weight = settings["lexical_weight"]
     if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and weight >= 0):
         raise ValueError(f"lexical_weight must be a number >= 0, not {weight!r}")
+    schedule = settings["learning_rate_schedule"]
+    if schedule not in LEARNING_RATE_SCHEDULES:
+        raise ValueError(f"learning_rate_schedule must be one of {', '.join(LEARNING_RATE_SCHEDULES)}, "
+                         f"not {schedule!r}")
     return settings
+
+
+def learning_rate(config: Dict, steps: int):
+    """The optimizer's learning rate over a run of `steps` training steps."""
+    if config["learning_rate_schedule"] == "constant":
+        return config["learning_rate"]
+    return tf.keras.optimizers.schedules.CosineDecay(config["learning_rate"], decay_steps=steps)
 
 
 def _batch_size(train_rows: int) -> int:
@@ -202,7 +220,9 @@ def run_fn(fn_args: FnArgs) -> None:
                                token_dropout=config["token_dropout"],
                                photo_search_weight=config["photo_search_weight"],
                                photo_item_weight=config["photo_item_weight"])
-        model.compile(optimizer=tf.keras.optimizers.Adam(config["learning_rate"]))
+        steps_per_epoch = -(-int(counts.sum()) // batch_size)
+        model.compile(optimizer=tf.keras.optimizers.Adam(
+            learning_rate(config, config["epochs"] * steps_per_epoch)))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         RetrievalEvaluation(evaluation, fn_args.model_run_dir, catalog_content[f.ITEM_TOKENS],

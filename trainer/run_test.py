@@ -14,7 +14,7 @@ from pipeline.pipeline import PipelineConfig, create_pipeline  # noqa: E402
 from trainer.data import CATALOG_FEATURES  # noqa: E402
 from trainer.model import Catalog  # noqa: E402
 from trainer.model_test import SIZES, rating_mse, tiny_batch, tiny_model  # noqa: E402
-from trainer.run import DEFAULTS, RetrievalEvaluation, hyperparameters  # noqa: E402
+from trainer.run import DEFAULTS, RetrievalEvaluation, hyperparameters, learning_rate  # noqa: E402
 from transform import features as f  # noqa: E402
 
 
@@ -40,6 +40,19 @@ def test_a_lexical_weight_that_is_not_a_number_at_least_0_is_refused_before_trai
     with pytest.raises(ValueError, match="lexical_weight must be a number >= 0"):
         hyperparameters({"lexical_weight": weight})
     assert hyperparameters({"lexical_weight": 0})["lexical_weight"] == 0
+
+
+def test_the_cosine_schedule_falls_from_the_learning_rate_to_0_at_the_last_step():
+    config = hyperparameters({"learning_rate": 0.01})
+    schedule = learning_rate(config, steps=100)
+    np.testing.assert_allclose([float(schedule(step)) for step in (0, 50, 100, 150)],
+                               [0.01, 0.005, 0.0, 0.0], atol=1e-7)
+    assert learning_rate({**config, "learning_rate_schedule": "constant"}, steps=100) == 0.01
+
+
+def test_an_unknown_learning_rate_schedule_is_named_before_training():
+    with pytest.raises(ValueError, match="learning_rate_schedule must be one of cosine, constant, not 'linear'"):
+        hyperparameters({"learning_rate_schedule": "linear"})
 
 
 def _evaluate(model, log_dir, caplog, batch=None, lexical_weight=0.0):
