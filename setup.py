@@ -11,7 +11,7 @@ setup(
     description="Multimodal search and recommendation: TFX pipeline, TFRS two-tower "
     "model with attention fusion, TF Serving.",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["mmfuse", "pipeline", "trainer", "transform", "serving", "schema",
+    packages=find_packages(include=["mmfuse", "dataset", "pipeline", "trainer", "transform", "serving", "schema",
                                     "evaluation"]),
     package_data={"schema": ["*.pbtxt", "README.md"],
                   "serving": ["deploy/*.config", "deploy/*.yml", "deploy/*.yaml", "deploy/k8s/*.yaml"]},

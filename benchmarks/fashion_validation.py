@@ -27,18 +27,17 @@ import sys
 import time
 from typing import Collection, Dict, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx.components.trainer.fn_args_utils import FnArgs
 
-from benchmarks import quality  # noqa: E402
-from evaluation import rankers  # noqa: E402
-from pipeline.dataset import Dataset, read_dataset  # noqa: E402
-from trainer.run import run_fn  # noqa: E402
-from transform import features as f  # noqa: E402
+from benchmarks import quality
+from dataset.contract import Dataset, read_dataset
+from evaluation import rankers
+from trainer.run import run_fn
+from transform import features as f
 
 VALIDATION_FRACTION = 0.2
 WIDE_MIN_PRODUCTS = 10

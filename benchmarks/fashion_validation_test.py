@@ -1,15 +1,13 @@
 """The validation carve: which products it takes, and what it does to each split."""
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
+import tensorflow as tf
 
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks import fashion_validation, quality  # noqa: E402
-from pipeline.dataset import read_dataset  # noqa: E402
-from pipeline.sample_data import write_sample_dataset  # noqa: E402
-from transform import features as f  # noqa: E402
+from benchmarks import fashion_validation, quality
+from dataset.contract import read_dataset
+from dataset.sample import write_sample_dataset
+from transform import features as f
 
 
 def _example(item_index, tokens=(3, 4, 0), embedding=(0.5, 0.25)):

@@ -77,16 +77,15 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from evaluation import rankers  # noqa: E402
-from evaluation.evaluate import evaluate, split_rows  # noqa: E402
-from trainer.ranking import DEFAULT_KS  # noqa: E402
-from pipeline.converters import FASHION_ATTRIBUTES, convert, write_dataset  # noqa: E402
-from pipeline.dataset import Dataset, read_dataset  # noqa: E402
-from pipeline.pipeline import PipelineConfig  # noqa: E402
-from pipeline.sample_data import write_sample_dataset  # noqa: E402
+from dataset.contract import Dataset, read_dataset
+from dataset.converters import FASHION_ATTRIBUTES, convert, write_dataset
+from dataset.sample import write_sample_dataset
+from evaluation import rankers
+from evaluation.evaluate import evaluate, split_rows
+from evaluation.metrics import DEFAULT_KS
+from pipeline.pipeline import PipelineConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = ("popularity", "ease", "bm25")

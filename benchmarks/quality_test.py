@@ -2,11 +2,9 @@
 import argparse
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
 
-import pytest  # noqa: E402
-
-from benchmarks import quality  # noqa: E402
+from benchmarks import quality
 
 
 def test_a_row_over_seeds_averages_the_figures_and_names_each_seed():

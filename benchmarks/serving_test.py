@@ -1,18 +1,16 @@
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import threading  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+import argparse
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from benchmarks import serving as bench  # noqa: E402
+from benchmarks import serving as bench
 
 
 def test_sizes_parse():

@@ -2,8 +2,8 @@
 
 Rows are the dataset's interactions (for a catalogue-only dataset, the
 pipeline's own rows: each item as a search for itself by its title and by a
-few of its attribute values, `pipeline.dataset.training_interactions`), split by
-`pipeline.splits.assign_splits`, so the eval rows are the pipeline's.
+few of its attribute values, `dataset.contract.training_interactions`), split by
+`dataset.splits.assign_splits`, so the eval rows are the pipeline's.
 
 Recommendation (eval rows without a query): one list per eval user, the top
 max(k) of `ranker.recommend`.
@@ -44,12 +44,11 @@ import hashlib
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from dataset.contract import Dataset, Interaction, attribute_tokens, read_dataset, training_interactions
+from dataset.splits import EVAL, TRAIN, assign_splits
 from evaluation import metrics
+from evaluation.metrics import DEFAULT_KS
 from evaluation.rankers import BATCH_SIZE, RECOMMEND, SEARCH, Ranker, SavedModelRanker
-from pipeline.dataset import Dataset, Interaction, attribute_tokens, read_dataset, training_interactions
-from pipeline.splits import EVAL, TRAIN, assign_splits
-from trainer.ranking import DEFAULT_KS
-
 
 
 def split_rows(dataset: Dataset, split_method: str) -> Tuple[List[Interaction], List[Interaction]]:

@@ -1,17 +1,14 @@
 import math
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
 
-import pytest  # noqa: E402
-
-from evaluation import evaluate as evaluation  # noqa: E402
-from evaluation import rankers  # noqa: E402
-from mmfuse.cli import main  # noqa: E402
-from pipeline.converters import write_dataset  # noqa: E402
-from pipeline.dataset import Dataset, Interaction, Item  # noqa: E402
-from pipeline.splits import EVAL, TRAIN  # noqa: E402
-from trainer import ranking  # noqa: E402
+from dataset.contract import Dataset, Interaction, Item
+from dataset.converters import write_dataset
+from dataset.splits import EVAL, TRAIN
+from evaluation import evaluate as evaluation
+from evaluation import rankers
+from evaluation.metrics import metrics_from_ranks
+from mmfuse.cli import main
 
 LOG3 = math.log2(3)
 
@@ -86,7 +83,7 @@ def test_recommendation_metrics_average_over_held_out_rows(split_by_timestamp):
 
 def test_rows_agree_with_the_evaluators_ranks(split_by_timestamp):
     result = evaluation.evaluate(_dataset(), _ranker(), ks=(1, 2, 3))
-    expected = ranking.metrics_from_ranks([2, 1, 3], ks=(1, 2, 3))
+    expected = metrics_from_ranks([2, 1, 3], ks=(1, 2, 3))
     for name, value in expected.items():
         assert result[name] == pytest.approx(value), name
 

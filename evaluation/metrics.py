@@ -14,7 +14,7 @@ data have no grades):
 
 With one relevant item of gain 1 - a held-out interaction - recall@k equals
 hit@k, ndcg@k is 1 / log2(1 + rank) and the reciprocal rank is 1 / rank: the
-Evaluator's figures for one eval row (trainer/ranking.py).
+Evaluator's figures for one eval row (`rank_contributions`).
 
 Over all the lists of an evaluation:
 
@@ -25,6 +25,12 @@ Over all the lists of an evaluation:
   multi-valued cell); then the mean over lists. A pair with an item that has
   no attributes says nothing and is left out; so is a list with no pair left.
   None when no list has a pair (e.g. a catalogue without attributes).
+Retrieval metrics from the rank of the held-out item among all candidates
+(`rank_contributions`, `metrics_from_ranks`): each eval row has one relevant
+item, so recall@k is the share of rows whose item ranks within k, ndcg@k the
+mean of 1/log2(1 + rank) over those rows, and MRR the mean reciprocal rank.
+The training callback, the Evaluator's metric and `mmfuse evaluate` all sum
+`rank_contributions` and divide by the row count.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ import math
 from typing import AbstractSet, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
+
+DEFAULT_KS = (10, 20, 100)
 
 
 def list_metrics(ranked: Sequence[str], relevant: Mapping[str, float],
@@ -114,3 +122,20 @@ def _pairwise_dissimilarity(ranked: Sequence[str], attributes: Mapping[str, Abst
     # Pairs with an empty union are masked out by the caller; 1 keeps the division defined.
     jaccard = shared / np.maximum(union, 1.0)
     return 1.0 - jaccard, sizes > 0
+
+def rank_contributions(rank: float, ks: Sequence[int] = DEFAULT_KS) -> Dict[str, float]:
+    """One row's contribution to each metric; `rank` is 1-based."""
+    values = {"mrr": 1.0 / rank}
+    for k in ks:
+        hit = rank <= k
+        values[f"recall@{k}"] = float(hit)
+        values[f"ndcg@{k}"] = 1.0 / math.log2(1.0 + rank) if hit else 0.0
+    return values
+
+
+def metrics_from_ranks(ranks: Sequence[float], ks: Sequence[int] = DEFAULT_KS) -> Dict[str, float]:
+    totals = {name: 0.0 for name in rank_contributions(1.0, ks)}
+    for rank in ranks:
+        for name, value in rank_contributions(rank, ks).items():
+            totals[name] = totals.get(name, 0.0) + value
+    return {name: total / max(len(ranks), 1) for name, total in totals.items()}

@@ -31,7 +31,7 @@ from typing import Callable, Dict, FrozenSet, Iterator, List, Mapping, Sequence
 import numpy as np
 from scipy import sparse
 
-from pipeline.dataset import Interaction, Item
+from dataset.contract import Interaction, Item
 
 RECOMMEND = "recommend"
 SEARCH = "search"

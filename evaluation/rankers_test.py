@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
+from dataset.contract import Interaction, Item
 from evaluation import rankers
-from pipeline.dataset import Interaction, Item
 
 
 def _rows(pairs):

@@ -1,1 +1,5 @@
-"""The mmfuse command line (`mmfuse ...`, or `python -m mmfuse ...`)."""
+"""The mmfuse command line (`mmfuse ...`, or `python -m mmfuse ...`) and its configuration."""
+import os
+
+# TFRS needs tf.keras to be Keras 2: set before TensorFlow is first imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

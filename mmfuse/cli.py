@@ -7,28 +7,64 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from dataset.contract import DatasetError, read_dataset
+from dataset.converters import convert
+from dataset.sample import write_sample_dataset
+from evaluation.metrics import DEFAULT_KS
+from mmfuse.config import ConfigError, config_hash, load_config, reference, to_dict, to_yaml
+
 # TensorFlow's C++ start-up chatter hides the progress lines a person reads.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.converters import convert  # noqa: E402
-from pipeline.dataset import DatasetError, read_dataset  # noqa: E402
-from pipeline.sample_data import write_sample_dataset  # noqa: E402
-from pipeline.splits import SPLIT_METHODS  # noqa: E402
-from trainer.ranking import DEFAULT_KS  # noqa: E402
-
 CONVERTERS = ("movielens-100k", "fashion-small", "home-depot")
-MODALITIES = ("id", "text", "image")
-GATE_K = 100
+
+# Flags that are shorthands for configuration keys, by command.
+SHORTHANDS = {
+    "run": {"modalities": "trainer.modalities", "split": "pipeline.split", "epochs": "trainer.epochs",
+            "seed": "trainer.seed", "rating_weight": "trainer.rating_weight",
+            "min_recall": "gate.min_recall"},
+    "compile": {"image": "kubeflow.image", "data": "kubeflow.data",
+                "pipeline_root": "kubeflow.pipeline_root", "serving_dir": "kubeflow.serving_dir"},
+    "serve": {"port": "serving.port", "host": "serving.host", "poll_seconds": "serving.poll_seconds",
+              "max_request_bytes": "serving.max_request_bytes",
+              "batching_parameters_file": "serving.batching_parameters_file",
+              "tensorflow_intra_op_parallelism": "serving.intra_op_threads",
+              "tensorflow_inter_op_parallelism": "serving.inter_op_threads"},
+}
 
 
-def _modalities(text: str):
-    chosen = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = set(chosen) - set(MODALITIES)
-    if unknown or not chosen:
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="configuration file (see `mmfuse config show`); default: all defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set trainer.epochs=8 (repeatable)")
+
+
+def _settings(args, command: str):
+    """The effective configuration: the file, then the shorthand flags given,
+    then each --set. A bad key or value raises ConfigError naming it (and its flag)."""
+    shorthands = SHORTHANDS.get(command, {})
+    overrides = [f"{key}={getattr(args, flag)}" for flag, key in shorthands.items()
+                 if getattr(args, flag, None) is not None]
+    try:
+        return load_config(args.config, overrides + list(args.overrides))
+    except ConfigError as error:
+        message = str(error)
+        for flag, key in shorthands.items():
+            if message.startswith(key) and getattr(args, flag, None) is not None:
+                message = f"{key} (--{flag.replace('_', '-')}){message[len(key):]}"
+        raise ConfigError(message) from None
+
+
+def _cutoffs(text: str):
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
         raise argparse.ArgumentTypeError(
-            f"--modalities takes a comma-separated subset of {','.join(MODALITIES)}, not {text!r}")
-    return tuple(chosen)
+            f"--k takes comma-separated positive whole numbers, not {text!r}")
+    return ks
 
 
 def _at_least(minimum, kind=int, what: str = "a whole number"):
@@ -44,17 +80,6 @@ def _at_least(minimum, kind=int, what: str = "a whole number"):
     return parse
 
 
-def _cutoffs(text: str):
-    try:
-        ks = tuple(int(k) for k in text.split(","))
-    except ValueError:
-        ks = ()
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(
-            f"--k takes comma-separated positive whole numbers, not {text!r}")
-    return ks
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfuse", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,21 +88,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="dataset directory (default: generate the embedded sample "
                                     "into OUT/sample-data)")
     run.add_argument("--out", required=True, help="run directory (pipeline outputs, serving/)")
-    run.add_argument("--modalities", type=_modalities, default=MODALITIES)
-    run.add_argument("--split", choices=SPLIT_METHODS, default="random")
-    run.add_argument("--epochs", type=_at_least(0), default=5,
-                     help="training epochs (0 exports the untrained model)")
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--rating-weight", type=_at_least(0, float, "a number"), default=0.0,
-                     help="also train a head predicting each interaction's rating, its loss "
-                          "weighted by this beside the retrieval loss (default 0: no head); "
-                          "needs interactions with a rating")
+    _add_config_arguments(run)
+    run.add_argument("--modalities", help="trainer.modalities, comma-separated: id,text,image")
+    run.add_argument("--split", help="pipeline.split: random or temporal")
+    run.add_argument("--epochs", help="trainer.epochs (0 exports the untrained model)")
+    run.add_argument("--seed", help="trainer.seed")
+    run.add_argument("--rating-weight", help="trainer.rating_weight: also train a head "
+                                             "predicting ratings, its loss weighted by this")
+    run.add_argument("--min-recall", help="gate.min_recall: the release floor on recall@k")
     run.add_argument("--no-cache", action="store_true",
-                     help="run every component, even those whose inputs, options, data and "
-                          "code are unchanged since an earlier run into OUT")
-    run.add_argument("--min-recall", type=float, default=None,
-                     help=f"release floor on recall@{GATE_K} (default: twice what ranking at "
-                          "random would reach, at most 0.5)")
+                     help="run every component, even those whose inputs, settings, data and "
+                          "code are unchanged since an earlier run into OUT (pipeline.cache=false)")
+
+    config = commands.add_parser("config", help="the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the effective configuration as YAML")
+    _add_config_arguments(show)
+    show.add_argument("--reference", action="store_true",
+                      help="print every setting with its default and meaning (Markdown)")
 
     conv = commands.add_parser("convert", help="write a dataset directory from a public data set")
     conv.add_argument("name", choices=CONVERTERS)
@@ -99,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="dataset directory")
     evaluate.add_argument("--model", required=True,
                           help="pushed model: a version directory or the model base above it")
-    evaluate.add_argument("--split", choices=SPLIT_METHODS, default="random")
+    evaluate.add_argument("--split", choices=("random", "temporal"), default="random")
     evaluate.add_argument("--k", type=_cutoffs, default=DEFAULT_KS,
                           help="comma-separated cut-offs (default 10,20,100)")
     evaluate.add_argument("--exclude-seen", action="store_true",
@@ -110,22 +138,17 @@ def _parser() -> argparse.ArgumentParser:
                       "for tensorflow_model_server)")
     serve.add_argument("--model-base", required=True,
                        help="TF Serving model base directory (<base>/<version>/saved_model.pb)")
-    serve.add_argument("--port", type=int, default=8500)
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default: this machine only)")
+    _add_config_arguments(serve)
+    serve.add_argument("--port", help="serving.port (default 8500)")
+    serve.add_argument("--host", help="serving.host: address to listen on (default: this "
+                                      "machine only)")
     serve.add_argument("--model-name", help="model name requests use (default: the base "
                                             "directory's name)")
-    serve.add_argument("--poll-seconds", type=float, default=2.0,
-                       help="how often to look for a new version")
-    serve.add_argument("--max-request-bytes", type=int, default=16 << 20,
-                       help="larger requests are refused (RESOURCE_EXHAUSTED)")
-    serve.add_argument("--batching-parameters-file",
-                       help="TF Serving BatchingParameters text proto (default: "
-                            "serving/deploy/batching.config)")
-    serve.add_argument("--tensorflow-intra-op-parallelism", type=_at_least(0), default=0,
-                       help="threads one op may use (default 0: one per core)")
-    serve.add_argument("--tensorflow-inter-op-parallelism", type=_at_least(0), default=0,
-                       help="threads running a batch's ops (default 0: the batch thread itself)")
+    serve.add_argument("--poll-seconds", help="serving.poll_seconds")
+    serve.add_argument("--max-request-bytes", help="serving.max_request_bytes")
+    serve.add_argument("--batching-parameters-file", help="serving.batching_parameters_file")
+    serve.add_argument("--tensorflow-intra-op-parallelism", help="serving.intra_op_threads")
+    serve.add_argument("--tensorflow-inter-op-parallelism", help="serving.inter_op_threads")
 
     query = commands.add_parser("query", help="ask a TF Serving gRPC server one question")
     query.add_argument("--server", required=True, help="HOST:PORT")
@@ -142,15 +165,20 @@ def _parser() -> argparse.ArgumentParser:
     kubeflow = commands.add_parser("kubeflow", help="Kubeflow Pipelines v2")
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
     compile_ = kubeflow_commands.add_parser("compile", help="compile the pipeline spec JSON")
-    compile_.add_argument("--out", required=True, help="pipeline spec file to write")
-    compile_.add_argument("--data", required=True, help="dataset directory as the pipeline pods see it (gs://... or a mounted path)")
-    compile_.add_argument("--pipeline-root", required=True)
-    compile_.add_argument("--serving-dir", required=True)
-    compile_.add_argument("--image", default="mmfuse-pipeline:latest")
+    compile_.add_argument("--out", required=True, help="pipeline spec file to write (.json "
+                                                       "for Vertex AI, .yaml for Kubeflow)")
+    _add_config_arguments(compile_)
+    compile_.add_argument("--data", help="kubeflow.data: the dataset directory as the pods see it")
+    compile_.add_argument("--pipeline-root", help="kubeflow.pipeline_root")
+    compile_.add_argument("--serving-dir", help="kubeflow.serving_dir")
+    compile_.add_argument("--image", help="kubeflow.image")
     return parser
 
 
 def _run(args) -> int:
+    if args.no_cache:
+        args.overrides.append("pipeline.cache=false")
+    settings = _settings(args, "run")
     from pipeline import local_runner
     from pipeline.fingerprint import DATA_CODE, TRAINER_CODE, code_fingerprint, dataset_fingerprint
     from pipeline.pipeline import MODEL_NAME, PipelineConfig
@@ -166,19 +194,17 @@ def _run(args) -> int:
     # Validate before starting TFX, so bad input is a message, not a Beam trace.
     dataset = read_dataset(data_dir)
     local_runner.progress_log.info(dataset.summary())
-    if args.rating_weight > 0 and all(row.rating is None for row in dataset.interactions):
-        raise DatasetError(f"--rating-weight needs interactions with a rating, and {data_dir} has none")
-    min_recall = args.min_recall
-    if min_recall is None:
-        min_recall = min(0.5, 2.0 * GATE_K / len(dataset.items))
+    if settings.trainer.rating_weight > 0 and all(row.rating is None for row in dataset.interactions):
+        raise DatasetError(f"trainer.rating_weight needs interactions with a rating, and {data_dir} "
+                           "has none")
     config = PipelineConfig(
         data_dir=os.path.abspath(data_dir),
         pipeline_root=os.path.join(out, "pipeline"),
         serving_dir=os.path.join(out, "serving", MODEL_NAME),
+        settings=settings,
         metadata_path=os.path.join(out, "metadata.sqlite"),
-        split=args.split, modalities=args.modalities, epochs=args.epochs, seed=args.seed,
-        rating_weight=args.rating_weight,
-        min_recall=min_recall, enable_cache=not args.no_cache,
+        beam_pipeline_args=tuple(settings.pipeline.beam_args),
+        enable_cache=settings.pipeline.cache,
         cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint(DATA_CODE)}",
         trainer_cache_key=code_fingerprint(TRAINER_CODE))
     started = time.time()
@@ -188,12 +214,21 @@ def _run(args) -> int:
         "candidate_model": result.candidate_model,
         "pushed_model": result.pushed_model,
         "blessing": result.blessing_reason,
-        "min_recall@100": round(min_recall, 6),
         "metrics": result.metrics,
         "change_vs_baseline": result.change_vs_baseline,
         "wall_time_s": round(time.time() - started, 1),
+        "config_hash": config_hash(settings),
+        "config": to_dict(settings),
     }), flush=True)
     return 0 if result.blessed else 3
+
+
+def _config_show(args) -> int:
+    if args.reference:
+        print(reference(), end="")
+        return 0
+    print(to_yaml(_settings(args, "config")), end="")
+    return 0
 
 
 def _predict(args) -> int:
@@ -225,12 +260,13 @@ def _serve(args) -> int:
     from serving.batching import DEFAULT_PARAMETERS_FILE
     from serving.server import serve
 
+    settings = _settings(args, "serve").serving
     try:
-        serve(args.model_base, port=args.port, host=args.host, model_name=args.model_name,
-              poll_seconds=args.poll_seconds, max_request_bytes=args.max_request_bytes,
-              batching_parameters_file=args.batching_parameters_file or DEFAULT_PARAMETERS_FILE,
-              intra_op_threads=args.tensorflow_intra_op_parallelism,
-              inter_op_threads=args.tensorflow_inter_op_parallelism)
+        serve(args.model_base, port=settings.port, host=settings.host, model_name=args.model_name,
+              poll_seconds=settings.poll_seconds, max_request_bytes=settings.max_request_bytes,
+              batching_parameters_file=settings.batching_parameters_file or DEFAULT_PARAMETERS_FILE,
+              intra_op_threads=settings.intra_op_threads,
+              inter_op_threads=settings.inter_op_threads)
     except (OSError, ValueError) as error:  # no model base, port taken, bad batching file
         print(f"mmfuse serve: error: {error}", file=sys.stderr)
         return 2
@@ -280,9 +316,10 @@ def _query(args) -> int:
 
 
 def _kubeflow_compile(args) -> int:
+    settings = _settings(args, "compile")
     from pipeline.kubeflow_runner import compile_pipeline
 
-    path = compile_pipeline(args.out, args.data, args.pipeline_root, args.serving_dir, args.image)
+    path = compile_pipeline(args.out, settings)
     print(f"wrote {path}")
     return 0
 
@@ -298,6 +335,8 @@ def main(argv=None) -> int:
             except (ValueError, FileNotFoundError) as error:
                 raise DatasetError(str(error)) from None
             return 0
+        if args.command == "config":
+            return _config_show(args)
         if args.command == "sample":
             print(json.dumps(write_sample_dataset(args.dst, seed=args.seed)))
             return 0
@@ -310,7 +349,7 @@ def main(argv=None) -> int:
         if args.command == "query":
             return _query(args)
         return _kubeflow_compile(args)
-    except DatasetError as error:
+    except (DatasetError, ConfigError) as error:
         print(f"mmfuse {args.command}: error: {error}", file=sys.stderr)
         return 2
 

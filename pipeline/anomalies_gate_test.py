@@ -1,21 +1,20 @@
 """Tests of pipeline.anomalies_gate with real TFDV anomalies against schema/schema.pbtxt."""
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
+import tensorflow as tf
+import tensorflow_data_validation as tfdv
+from tensorflow_data_validation.statistics import stats_impl
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.utils import io_utils
+from tfx_bsl.coders import example_coder
 
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_data_validation as tfdv  # noqa: E402
-from tensorflow_data_validation.statistics import stats_impl  # noqa: E402
-from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2  # noqa: E402
-from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
-from tfx.utils import io_utils  # noqa: E402
-from tfx_bsl.coders import example_coder  # noqa: E402
-
-from pipeline import anomalies_gate, example_gen, sample_data  # noqa: E402
-from pipeline.anomalies_gate import AnomaliesFound, AnomaliesGate, describe_anomalies  # noqa: E402
-from pipeline.dataset import Interaction, read_dataset  # noqa: E402
-from schema import SCHEMA_FILE  # noqa: E402
+from dataset import sample as sample_data
+from dataset.contract import Interaction, read_dataset
+from pipeline import anomalies_gate, example_gen
+from pipeline.anomalies_gate import AnomaliesFound, AnomaliesGate, describe_anomalies
+from schema import SCHEMA_FILE
 
 SCHEMA = io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())
 

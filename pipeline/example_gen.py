@@ -1,10 +1,10 @@
 """ExampleGen for a dataset directory: the TFX entry point of the dataset contract.
 
 A FileBasedExampleGen with this executor reads the directory through
-`pipeline.dataset` (the same validation `mmfuse run` does before it starts) and
+`dataset.contract` (the same validation `mmfuse run` does before it starts) and
 writes three splits of tf.Examples under the curated schema:
 
-- `train` and `eval`: one example per interaction, split by `pipeline.splits`;
+- `train` and `eval`: one example per interaction, split by `dataset.splits`;
 - `catalog`: one example per item with its title, description, attributes and
   image bytes;
 - `users`: one example per user with training interactions: the user's recent
@@ -35,9 +35,15 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
-from pipeline import splits
-from pipeline.dataset import (Interaction, Item, attribute_tokens, read_bytes, read_dataset,
-                              training_interactions)
+from dataset import splits
+from dataset.contract import (
+    Interaction,
+    Item,
+    attribute_tokens,
+    read_bytes,
+    read_dataset,
+    training_interactions,
+)
 from transform import features as f
 
 CATALOG = "catalog"

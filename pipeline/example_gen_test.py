@@ -1,27 +1,32 @@
 """Tests of pipeline.example_gen: tf.Example builders and the ExampleGen executor."""
+import collections
+import glob
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.testing import util as beam_util
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_transform.tf_metadata import schema_utils
+from tfx.components.example_gen import utils as example_gen_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.utils import io_utils
 
-import collections  # noqa: E402
-import glob  # noqa: E402
-
-import apache_beam as beam  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from apache_beam.testing import util as beam_util  # noqa: E402
-from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
-from tensorflow_transform.tf_metadata import schema_utils  # noqa: E402
-from tfx.components.example_gen import utils as example_gen_utils  # noqa: E402
-from tfx.dsl.components.base import base_beam_executor  # noqa: E402
-from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
-from tfx.utils import io_utils  # noqa: E402
-
-from pipeline import example_gen, sample_data, splits  # noqa: E402
-from pipeline.dataset import (Interaction, Item, attribute_query, attribute_tokens, read_dataset,  # noqa: E402
-                              training_interactions)
-from schema import SCHEMA_FILE  # noqa: E402
-from transform import features as f  # noqa: E402
+from dataset import sample as sample_data
+from dataset import splits
+from dataset.contract import (
+    Interaction,
+    Item,
+    attribute_query,
+    attribute_tokens,
+    read_dataset,
+    training_interactions,
+)
+from pipeline import example_gen
+from schema import SCHEMA_FILE
+from transform import features as f
 
 SCHEMA = io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())
 FEATURE_SPEC = schema_utils.schema_as_feature_spec(SCHEMA).feature_spec

@@ -23,12 +23,13 @@ from typing import Iterator, Sequence, Tuple
 import tensorflow as tf
 
 # Files and packages (relative to the checkout) whose code shapes each part's
-# outputs. The encoders live in trainer/ beside the towers that project their
-# features, but Transform runs them (a test holds this list to what
-# transform/preprocessing.py imports).
-DATA_CODE = ("pipeline", "schema", "transform", "trainer/__init__.py",
-             "trainer/image_encoder.py", "trainer/text_encoder.py")
-TRAINER_CODE = ("trainer",)
+# outputs: exactly what ExampleGen and Transform import (and the schema they
+# read), and what the Trainer imports besides (a test holds both lists to the
+# imports).
+DATA_CODE = ("dataset/__init__.py", "dataset/contract.py", "dataset/splits.py", "schema/schema.pbtxt",
+             "pipeline/__init__.py", "pipeline/example_gen.py", "transform", "mmfuse/__init__.py",
+             "mmfuse/config.py")
+TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

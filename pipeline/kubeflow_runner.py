@@ -15,17 +15,11 @@ The file format follows the name of `output_file`:
 """
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from tfx import v1 as tfx
 
-from tfx import v1 as tfx  # noqa: E402
+from mmfuse.config import Config, ConfigError
+from pipeline.pipeline import PipelineConfig, create_pipeline
 
-from pipeline.pipeline import PipelineConfig, create_pipeline  # noqa: E402
-
-# Beam's DirectRunner inside each component's pod, using all of its cores
-# (0 workers = one per CPU). For data that outgrows one pod, pass Dataflow's
-# arguments here instead: --runner=DataflowRunner, --project, --region,
-# --temp_location=gs://..., and --sdk_container_image set to the same image.
-BEAM_PIPELINE_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
 # Kubeflow's cache would key ExampleGen on the compiled spec alone and so
 # reuse it after the data changed; every run there reads the data afresh.
 ENABLE_CACHE = False
@@ -33,16 +27,31 @@ ENABLE_CACHE = False
 IMAGE_SCHEMA_FILE = "/src/schema/schema.pbtxt"
 
 
-def compile_pipeline(output_file: str, data_dir: str, pipeline_root: str, serving_dir: str,
-                     image: str) -> str:
-    """Writes the pipeline spec to `output_file` and returns its path. Nothing
-    under `data_dir`, `pipeline_root` or `serving_dir` is read or written."""
-    config = PipelineConfig(data_dir=data_dir, pipeline_root=pipeline_root,
-                            serving_dir=serving_dir, metadata_path=None,
-                            beam_pipeline_args=BEAM_PIPELINE_ARGS, schema_file=IMAGE_SCHEMA_FILE,
-                            enable_cache=ENABLE_CACHE)
+def compile_pipeline(output_file: str, settings: Config) -> str:
+    """Writes the pipeline spec to `output_file` and returns its path.
+
+    Args:
+        output_file: `*.json` (a Vertex AI PipelineJob) or `*.yaml` (a
+            Kubeflow PipelineSpec).
+        settings: the configuration; its `kubeflow` section names the image,
+            the data, the pipeline root and the serving directory as the pods
+            see them, and every other section is compiled in as it is, so a
+            cluster run trains and gates the model `mmfuse run` would.
+
+    Nothing under the data, the pipeline root or the serving directory is read
+    or written.
+    """
+    kubeflow = settings.kubeflow
+    missing = [name for name in ("data", "pipeline_root", "serving_dir") if not getattr(kubeflow, name)]
+    if missing:
+        raise ConfigError("kubeflow compile needs " + ", ".join(f"kubeflow.{name}" for name in missing)
+                          + " (or --data, --pipeline-root, --serving-dir)")
+    config = PipelineConfig(data_dir=kubeflow.data, pipeline_root=kubeflow.pipeline_root,
+                            serving_dir=kubeflow.serving_dir, settings=settings, metadata_path=None,
+                            beam_pipeline_args=tuple(kubeflow.beam_args),
+                            schema_file=IMAGE_SCHEMA_FILE, enable_cache=ENABLE_CACHE)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=kubeflow.image),
         output_dir=os.path.dirname(output_file),
         output_filename=os.path.basename(output_file))
     runner.run(create_pipeline(config))

@@ -8,19 +8,23 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from mmfuse import cli
-from pipeline.kubeflow_runner import BEAM_PIPELINE_ARGS, compile_pipeline
+from mmfuse.config import KubeflowSettings, load_config
+from pipeline.kubeflow_runner import compile_pipeline
 from pipeline.pipeline import PipelineConfig, create_pipeline
 
 DATA = "gs://mmfuse-test-nonexistent/data"
 ROOT = "gs://mmfuse-test-nonexistent/root"
 SERVING = "gs://mmfuse-test-nonexistent/serving/mmfuse"
 IMAGE = "registry.example/mmfuse-pipeline:test"
+SETTINGS = load_config(None, [f"kubeflow.data={DATA}", f"kubeflow.pipeline_root={ROOT}",
+                              f"kubeflow.serving_dir={SERVING}", f"kubeflow.image={IMAGE}"])
+BEAM_PIPELINE_ARGS = KubeflowSettings().beam_args
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("kubeflow") / "mmfuse.json")
-    assert compile_pipeline(path, DATA, ROOT, SERVING, IMAGE) == path
+    assert compile_pipeline(path, SETTINGS) == path
     with open(path) as handle:
         return json.load(handle)
 
@@ -78,7 +82,7 @@ def test_the_schema_is_read_from_the_image(job):
 
 
 def test_a_yaml_name_gives_the_spec_kfp_client_submits(tmp_path):
-    path = compile_pipeline(str(tmp_path / "mmfuse.yaml"), DATA, ROOT, SERVING, IMAGE)
+    path = compile_pipeline(str(tmp_path / "mmfuse.yaml"), SETTINGS)
     with open(path) as handle:
         document = yaml.safe_load(handle)
     # What kfp.Client().create_run_from_pipeline_package does with the file.
@@ -93,3 +97,40 @@ def test_the_cli_compiles(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     with open(out) as handle:
         assert "Pusher" in _tasks(json.load(handle))
+
+
+def test_a_configuration_file_and_overrides_reach_the_compiled_spec(tmp_path, capsys):
+    config = tmp_path / "shop.yaml"
+    config.write_text(f"""
+trainer:
+  epochs: 9
+  modalities: [text, image]
+  lexical_weight: 0.4
+transform:
+  text_vocabulary_size: 12345
+gate:
+  min_recall: 0.07
+  max_regression: 0.02
+kubeflow:
+  data: {DATA}
+  pipeline_root: {ROOT}
+  serving_dir: {SERVING}
+""")
+    out = tmp_path / "mmfuse.json"
+    assert cli.main(["kubeflow", "compile", "--out", str(out), "--config", str(config),
+                     "--set", "trainer.seed=7"]) == 0
+    with open(out) as handle:
+        job = json.load(handle)
+    trainer = json.loads(_parameter(job, "Trainer", "custom_config"))
+    assert trainer["trainer"]["epochs"] == 9 and trainer["trainer"]["seed"] == 7
+    assert trainer["trainer"]["modalities"] == ["text", "image"]
+    assert trainer["trainer"]["lexical_weight"] == 0.4
+    assert json.loads(_parameter(job, "Transform", "custom_config"))["text_vocabulary_size"] == 12345
+    gate = _parameter(job, "Evaluator", "eval_config")
+    assert "0.07" in gate and "-0.02" in gate
+
+
+def test_compile_without_the_cluster_paths_names_them(tmp_path, capsys):
+    assert cli.main(["kubeflow", "compile", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "kubeflow.data" in err and "kubeflow.pipeline_root" in err and "kubeflow.serving_dir" in err

@@ -2,20 +2,17 @@
 reads back what it produced: the blessing, the pushed model and the metrics."""
 import dataclasses
 import logging
-import os
 import sys
 from typing import Dict, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow_model_analysis as tfma
+from absl import logging as absl_logging
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+from tfx.utils import path_utils
 
-import tensorflow_model_analysis as tfma  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
-from ml_metadata import metadata_store  # noqa: E402
-from ml_metadata.proto import metadata_store_pb2  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-from tfx.utils import path_utils  # noqa: E402
-
-from pipeline.pipeline import PipelineConfig, create_pipeline  # noqa: E402
+from pipeline.pipeline import PipelineConfig, create_pipeline
 
 progress_log = logging.getLogger("mmfuse")
 

@@ -4,36 +4,31 @@ The same function is compiled for Kubeflow (pipeline/kubeflow_runner.py) and
 run locally (pipeline/local_runner.py).
 """
 import dataclasses
-import os
 from typing import List, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from tfx import v1 as tfx
+from tfx.proto import transform_pb2
 
-from tfx import v1 as tfx  # noqa: E402
-from tfx.proto import transform_pb2  # noqa: E402
-
-from pipeline import evaluation  # noqa: E402
-from pipeline.anomalies_gate import AnomaliesGate  # noqa: E402
-from pipeline.example_gen import CATALOG, USERS, dataset_example_gen  # noqa: E402
-from pipeline.splits import EVAL, TRAIN  # noqa: E402
-from schema import SCHEMA_FILE  # noqa: E402
+from dataset.splits import EVAL, TRAIN
+from mmfuse.config import Config, settings_of
+from pipeline import release_gate
+from pipeline.anomalies_gate import AnomaliesGate
+from pipeline.example_gen import CATALOG, USERS, dataset_example_gen
+from schema import SCHEMA_FILE
 
 MODEL_NAME = "mmfuse"
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
+    """One pipeline: where it reads and writes, and its settings
+    (mmfuse/config.py), resolved by the runner that runs it."""
     data_dir: str
     pipeline_root: str
     serving_dir: str  # the TF Serving model base: <serving_dir>/<version>/
+    settings: Config = dataclasses.field(default_factory=Config)
     metadata_path: Optional[str] = None  # SQLite for local runs; None on Kubeflow
     name: str = MODEL_NAME
-    split: str = "random"
-    modalities: Sequence[str] = ("id", "text", "image")
-    epochs: int = 5
-    seed: int = 42
-    rating_weight: float = 0.0  # the rating head's share of the loss; 0: no rating head
-    min_recall: float = 0.1  # the release floor on recall@100 (pipeline/evaluation.py)
     beam_pipeline_args: Sequence[str] = ()
     # Where the curated schema is read from: this checkout locally, the
     # image's copy on Kubeflow (the compiling machine's path means nothing there).
@@ -47,10 +42,21 @@ class PipelineConfig:
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    """The mmfuse TFX pipeline, ExampleGen to Pusher.
+
+    Args:
+        config: the paths and settings of the run; every setting the
+            components use comes from `config.settings`, so the local and the
+            Kubeflow runner build the same model and apply the same gate.
+
+    Returns:
+        A `tfx.dsl.Pipeline` for LocalDagRunner or KubeflowV2DagRunner.
+    """
+    settings = config.settings
     components: List = []
 
     # Reads the dataset directory into train/eval interactions and the catalog.
-    example_gen = dataset_example_gen(config.data_dir, config.split, config.cache_key)
+    example_gen = dataset_example_gen(config.data_dir, settings.pipeline.split, config.cache_key)
     components.append(example_gen)
     # Statistics of every split, for validation and for people (TFDV).
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -70,6 +76,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn="transform.preprocessing.preprocessing_fn",
+        custom_config=settings_of(settings.transform),
         # StatisticsGen already describes the raw data; TFDV's pre- and
         # post-transform statistics would describe it again, and the frozen
         # embeddings' 2,352 floats an item besides.
@@ -86,9 +93,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=[TRAIN, CATALOG, USERS]),
         eval_args=tfx.proto.EvalArgs(splits=[EVAL]),
-        custom_config={"epochs": config.epochs, "seed": config.seed,
-                       "modalities": list(config.modalities),
-                       "rating_weight": config.rating_weight,
+        custom_config={"trainer": settings_of(settings.trainer),
+                       "export": settings_of(settings.export),
                        # Keys the cache only (trainer/run.py CACHE_ONLY).
                        "trainer_code": config.trainer_cache_key})
     components.append(trainer)
@@ -105,7 +111,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         example_splits=[EVAL],
-        eval_config=evaluation.eval_config(config.min_recall))
+        eval_config=release_gate.eval_config(settings.gate))
     components.append(evaluator)
     # Copies a blessed model into the TF Serving layout.
     pusher = tfx.components.Pusher(

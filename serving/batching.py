@@ -14,20 +14,16 @@ batch thread takes the oldest open batch once it is full or has waited
 `batch_timeout_micros`; while all threads are busy, new requests keep joining
 the open batch.
 """
+import collections
 import os
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable, Dict, Hashable, List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import collections  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import Future  # noqa: E402
-from typing import Callable, Dict, Hashable, List  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory,  # noqa: E402
-                             text_format, wrappers_pb2)
+import numpy as np
+import tensorflow as tf
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
 DEFAULT_PARAMETERS_FILE = os.path.join(os.path.dirname(__file__), "deploy", "batching.config")
 

@@ -1,15 +1,16 @@
-import os
+import threading
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import threading  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from serving.batching import (DEFAULT_PARAMETERS_FILE, Batcher, BatchingParameters,  # noqa: E402
-                              QueueFullError, read_batching_parameters)
+from serving.batching import (
+    DEFAULT_PARAMETERS_FILE,
+    Batcher,
+    BatchingParameters,
+    QueueFullError,
+    read_batching_parameters,
+)
 
 
 def _parameters(max_batch_size=8, threads=1, max_enqueued_batches=10, timeout_micros=0):

@@ -4,16 +4,14 @@ Requests carry every input their signature has (`k` always, an empty
 `user_id` for an anonymous search), so they work unchanged against real
 `tensorflow_model_server`, which fills in nothing, as well as `mmfuse serve`.
 """
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from dataclasses import dataclass  # noqa: E402
-from typing import Dict, List, Optional, Sequence, Tuple, Union  # noqa: E402
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import grpc  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 DEFAULT_K = 10
 DEFAULT_MODEL_NAME = "mmfuse"

@@ -1,22 +1,19 @@
+import json
 import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import json  # noqa: E402
-import select  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from mmfuse.cli import main  # noqa: E402
-from serving import client  # noqa: E402
-from serving.conftest import ITEMS  # noqa: E402
+from mmfuse.cli import main
+from serving import client
+from serving.conftest import ITEMS
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

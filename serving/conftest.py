@@ -1,17 +1,15 @@
 """A tiny stand-in for the pushed model, and a server over it, so that the
 serving tests run in seconds without a pipeline run."""
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import shutil  # noqa: E402
+import shutil
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
 
-from serving.batching import BatchingParameters  # noqa: E402
-from serving.server import ModelServer  # noqa: E402
+from serving.batching import BatchingParameters
+from serving.server import ModelServer
 
 ITEMS = [f"p{index:04d}" for index in range(1, 13)]
 DIM = 4

@@ -2,13 +2,11 @@
 expect, and agree with each other and with `mmfuse serve`."""
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
 
-import pytest  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
-
-from serving.batching import read_batching_parameters  # noqa: E402
+from serving.batching import read_batching_parameters
 
 yaml = pytest.importorskip("yaml")
 

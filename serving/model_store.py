@@ -5,17 +5,15 @@ directory is complete once saved_model.pb exists (the Pusher copies it last),
 and the newest is the one with the largest number, as TF Serving picks it.
 """
 import os
+from typing import List, Sequence, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
 
-from typing import List, Sequence, Tuple  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 # Registers the tokenizer ops (WordpieceTokenizeWithOffsets, CaseFoldUTF8...)
 # that the text encoder inside the serving graph uses. TF Serving's binary has
 # them linked in; a Python process has to import them.
-import tensorflow_text  # noqa: E402,F401
+import tensorflow_text  # noqa: F401
 
 SAVED_MODEL_FILE = "saved_model.pb"
 

@@ -1,12 +1,10 @@
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
 
-from serving import model_store  # noqa: E402
+from serving import model_store
 
 
 def test_versions_are_the_complete_integer_directories(tmp_path):

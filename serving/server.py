@@ -13,30 +13,30 @@ only then swapped in, so requests in flight finish on the version they
 started with. A version that does not load is logged and skipped, and tried
 again only once its files change.
 """
+import functools
+import logging
 import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
-import functools  # noqa: E402
-import logging  # noqa: E402
-import signal  # noqa: E402
-import threading  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from typing import Callable, Dict, Iterable, Optional, Tuple  # noqa: E402
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2  # noqa: E402
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
-
-from pipeline.fingerprint import files_state  # noqa: E402
-from serving import model_store  # noqa: E402
-from serving.batching import (DEFAULT_PARAMETERS_FILE, Batcher, QueueFullError,  # noqa: E402
-                              read_batching_parameters)
-from serving.client import DEFAULT_K  # noqa: E402
+from pipeline.fingerprint import files_state
+from serving import model_store
+from serving.batching import DEFAULT_PARAMETERS_FILE, Batcher, QueueFullError, read_batching_parameters
+from serving.client import DEFAULT_K
 
 DEFAULT_SIGNATURE = "serving_default"
 # Bounds on one request, so that its answer fits in memory: rows, and items

@@ -1,24 +1,27 @@
+import logging
 import os
+import shutil
+import threading
+import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
-import logging  # noqa: E402
-import shutil  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,  # noqa: E402
-                                     get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
-
-from serving import client, server as server_module  # noqa: E402
-from serving.conftest import TEST_MAX_REQUEST_BYTES, small_batches  # noqa: E402
-from serving.server import MAX_REQUEST_ROWS, ModelServer  # noqa: E402
+from serving import client
+from serving import server as server_module
+from serving.conftest import TEST_MAX_REQUEST_BYTES, small_batches
+from serving.server import MAX_REQUEST_ROWS, ModelServer
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,5 @@
+"""End-to-end tests: the whole pipeline, serving and the command line."""
+import os
+
+# TFRS needs tf.keras to be Keras 2: set before TensorFlow is first imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -2,15 +2,13 @@
 field, given before any pipeline component starts."""
 import csv
 import json
-import os
 from types import SimpleNamespace
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
+import yaml
 
-import pytest  # noqa: E402
-
-from mmfuse.cli import main  # noqa: E402
-from pipeline.sample_data import write_sample_dataset  # noqa: E402
+from dataset.sample import write_sample_dataset
+from mmfuse.cli import main
 
 
 @pytest.fixture()
@@ -62,33 +60,59 @@ def test_mostly_corrupt_images(sample, tmp_path, capsys):
     assert "images are missing or unreadable" in err
 
 
-def test_unknown_modality_is_a_usage_error(sample, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--data", str(sample), "--out", str(tmp_path), "--modalities", "id,audio"])
-    assert exit_info.value.code == 2
-    assert "--modalities" in capsys.readouterr().err
+def test_unknown_modality_is_named_with_its_key_and_flag(sample, tmp_path, capsys):
+    assert main(["run", "--data", str(sample), "--out", str(tmp_path), "--modalities", "id,audio"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.modalities" in err and "--modalities" in err and "audio" in err
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["run", "--out", "OUT", "--epochs", "-1"], "--epochs"),
-    (["run", "--out", "OUT", "--epochs", "two"], "--epochs"),
-    (["query", "--server", "localhost:1", "--user", "u1", "--k", "0"], "--k"),
+@pytest.mark.parametrize("argv, key, message", [
+    (["run", "--out", "OUT", "--epochs", "-1"], "trainer.epochs (--epochs)", "at least 0"),
+    (["run", "--out", "OUT", "--epochs", "two"], "trainer.epochs (--epochs)", "whole number"),
+    (["run", "--out", "OUT", "--rating-weight", "-0.1"], "--rating-weight", "at least 0"),
+    (["run", "--out", "OUT", "--rating-weight", "heavy"], "--rating-weight", "finite number"),
+    (["run", "--out", "OUT", "--rating-weight", "nan"], "--rating-weight", "finite number"),
+    (["run", "--out", "OUT", "--rating-weight", "inf"], "--rating-weight", "finite number"),
+    (["run", "--out", "OUT", "--set", "trainer.epoch=3"], "unknown setting trainer.epoch", ""),
+    (["run", "--out", "OUT", "--set", "trainer"], "section.key=value", ""),
+    (["config", "show", "--set", "gate.min_recall=2"], "gate.min_recall", "at most 1"),
+    (["config", "show", "--set", "shop.name=x"], "unknown section 'shop'", ""),
 ])
-def test_counts_below_their_minimum_are_usage_errors(argv, flag, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
+def test_bad_settings_are_refused_naming_the_key(argv, key, message, capsys):
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert flag in err and "expected a whole number" in err
+    assert key in err and message in err
 
 
-@pytest.mark.parametrize("weight", ["-0.1", "heavy", "nan", "inf"])
-def test_rating_weight_must_be_a_number_at_least_0(weight, capsys):
+def test_counts_below_their_minimum_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--out", "OUT", "--rating-weight", weight])
+        main(["query", "--server", "localhost:1", "--user", "u1", "--k", "0"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "--rating-weight" in err and "expected a number >= 0" in err
+    assert "--k" in err and "expected a whole number" in err
+
+
+def test_config_show_prints_the_effective_configuration(tmp_path, capsys):
+    config = tmp_path / "shop.yaml"
+    config.write_text("trainer:\n  epochs: 7\ngate:\n  min_recall: 0.2\n")
+    assert main(["config", "show", "--config", str(config), "--set", "trainer.seed=3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["trainer"]["epochs"] == 7 and shown["trainer"]["seed"] == 3
+    assert shown["gate"]["min_recall"] == 0.2 and shown["gate"]["k"] == 100
+    # What it prints is itself a configuration file that gives the same settings.
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(shown))
+    assert main(["config", "show", "--config", str(again)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == shown
+
+
+def test_a_missing_or_malformed_configuration_file_is_named(tmp_path, capsys):
+    assert main(["config", "show", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: [1, 2\n")
+    assert main(["config", "show", "--config", str(bad)]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
 
 
 def test_rating_weight_reaches_the_trainer(sample, tmp_path, monkeypatch, capsys):
@@ -105,11 +129,11 @@ def test_rating_weight_reaches_the_trainer(sample, tmp_path, monkeypatch, capsys
     assert main(["run", "--data", str(sample), "--out", str(tmp_path / "out"),
                  "--rating-weight", "0.25"]) == 0
     trainer = next(node for node in create_pipeline(configs[0]).components if node.id == "Trainer")
-    assert json.loads(trainer.exec_properties["custom_config"])["rating_weight"] == 0.25
+    assert json.loads(trainer.exec_properties["custom_config"])["trainer"]["rating_weight"] == 0.25
 
 
 def test_rating_weight_without_ratings_is_an_error(sample, tmp_path, capsys):
     _rewrite(sample / "interactions.csv", lambda names, rows: ([n for n in names if n != "rating"], rows))
     code = main(["run", "--data", str(sample), "--out", str(tmp_path / "out"), "--rating-weight", "1"])
     assert code == 2
-    assert "--rating-weight needs interactions with a rating" in capsys.readouterr().err
+    assert "trainer.rating_weight needs interactions with a rating" in capsys.readouterr().err

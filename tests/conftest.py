@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from pipeline.sample_data import write_sample_dataset
+from dataset.sample import write_sample_dataset
 from tests.mmfuse_runs import run_pipeline
 
 

@@ -1,20 +1,17 @@
 """`mmfuse evaluate`'s rankers and protocol on the sample run's pushed model
 (tests/conftest.py): the same figures as the pipeline's Evaluator."""
+import math
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import math  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from evaluation import evaluate as evaluation  # noqa: E402
-from evaluation import rankers  # noqa: E402
-from pipeline.dataset import read_dataset  # noqa: E402
-from trainer import ranking  # noqa: E402
-from transform import features  # noqa: E402
+from dataset.contract import read_dataset
+from evaluation import evaluate as evaluation
+from evaluation import rankers
+from evaluation.metrics import metrics_from_ranks
+from transform import features
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +57,7 @@ def test_model_figures_are_the_evaluators_on_the_sample(sample_run, sample_model
     result = evaluation.evaluate(dataset, ranker, ks=ks)
     ranks = ranker.model.signatures["serving_default"](
         examples=tf.constant(recommendation_examples))["rank"]
-    expected = ranking.metrics_from_ranks(np.asarray(ranks).reshape(-1).tolist(), ks)
+    expected = metrics_from_ranks(np.asarray(ranks).reshape(-1).tolist(), ks)
     assert result["rows"] == len(recommendation_examples)
     for k in ks:
         assert result[f"recall@{k}"] == pytest.approx(expected[f"recall@{k}"])

@@ -4,15 +4,13 @@ eval split (seen items not excluded, all 1,682 movies ranked)."""
 import collections
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
 
-import pytest  # noqa: E402
-
-from pipeline.converters import convert  # noqa: E402
-from pipeline.dataset import read_dataset  # noqa: E402
-from pipeline.splits import TRAIN, assign_splits  # noqa: E402
-from tests.mmfuse_runs import run_pipeline  # noqa: E402
-from trainer.ranking import metrics_from_ranks  # noqa: E402
+from dataset.contract import read_dataset
+from dataset.converters import convert
+from dataset.splits import TRAIN, assign_splits
+from evaluation.metrics import metrics_from_ranks
+from tests.mmfuse_runs import run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 

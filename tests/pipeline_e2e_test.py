@@ -4,13 +4,11 @@ minutes) serves every test here and the serving tests after them."""
 import glob
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from serving.model_store import load_newest  # noqa: E402
+from serving.model_store import load_newest
 
 pytestmark = pytest.mark.slow
 COMPONENTS = ("FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",

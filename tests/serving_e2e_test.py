@@ -2,23 +2,21 @@
 API as a client of real TF Serving would; then the release gate both ways
 while queries flow: a second good run is pushed and served without a failed
 request, a crippled one (trained zero epochs) is refused and not pushed."""
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
+import subprocess
+import sys
+import threading
+import time
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc  # noqa: E402
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-from serving import client, model_store  # noqa: E402
-from tests.mmfuse_runs import run_pipeline  # noqa: E402
+from serving import client, model_store
+from tests.mmfuse_runs import run_pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -1,16 +1,14 @@
 """Reads the Transform output: training batches and the catalogue table."""
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import Dict, List, Sequence  # noqa: E402
+from typing import Dict, List, Sequence
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
 
-from transform import features as f  # noqa: E402
-from trainer import image_encoder, text_encoder  # noqa: E402
+from transform import features as f
+from transform import image_encoder, text_encoder
 
 VOCABULARIES = (f.ITEM_VOCABULARY, f.USER_VOCABULARY, f.TOKEN_VOCABULARY, f.ATTRIBUTE_VOCABULARY)
 # Frozen features and their sizes; each comes with a "<name>_present" flag.

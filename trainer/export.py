@@ -14,18 +14,16 @@ Signatures take `k` as an input. TF Serving requires every signature input in a
 request, so clients send it; `mmfuse serve` fills in k=10 (and an empty
 `user_id` for `search`) when a request leaves them out.
 """
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
+import tensorflow as tf
+import tensorflow_transform as tft
 
-from trainer import lexical  # noqa: E402
-from trainer.data import QUERY_FEATURES, dense_embeddings, vocabulary_sizes  # noqa: E402
-from trainer.model import RetrievalModel, ranks_of_items  # noqa: E402
-from transform import features as f  # noqa: E402
-from transform.preprocessing import IdLookup  # noqa: E402
+from trainer import lexical
+from trainer.data import QUERY_FEATURES, dense_embeddings, vocabulary_sizes
+from trainer.model import RetrievalModel, ranks_of_items
+from transform import features as f
+from transform.preprocessing import IdLookup
 
 _STRINGS = tf.TensorSpec([None], tf.string)
 _K = tf.TensorSpec([], tf.int32)

@@ -12,14 +12,12 @@ one vocabulary), so the words are the ones the towers see: normalised and
 tokenised by the same code, index 0 (padding or a word outside the
 vocabulary) never matching.
 """
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import Tuple  # noqa: E402
+from typing import Tuple
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 
 def bm25_weights(item_tokens: np.ndarray, k1: float = 1.2,

@@ -1,13 +1,11 @@
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from evaluation.rankers import BM25  # noqa: E402
-from pipeline.dataset import Item  # noqa: E402
-from trainer import lexical  # noqa: E402
+from dataset.contract import Item
+from evaluation.rankers import BM25
+from trainer import lexical
 
 VOCABULARY_SIZE = 8
 # Token indices per item (0: padding or a word outside the vocabulary); row 0

@@ -5,19 +5,17 @@ inside the model as constant tensors. A training row names its item by index;
 the model looks the content up, so interactions never carry image bytes, and an
 item that nobody clicked is still embedded from its content.
 """
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import Dict, Sequence  # noqa: E402
+from typing import Dict, Sequence
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_recommenders as tfrs  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
-from trainer.data import CATALOG_FEATURES, EMBEDDING_DIMS, QUERY_FEATURES  # noqa: E402
-from trainer.towers import MODALITIES, BagOfTokensEncoder, FeatureProjection, ItemTower, QueryTower  # noqa: E402
-from transform import features as f  # noqa: E402
+from trainer.data import CATALOG_FEATURES, EMBEDDING_DIMS, QUERY_FEATURES
+from trainer.towers import MODALITIES, BagOfTokensEncoder, FeatureProjection, ItemTower, QueryTower
+from transform import features as f
 
 
 class Catalog(tf.Module):

@@ -1,16 +1,14 @@
 """The retrieval model on a tiny synthetic catalogue: the optional rating head
 learns from rated rows only, and the export's user table asks at no time."""
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
 
-from trainer.data import CATALOG_FEATURES, EMBEDDING_DIMS, QUERY_FEATURES  # noqa: E402
-from trainer.model import Catalog, RetrievalModel, Users, no_text_queries  # noqa: E402
-from transform import features as f  # noqa: E402
+from trainer.data import CATALOG_FEATURES, EMBEDDING_DIMS, QUERY_FEATURES
+from trainer.model import Catalog, RetrievalModel, Users, no_text_queries
+from transform import features as f
 
 SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
          f.ATTRIBUTE_VOCABULARY: 3}

@@ -1,58 +1,56 @@
 """The Trainer's settings, and the per-epoch eval callback, which logs the
 rating head's RMSE when there is one."""
+import dataclasses
 import json
 import logging
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from pipeline.pipeline import PipelineConfig, create_pipeline  # noqa: E402
-from trainer.data import CATALOG_FEATURES  # noqa: E402
-from trainer.model import Catalog  # noqa: E402
-from trainer.model_test import SIZES, rating_mse, tiny_batch, tiny_model  # noqa: E402
-from trainer.run import DEFAULTS, RetrievalEvaluation, hyperparameters, learning_rate  # noqa: E402
-from transform import features as f  # noqa: E402
+from mmfuse.config import ConfigError, load_config
+from pipeline.pipeline import PipelineConfig, create_pipeline
+from trainer.data import CATALOG_FEATURES
+from trainer.model import Catalog
+from trainer.model_test import SIZES, rating_mse, tiny_batch, tiny_model
+from trainer.run import RetrievalEvaluation, learning_rate, run_settings
+from transform import features as f
 
 
-def test_the_pipeline_gives_the_trainer_its_code_version_and_only_known_settings():
+def test_the_pipeline_gives_the_trainer_its_code_version_and_the_configured_settings():
+    settings = load_config(None, ["trainer.epochs=7", "trainer.lexical_weight=0.5"])
     pipeline = create_pipeline(PipelineConfig(data_dir="data", pipeline_root="root", serving_dir="serving",
-                                              epochs=7, trainer_cache_key="trainer-code-v2"))
+                                              settings=settings, trainer_cache_key="trainer-code-v2"))
     trainer, = [component for component in pipeline.components if component.id == "Trainer"]
     custom_config = trainer.exec_properties["custom_config"]
     custom_config = json.loads(custom_config) if isinstance(custom_config, str) else custom_config
     assert custom_config["trainer_code"] == "trainer-code-v2"
-    settings = hyperparameters(custom_config)
-    assert settings["epochs"] == 7 and "trainer_code" not in settings
-    assert set(settings) == set(DEFAULTS)
+    assert run_settings(custom_config).trainer == settings.trainer
 
 
 def test_an_unknown_setting_is_named():
-    with pytest.raises(ValueError, match="unknown trainer settings: epoch"):
-        hyperparameters({"epoch": 3})
+    with pytest.raises(ConfigError, match="unknown setting trainer.epoch"):
+        run_settings({"trainer": {"epoch": 3}})
 
 
 @pytest.mark.parametrize("weight", [-0.5, "0.75", None, True])
 def test_a_lexical_weight_that_is_not_a_number_at_least_0_is_refused_before_training(weight):
-    with pytest.raises(ValueError, match="lexical_weight must be a number >= 0"):
-        hyperparameters({"lexical_weight": weight})
-    assert hyperparameters({"lexical_weight": 0})["lexical_weight"] == 0
+    with pytest.raises(ConfigError, match="trainer.lexical_weight"):
+        run_settings({"trainer": {"lexical_weight": weight}})
+    assert run_settings({"trainer": {"lexical_weight": 0}}).trainer.lexical_weight == 0
 
 
 def test_the_cosine_schedule_falls_from_the_learning_rate_to_0_at_the_last_step():
-    config = hyperparameters({"learning_rate": 0.01})
+    config = run_settings({"trainer": {"learning_rate": 0.01}}).trainer
     schedule = learning_rate(config, steps=100)
     np.testing.assert_allclose([float(schedule(step)) for step in (0, 50, 100, 150)],
                                [0.01, 0.005, 0.0, 0.0], atol=1e-7)
-    assert learning_rate({**config, "learning_rate_schedule": "constant"}, steps=100) == 0.01
+    assert learning_rate(dataclasses.replace(config, learning_rate_schedule="constant"), steps=100) == 0.01
 
 
 def test_an_unknown_learning_rate_schedule_is_named_before_training():
-    with pytest.raises(ValueError, match="learning_rate_schedule must be one of cosine, constant, not 'linear'"):
-        hyperparameters({"learning_rate_schedule": "linear"})
+    with pytest.raises(ConfigError, match="trainer.learning_rate_schedule takes one of cosine, constant, not 'linear'"):
+        run_settings({"trainer": {"learning_rate_schedule": "linear"}})
 
 
 def _evaluate(model, log_dir, caplog, batch=None, lexical_weight=0.0):

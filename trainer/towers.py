@@ -6,15 +6,13 @@ vector, so an item with only a photo and an item with only a title land in the
 same space.
 Index 0 of every vocabulary means "absent or unknown" and is masked out.
 """
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import Dict, Sequence, Tuple  # noqa: E402
+from typing import Dict, Sequence, Tuple
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from transform import features as f  # noqa: E402
+from transform import features as f
 
 MODALITIES = ("id", "text", "image")
 Encoded = Tuple[tf.Tensor, tf.Tensor]  # ([batch, dim] vector, [batch] 0/1 presence)

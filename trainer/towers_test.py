@@ -1,14 +1,18 @@
 """The towers fuse only the modalities a row has, into unit vectors."""
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from trainer.towers import (BagOfTokensEncoder, FeatureProjection, ItemTower, ModalityAttention,  # noqa: E402
-                            QueryTower, RecentItemsEncoder)
-from transform import features as f  # noqa: E402
+from trainer.towers import (
+    BagOfTokensEncoder,
+    FeatureProjection,
+    ItemTower,
+    ModalityAttention,
+    QueryTower,
+    RecentItemsEncoder,
+)
+from transform import features as f
 
 SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
          f.ATTRIBUTE_VOCABULARY: 3}

@@ -55,6 +55,3 @@ QUERY_LENGTH = 16
 ITEM_TEXT_LENGTH = 64
 ATTRIBUTES_LENGTH = 16
 RECENT_ITEMS_LENGTH = 50
-# Vocabulary caps keep the embedding tables bounded on large catalogues.
-MAX_TEXT_TOKENS = 30000
-MAX_ATTRIBUTE_TOKENS = 5000

@@ -10,20 +10,17 @@ requests go through this same code, encoders included.
 """
 import functools
 import math
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tensorflow_transform as tft
 
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-
-from transform import features as f  # noqa: E402
-from trainer.image_encoder import FEATURE_DIM as IMAGE_DIM  # noqa: E402
-from trainer.image_encoder import ImageEncoderModule  # noqa: E402
-from trainer.text_encoder import EMBEDDING_DIM as TEXT_DIM  # noqa: E402
-from trainer.text_encoder import load_text_encoder  # noqa: E402
-from transform import image_preprocessor, text_preprocessor  # noqa: E402
-
+from mmfuse.config import from_dict
+from transform import features as f
+from transform import image_preprocessor, text_preprocessor
+from transform.image_encoder import FEATURE_DIM as IMAGE_DIM
+from transform.image_encoder import ImageEncoderModule
+from transform.text_encoder import EMBEDDING_DIM as TEXT_DIM
+from transform.text_encoder import load_text_encoder
 
 # tf.Transform traces `preprocessing_fn` five times a run (analysis phases,
 # the final graph), and building the encoders took half of a sample run's
@@ -33,7 +30,20 @@ _shared_text_encoder = functools.lru_cache(maxsize=1)(load_text_encoder)
 _shared_image_encoder = functools.lru_cache(maxsize=1)(ImageEncoderModule)
 
 
-def preprocessing_fn(inputs):
+def preprocessing_fn(inputs, custom_config=None):
+    """Raw features -> model features (tf.Transform calls it; so does the serving graph).
+
+    Args:
+        inputs: the raw features of the schema (schema/schema.pbtxt), each a
+            batch of `tf.SparseTensor`.
+        custom_config: the `transform` section of the configuration
+            (mmfuse/config.py `TransformSettings`) as a dict; None or missing
+            keys take the defaults.
+
+    Returns:
+        The transformed features named in transform/features.py.
+    """
+    settings = from_dict({"transform": custom_config or {}}).transform
     # Tracked inside the function so that the Transform graph saves the
     # encoders' variables and vocabulary.
     text_encoder = tft.make_and_track_object(_shared_text_encoder, name="text_encoder")
@@ -54,7 +64,7 @@ def preprocessing_fn(inputs):
     item_vocabulary = tft.vocabulary(_present(item_id), vocab_filename=f.ITEM_VOCABULARY)
     token_vocabulary = tft.vocabulary(
         tf.concat([query_tokens.flat_values, item_tokens.flat_values], axis=0),
-        top_k=f.MAX_TEXT_TOKENS, vocab_filename=f.TOKEN_VOCABULARY)
+        top_k=settings.text_vocabulary_size, vocab_filename=f.TOKEN_VOCABULARY)
     has_timestamp, has_rating = _has_value(inputs[f.TIMESTAMP]), _has_value(inputs[f.RATING])
     return {
         f.ITEM_INDEX: _index(item_id, item_vocabulary),
@@ -66,7 +76,7 @@ def preprocessing_fn(inputs):
         f.ITEM_TOKENS: _padded_indices(item_tokens, token_vocabulary, f.ITEM_TEXT_LENGTH),
         f.ATTRIBUTE_TOKENS: _padded_indices(
             attribute_tokens,
-            tft.vocabulary(attribute_tokens.flat_values, top_k=f.MAX_ATTRIBUTE_TOKENS,
+            tft.vocabulary(attribute_tokens.flat_values, top_k=settings.attribute_vocabulary_size,
                            vocab_filename=f.ATTRIBUTE_VOCABULARY),
             f.ATTRIBUTES_LENGTH),
         f.ITEM_TEXT_EMBEDDING: _embed_present(item_text, text_encoder.embed, TEXT_DIM),

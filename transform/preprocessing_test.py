@@ -5,26 +5,23 @@ import math
 import os
 from datetime import datetime, timezone
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from PIL import Image
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+from tfx.utils import io_utils
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-import tensorflow_transform.beam as tft_beam  # noqa: E402
-from PIL import Image  # noqa: E402
-from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils  # noqa: E402
-from tfx.utils import io_utils  # noqa: E402
-from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
-
-from schema import SCHEMA_FILE  # noqa: E402
-from transform import features as f  # noqa: E402
-from transform import image_preprocessor, text_preprocessor  # noqa: E402
-from trainer.image_encoder import FEATURE_DIM as IMAGE_DIM, ImageEncoderModule  # noqa: E402
-from trainer.text_encoder import load_text_encoder  # noqa: E402
-from transform import preprocessing  # noqa: E402
-from transform.preprocessing import IdLookup, preprocessing_fn  # noqa: E402
-
+from schema import SCHEMA_FILE
+from transform import features as f
+from transform import image_preprocessor, preprocessing, text_preprocessor
+from transform.image_encoder import FEATURE_DIM as IMAGE_DIM
+from transform.image_encoder import ImageEncoderModule
+from transform.preprocessing import IdLookup, preprocessing_fn
+from transform.text_encoder import load_text_encoder
 
 # Saturday 2024-01-06 18:30 UTC.
 TIMESTAMP = int(datetime(2024, 1, 6, 18, 30, tzinfo=timezone.utc).timestamp())

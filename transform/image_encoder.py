@@ -26,21 +26,18 @@ does: tf.Transform traces the function several times a run.
 Wrap the Keras model in `tf.function(..., autograph=False)`: AutoGraph finds
 nothing to convert in it but takes 15-20 s per trace trying.
 """
+import collections
+import functools
+import math
 import os
+import pickle
+import zipfile
+from typing import Dict, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
 
-import collections  # noqa: E402
-import functools  # noqa: E402
-import math  # noqa: E402
-import pickle  # noqa: E402
-import zipfile  # noqa: E402
-from typing import Dict, Optional  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from transform.image_preprocessor import INPUT_SIZE  # noqa: E402
+from transform.image_preprocessor import INPUT_SIZE
 
 EMBEDDING_DIM = 1280
 NUM_CLASSES = 1000

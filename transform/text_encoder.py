@@ -23,23 +23,23 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # keras-hub must run on TensorFlow to export a TF graph; the machines have no
 # network, so the Hugging Face helpers must never try to reach the Hub.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import importlib.metadata  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable, Optional  # noqa: E402
+import importlib.metadata
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
+
 # Registers the tensorflow_text ops, which the exported graph needs at load time.
-import tensorflow_text as tf_text  # noqa: E402
+import tensorflow_text as tf_text
 
 EMBEDDING_DIM = 384
 MAX_TOKENS = 128  # including [CLS] and [SEP]; longer texts are truncated
@@ -257,6 +257,6 @@ def load_text_encoder(root: Optional[str] = None) -> TextEncoder:
         # The first use may come inside a graph trace (tf.Transform), where a
         # SavedModel cannot be written: the cache is built in a fresh process.
         subprocess.run([sys.executable, "-c",
-                        "import sys; from trainer.text_encoder import export_saved_model; "
+                        "import sys; from transform.text_encoder import export_saved_model; "
                         "export_saved_model(sys.argv[1] or None)", root or ""], check=True)
     return TextEncoder(str(export_saved_model(root)))

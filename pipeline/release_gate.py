@@ -8,22 +8,19 @@ model's `serving_default` returns that rank per eval example and
 A candidate is blessed when its recall@k clears an absolute floor and does not
 fall below the latest blessed model's by more than a small tolerance.
 """
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from typing import Optional, Sequence  # noqa: E402
+from typing import Optional, Sequence
 
-import apache_beam as beam  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow_model_analysis as tfma  # noqa: E402
-from tensorflow_model_analysis.metrics import metric_types, metric_util  # noqa: E402
+import apache_beam as beam
+import numpy as np
+import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.metrics import metric_types, metric_util
 
-from trainer import ranking  # noqa: E402
+from evaluation.metrics import DEFAULT_KS, rank_contributions
+from mmfuse.config import GateSettings
 
-GATE_K = 100
-# The candidate may not lose more than this much recall@GATE_K to the baseline.
-MAX_RECALL_REGRESSION = 0.01
+GATE_K = GateSettings().k
 
 
 class RetrievalMetric(metric_types.Metric):
@@ -35,7 +32,7 @@ class RetrievalMetric(metric_types.Metric):
         # `ks` follows from the name; it is accepted because TFMA rebuilds a
         # metric from its get_config(), which includes it.
         ks = [int(name.split("@")[1])] if "@" in name else []
-        if name not in ranking.rank_contributions(1.0, ks):
+        if name not in rank_contributions(1.0, ks):
             raise ValueError(f"unknown retrieval metric {name!r}")
         super().__init__(metric_util.merge_per_key_computations(_retrieval_computations),
                          name=name, ks=ks)
@@ -72,7 +69,7 @@ class _RankCombiner(beam.CombineFn):
     def add_input(self, accumulator, element: metric_types.StandardMetricInputs):
         ranks = np.asarray(element.get_predictions(self._model_name, self._output_name)).reshape(-1)
         for rank in ranks:
-            accumulator[0] += ranking.rank_contributions(float(rank), self._ks)[self._key.name]
+            accumulator[0] += rank_contributions(float(rank), self._ks)[self._key.name]
             accumulator[1] += 1
         return accumulator
 
@@ -87,17 +84,19 @@ class _RankCombiner(beam.CombineFn):
         return {self._key: accumulator[0] / max(accumulator[1], 1.0)}
 
 
-def eval_config(min_recall: float) -> tfma.EvalConfig:
-    """Computes the retrieval metrics on the eval split and gates on recall@GATE_K."""
-    gate = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_recall}),
+def eval_config(gate: GateSettings) -> tfma.EvalConfig:
+    """Computes the retrieval metrics on the eval split and gates on recall@k
+    (the configuration's `gate` section)."""
+    floor = gate.min_recall if gate.min_recall is not None else 0.0
+    threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor}),
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -MAX_RECALL_REGRESSION}))
-    names = list(ranking.rank_contributions(1.0, ranking.DEFAULT_KS))
+            absolute={"value": -gate.max_regression}))
+    names = list(rank_contributions(1.0, sorted({*DEFAULT_KS, gate.k})))
     metrics = [
         tfma.MetricConfig(class_name="RetrievalMetric", module=__name__, config=f'{{"name": "{name}"}}',
-                          threshold=gate if name == f"recall@{GATE_K}" else None)
+                          threshold=threshold if name == f"recall@{gate.k}" else None)
         for name in names]
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", prediction_key="rank")],

@@ -10,8 +10,8 @@ import re
 import pytest
 from PIL import Image
 
-from pipeline import converters
-from pipeline.dataset import read_dataset
+from dataset import converters
+from dataset.contract import read_dataset
 
 
 def read_rows(path):

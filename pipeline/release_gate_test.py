@@ -1,19 +1,18 @@
-"""Tests of pipeline.evaluation: the TFMA retrieval metric and the release gate."""
-import os
+"""Tests of pipeline.release_gate: the TFMA retrieval metric and the release gate."""
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import math  # noqa: E402
+import math
 
-import apache_beam as beam  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow_model_analysis as tfma  # noqa: E402
-from apache_beam.testing import util as beam_util  # noqa: E402
-from tensorflow_model_analysis.evaluators import metrics_validator  # noqa: E402
-from tensorflow_model_analysis.metrics import metric_specs, metric_types  # noqa: E402
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow_model_analysis as tfma
+from apache_beam.testing import util as beam_util
+from tensorflow_model_analysis.evaluators import metrics_validator
+from tensorflow_model_analysis.metrics import metric_specs, metric_types
 
-from pipeline import evaluation  # noqa: E402
+from mmfuse.config import GateSettings
+from pipeline import release_gate
 
 RANKS = [1, 5, 11, 200]
 # By hand: recall@10 hits ranks 1 and 5; @20 and @100 also 11; nothing reaches 200.
@@ -49,7 +48,7 @@ def computations(config, model_name=""):
 def specs_for(name):
     """A MetricsSpec naming one RetrievalMetric, as eval_config writes them."""
     return [tfma.MetricsSpec(metrics=[tfma.MetricConfig(
-        class_name="RetrievalMetric", module=evaluation.__name__, config=f'{{"name": "{name}"}}')])]
+        class_name="RetrievalMetric", module=release_gate.__name__, config=f'{{"name": "{name}"}}')])]
 
 
 def run_combiner(combiner, batches):
@@ -65,7 +64,7 @@ def run_combiner(combiner, batches):
 
 
 def test_known_ranks_give_hand_computed_metrics():
-    found = computations(evaluation.eval_config(0.3))
+    found = computations(release_gate.eval_config(GateSettings(min_recall=0.3)))
     assert set(found) == set(EXPECTED)
     for name, computation in found.items():
         (key,) = computation.keys
@@ -94,7 +93,7 @@ def test_no_rows_give_zero_not_a_division_error():
 
 def test_metric_reads_its_models_predictions():
     config = tfma.utils.update_eval_config_with_defaults(
-        evaluation.eval_config(0.3), has_baseline=True, rubber_stamp=True)
+        release_gate.eval_config(GateSettings(min_recall=0.3)), has_baseline=True, rubber_stamp=True)
     candidate = computations(config, "candidate")["recall@10"]
     baseline = computations(config, "baseline")["recall@10"]
     rows = [metric_types.StandardMetricInputs(
@@ -123,23 +122,23 @@ def test_combiner_in_a_beam_pipeline():
                                   "retrieval", "recall@ten"])
 def test_invalid_metric_name_raises(name):
     with pytest.raises(ValueError):
-        evaluation.RetrievalMetric(name)
+        release_gate.RetrievalMetric(name)
 
 
 @pytest.mark.parametrize("name", ["recall@5", "ndcg@50", "mrr", "recall@100"])
 def test_valid_metric_names(name):
-    assert evaluation.RetrievalMetric(name).name == name
+    assert release_gate.RetrievalMetric(name).name == name
 
 
 def test_default_metric_is_the_gate_metric():
-    assert evaluation.RetrievalMetric().name == f"recall@{evaluation.GATE_K}" == "recall@100"
+    assert release_gate.RetrievalMetric().name == f"recall@{release_gate.GATE_K}" == "recall@100"
 
 
 # --- eval_config -----------------------------------------------------------------------------
 
 
 def test_eval_config_gates_only_recall_at_100():
-    config = evaluation.eval_config(0.3)
+    config = release_gate.eval_config(GateSettings(min_recall=0.3))
     assert [spec.prediction_key for spec in config.model_specs] == ["rank"]
     assert config.model_specs[0].signature_name == "serving_default"
     (spec,) = config.metrics_specs
@@ -153,8 +152,8 @@ def test_eval_config_gates_only_recall_at_100():
     assert not threshold.value_threshold.HasField("upper_bound")
     assert threshold.change_threshold.direction == tfma.MetricDirection.HIGHER_IS_BETTER
     assert threshold.change_threshold.absolute.value == pytest.approx(
-        -evaluation.MAX_RECALL_REGRESSION)
-    (other,) = [m for m in evaluation.eval_config(0.05).metrics_specs[0].metrics
+        -GateSettings().max_regression)
+    (other,) = [m for m in release_gate.eval_config(GateSettings(min_recall=0.05)).metrics_specs[0].metrics
                 if m.HasField("threshold")]
     assert other.threshold.value_threshold.lower_bound.value == pytest.approx(0.05)
 
@@ -162,7 +161,7 @@ def test_eval_config_gates_only_recall_at_100():
 @pytest.mark.parametrize("has_baseline", [True, False])
 def test_eval_config_is_valid_for_tfma_and_thresholds_resolve_to_recall_at_100(has_baseline):
     config = tfma.utils.update_eval_config_with_defaults(
-        evaluation.eval_config(0.3), has_baseline=has_baseline, rubber_stamp=True)
+        release_gate.eval_config(GateSettings(min_recall=0.3)), has_baseline=has_baseline, rubber_stamp=True)
     tfma.utils.verify_eval_config(config)
     thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(
         config.metrics_specs, eval_config=config)
@@ -173,7 +172,7 @@ def test_eval_config_is_valid_for_tfma_and_thresholds_resolve_to_recall_at_100(h
 
 def validate(candidate, baseline, min_recall=0.3):
     config = tfma.utils.update_eval_config_with_defaults(
-        evaluation.eval_config(min_recall), has_baseline=True, rubber_stamp=True)
+        release_gate.eval_config(GateSettings(min_recall=min_recall)), has_baseline=True, rubber_stamp=True)
 
     def key(model, diff=False, name="recall@100"):
         return metric_types.MetricKey(name=name, model_name=model, is_diff=diff)
@@ -195,8 +194,8 @@ def test_gate_rejects_below_the_floor_or_a_regression():
 
 
 def test_metric_config_round_trips():
-    metric = evaluation.RetrievalMetric("ndcg@10")
-    again = evaluation.RetrievalMetric.from_config(metric.get_config())
+    metric = release_gate.RetrievalMetric("ndcg@10")
+    again = release_gate.RetrievalMetric.from_config(metric.get_config())
     assert again.name == "ndcg@10"
     # The documented way to turn metric objects into specs relies on the round trip.
     computations = metric_specs.to_computations(

@@ -27,7 +27,7 @@ import shutil
 from collections import Counter
 from typing import Callable, Iterable, Mapping, Sequence
 
-from pipeline.dataset import INTERACTION_COLUMNS, INTERACTIONS_FILE, ITEM_TEXT_COLUMNS, ITEMS_FILE
+from dataset.contract import INTERACTION_COLUMNS, INTERACTIONS_FILE, ITEM_TEXT_COLUMNS, ITEMS_FILE
 
 IMAGES_DIR = "images"
 ITEM_COLUMNS = ("item_id", *ITEM_TEXT_COLUMNS, "image")

@@ -1,7 +1,7 @@
 """A small generated dataset, so that the project runs with no outside data.
 
 ``write_sample_dataset(dst)`` writes a dataset directory (the format of
-``pipeline.dataset``) of home and fashion products, each with a colour, a kind
+``dataset.contract``) of home and fashion products, each with a colour, a kind
 (lamp, mug, chair...) and a material. Every signal a model should find is
 really there:
 
@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.converters import IMAGES_DIR, write_dataset
+from dataset.converters import IMAGES_DIR, write_dataset
 
 COLOURS = {
     "red": (200, 35, 35),

@@ -10,7 +10,7 @@ import collections
 import hashlib
 from typing import Dict, List, Sequence
 
-from pipeline.dataset import DatasetError, Interaction
+from dataset.contract import DatasetError, Interaction
 
 TRAIN = "train"
 EVAL = "eval"

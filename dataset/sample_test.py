@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import sample_data
-from pipeline.dataset import read_dataset
+from dataset import sample as sample_data
+from dataset.contract import read_dataset
 
 
 def read_rows(path):

@@ -5,17 +5,14 @@ The SavedModel is exported once into the cache (`$MMFUSE_CACHE` or
 export. Nothing here touches the network.
 """
 import os
+import threading
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
-import threading  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
-
-from trainer import text_encoder as te  # noqa: E402
+from transform import text_encoder as te
 
 # 120 words, 130 word pieces: more than the 126 that fit between [CLS] and [SEP].
 _LONG = " ".join(["the quick brown fox jumps over the lazy dog near the riverbank"] * 10)

@@ -1,17 +1,14 @@
-"""Tests of pipeline.splits: the random (hashed) and temporal train/eval splits."""
+"""Tests of dataset.splits: the random (hashed) and temporal train/eval splits."""
+import json
 import os
+import random
+import subprocess
+import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
 
-import json  # noqa: E402
-import random  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import pytest  # noqa: E402
-
-from pipeline.dataset import DatasetError, Interaction  # noqa: E402
-from pipeline.splits import EVAL, TRAIN, assign_splits  # noqa: E402
+from dataset.contract import DatasetError, Interaction
+from dataset.splits import EVAL, TRAIN, assign_splits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,8 +46,8 @@ def test_random_split_is_the_same_in_another_process():
     here = assign_splits(rows, "random")
     script = (
         "import json, sys\n"
-        "from pipeline.dataset import Interaction\n"
-        "from pipeline.splits import assign_splits\n"
+        "from dataset.contract import Interaction\n"
+        "from dataset.splits import assign_splits\n"
         "rows = [Interaction(*r) for r in json.load(sys.stdin)]\n"
         "print(json.dumps(assign_splits(rows, 'random')))\n")
     payload = json.dumps([[r.row, r.user_id, r.item_id, r.timestamp] for r in rows])

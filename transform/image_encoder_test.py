@@ -21,21 +21,17 @@ features[:32], features[::40], the 32 largest features and their indices
 32 alone are mostly zeros), the L2 norm and mean of all 1280, and the top-5
 ImageNet classes. Values are rounded to 7 significant digits.
 """
+import csv
+import hashlib
+import json
 import os
+import pickle
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import csv  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import pickle  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from transform import image_preprocessor  # noqa: E402
-from trainer import image_encoder  # noqa: E402
+from transform import image_encoder, image_preprocessor
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "testdata",
                          "efficientnet_lite0_reference.json")

@@ -1,16 +1,13 @@
-"""Tests of pipeline.dataset: reading and validating a dataset directory."""
+"""Tests of dataset.contract: reading and validating a dataset directory."""
+import csv
 import os
+import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
+from PIL import Image
 
-import csv  # noqa: E402
-import time  # noqa: E402
-
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from pipeline import sample_data  # noqa: E402
-from pipeline.dataset import DatasetError, read_dataset  # noqa: E402
+from dataset import sample as sample_data
+from dataset.contract import DatasetError, read_dataset
 
 # 2021-01-01T00:00:00Z in Unix seconds.
 NEW_YEAR_2021 = 1609459200

@@ -1,0 +1,7 @@
+"""The dataset contract: reading and validating a dataset directory (`contract`),
+converters from public data sets (`converters`), the embedded sample (`sample`)
+and the train/eval splits (`splits`)."""
+import os
+
+# TFRS needs tf.keras to be Keras 2: set before TensorFlow is first imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
