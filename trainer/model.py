@@ -13,8 +13,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from mmfuse.config import MODALITIES
 from trainer.data import CATALOG_FEATURES, EMBEDDING_DIMS, QUERY_FEATURES
-from trainer.towers import MODALITIES, BagOfTokensEncoder, FeatureProjection, ItemTower, QueryTower
+from trainer.towers import BagOfTokensEncoder, FeatureProjection, ItemTower, QueryTower
 from transform import features as f
 
 
@@ -66,6 +67,30 @@ class Users(tf.Module):
 
 
 class RetrievalModel(tfrs.Model):
+    """The two-tower retrieval model: wires the item tower and the query tower
+    to TFRS's retrieval task (in-batch softmax, corrected for item popularity)
+    and the optional photo tasks and rating head.
+
+    Args:
+        catalog: the items' content by item index (`Catalog`).
+        users: each user's recent items by user index (`Users`).
+        vocabulary_sizes: the Transform's vocabulary sizes by name.
+        dim: size of the query and item vectors.
+        modalities: what the item tower sees: any of "id", "text", "image".
+        temperature: of the softmax over cosine scores.
+        item_probabilities: each item's share of the training rows, for the
+            sampling-bias correction of in-batch negatives.
+        modality_dropout, recent_item_dropout, time_dropout, token_dropout:
+            the training-time dropouts (mmfuse/config.py `TrainerSettings`).
+        rating_weight, photo_search_weight, photo_item_weight: the weights of
+            the extra tasks beside retrieval; 0 builds none.
+
+    Example (as trainer/run.py builds it):
+        model = RetrievalModel(Catalog(content, counts), Users(recent), sizes, dim=64)
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.003))
+        model.fit(train_batches, epochs=5)
+    """
+
     def __init__(self, catalog: Catalog, users: Users, vocabulary_sizes: Dict[str, int], dim: int,
                  modalities: Sequence[str] = MODALITIES, temperature: float = 0.1,
                  item_probabilities: np.ndarray = None, modality_dropout: float = 0.0,

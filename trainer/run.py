@@ -114,6 +114,15 @@ class RetrievalEvaluation(tf.keras.callbacks.Callback):
 
 
 def run_fn(fn_args: FnArgs) -> None:
+    """The TFX Trainer's entry point: trains the model and exports the serving SavedModel.
+
+    Args:
+        fn_args: TFX's trainer arguments: `train_files` (the transformed
+            train, catalog and users splits), `eval_files`, `transform_graph_path`,
+            `serving_model_dir`, `model_run_dir` (TensorBoard logs) and
+            `custom_config` (the configuration's `trainer` and `export`
+            sections, see `run_settings`).
+    """
     settings = run_settings(fn_args.custom_config)
     config = settings.trainer
     tf.keras.utils.set_random_seed(config.seed)

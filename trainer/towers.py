@@ -12,9 +12,9 @@ from typing import Dict, Sequence, Tuple
 
 import tensorflow as tf
 
+from mmfuse.config import MODALITIES
 from transform import features as f
 
-MODALITIES = ("id", "text", "image")
 Encoded = Tuple[tf.Tensor, tf.Tensor]  # ([batch, dim] vector, [batch] 0/1 presence)
 
 # The towers branch only on Python values (training, the chosen modalities),
