@@ -112,8 +112,8 @@ def test_metric_names_follow_the_default_ks():
 
 
 def test_metrics_from_ranks_by_hand():
-    metrics = metrics.metrics_from_ranks([1, 3, 15, 1000], ks=[10, 20])
-    assert metrics == {
+    values = metrics.metrics_from_ranks([1, 3, 15, 1000], ks=[10, 20])
+    assert values == {
         "mrr": pytest.approx((1 + 1 / 3 + 1 / 15 + 1 / 1000) / 4),
         "recall@10": pytest.approx(2 / 4),
         "ndcg@10": pytest.approx((1 + 0.5) / 4),
@@ -124,10 +124,10 @@ def test_metrics_from_ranks_by_hand():
 
 def test_metrics_from_ranks_accepts_a_numpy_array():
     """The training callback passes np.concatenate(...) of float ranks."""
-    metrics = metrics.metrics_from_ranks(np.array([2.0, 4.0], dtype=np.float32))
-    assert metrics["mrr"] == pytest.approx(0.375)
-    assert metrics["recall@10"] == 1.0
-    assert metrics["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / 2)
+    values = metrics.metrics_from_ranks(np.array([2.0, 4.0], dtype=np.float32))
+    assert values["mrr"] == pytest.approx(0.375)
+    assert values["recall@10"] == 1.0
+    assert values["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / 2)
 
 
 def test_metrics_are_means_so_duplicating_rows_changes_nothing():
