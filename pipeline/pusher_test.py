@@ -8,9 +8,9 @@ import pytest
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import path_utils
 
+from mmfuse.config import load_config
 from pipeline import pusher
 from pipeline.kubeflow_runner import compile_pipeline
-from pipeline.kubeflow_runner_test import SETTINGS
 from pipeline.pipeline import PipelineConfig, create_pipeline
 from serving import model_store
 from serving.conftest import save_tiny_model
@@ -91,7 +91,10 @@ def test_the_pipeline_and_its_kubeflow_spec_run_this_executor(tmp_path):
     (component,) = [c for c in create_pipeline(PipelineConfig(
         data_dir="data", pipeline_root="root", serving_dir="serving")).components if c.id == "Pusher"]
     assert component.executor_spec.executor_class is pusher.Executor
-    path = compile_pipeline(str(tmp_path / "mmfuse.json"), SETTINGS)
+    settings = load_config(None, ["kubeflow.data=gs://mmfuse-test-nonexistent/data",
+                                  "kubeflow.pipeline_root=gs://mmfuse-test-nonexistent/root",
+                                  "kubeflow.serving_dir=gs://mmfuse-test-nonexistent/serving"])
+    path = compile_pipeline(str(tmp_path / "mmfuse.json"), settings)
     with open(path) as handle:
         executors = json.load(handle)["pipelineSpec"]["deploymentSpec"]["executors"]
     (container,) = [spec["container"] for name, spec in executors.items() if name.startswith("Pusher")]

@@ -149,9 +149,9 @@ class _RankCombiner(beam.CombineFn):
 class ReleaseMargin(metric_types.Metric):
     """The gate's figure: recall@cut-off minus the floor, both following from
     the candidate's catalogue size (module docstring); `REFUSED` when the
-    catalogue is too small. It also reports, for the candidate, the cut-off,
-    the floor, the catalogue size and the recall (`RECALL`, the figure the
-    change against the baseline is read on).
+    catalogue is too small. It also reports the recall at the cut-off
+    (`RECALL`, for the baseline too: the margin changes exactly as it does)
+    and, for the candidate, the cut-off, the floor and the catalogue size.
 
     Args:
         k: the cut-off for catalogues of at least 10 * k items.
