@@ -12,6 +12,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.utils import path_utils
 
+from pipeline import release_gate
 from pipeline.pipeline import PipelineConfig, create_pipeline
 
 progress_log = logging.getLogger("mmfuse")
@@ -111,20 +112,36 @@ def candidate_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
 
 
 def validation_summary(evaluation_uri: str) -> str:
-    """Why the Evaluator did or did not bless: each failed threshold, or 'ok'."""
+    """Why the Evaluator did or did not bless: each failed threshold in words
+    (the release gate's in recall at its cut-off, pipeline/release_gate.py),
+    or 'ok'."""
     validation = tfma.load_validation_result(evaluation_uri)
     if validation.validation_ok:
         return "ok"
+    metrics = candidate_metrics(evaluation_uri)["metrics"]
     failures = []
     for per_slice in validation.metric_validations_per_slice:
         for failure in per_slice.failures:
-            name = failure.metric_key.name
-            value = failure.metric_value.double_value.value
-            threshold = failure.metric_threshold
-            if failure.metric_key.is_diff:
-                failures.append(f"{name} changed by {value:+.4f} against the latest blessed model "
-                                f"(allowed: {threshold.change_threshold.absolute.value:+.4f})")
-            else:
-                failures.append(f"{name}={value:.4f} is below the release floor "
-                                f"{threshold.value_threshold.lower_bound.value:.4f}")
+            failures.append(_failure_in_words(failure, metrics))
     return "; ".join(failures) or "validation failed"
+
+
+def _failure_in_words(failure, metrics: Dict[str, float]) -> str:
+    name = failure.metric_key.name
+    value = failure.metric_value.double_value.value
+    threshold = failure.metric_threshold
+    if name == release_gate.MARGIN:
+        catalogue_size = int(metrics.get(release_gate.CATALOGUE_SIZE, 0))
+        cutoff = int(metrics.get(release_gate.CUTOFF, 0))
+        if not cutoff:
+            return (f"a catalogue of {catalogue_size} items is too small for the release gate "
+                    f"(it needs at least {release_gate.MIN_CATALOGUE})")
+        name = f"recall@{cutoff}"
+        if not failure.metric_key.is_diff:
+            return (f"{name}={metrics.get(release_gate.RECALL, float('nan')):.4f} is below the "
+                    f"release floor {metrics.get(release_gate.FLOOR, float('nan')):.4f} for a "
+                    f"catalogue of {catalogue_size} items")
+    if failure.metric_key.is_diff:
+        return (f"{name} changed by {value:+.4f} against the latest blessed model "
+                f"(allowed: {threshold.change_threshold.absolute.value:+.4f})")
+    return f"{name}={value:.4f} is below {threshold.value_threshold.lower_bound.value:.4f}"

@@ -14,6 +14,7 @@ from mmfuse.config import Config, settings_of
 from pipeline import release_gate
 from pipeline.anomalies_gate import AnomaliesGate
 from pipeline.example_gen import CATALOG, USERS, dataset_example_gen
+from pipeline.pusher import Pusher
 from schema import SCHEMA_FILE
 
 MODEL_NAME = "mmfuse"
@@ -113,8 +114,9 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         example_splits=[EVAL],
         eval_config=release_gate.eval_config(settings.gate))
     components.append(evaluator)
-    # Copies a blessed model into the TF Serving layout.
-    pusher = tfx.components.Pusher(
+    # Copies a blessed model into the TF Serving layout, with a manifest of
+    # its files written last (pipeline/pusher.py).
+    pusher = Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

@@ -1,11 +1,28 @@
-"""Finds, reads and rewrites model versions in a TF Serving model base directory.
+"""Finds, reads, writes and rewrites model versions in a TF Serving model base directory.
 
-The layout is TF Serving's: <base>/<integer version>/saved_model.pb. A version
-directory is complete once saved_model.pb exists (the Pusher copies it last),
-and the newest is the one with the largest number, as TF Serving picks it.
+The layout is TF Serving's: <base>/<integer version>/saved_model.pb, the
+newest being the one with the largest number, as TF Serving picks it. A copy
+(`cp -r`, gsutil, rsync) can leave a version with saved_model.pb and a
+truncated file beside it, which TF Serving would load without a word, so a
+push (`push_version`, which mmfuse's Pusher runs) also writes a manifest of
+every file's size and sha256, last:
+
+1. `<version>/mmfuse_manifest.json.partial` marks a push under way;
+2. every file but saved_model.pb, then saved_model.pb (TF Serving's sign of a
+   complete version);
+3. the manifest, written over the partial one and renamed to
+   `<version>/mmfuse_manifest.json` (one atomic step on a local disk).
+
+`check_manifest` holds a version to its manifest. A version whose push was
+stopped keeps its partial manifest and never gets a manifest; the next push
+removes it (`remove_unfinished_pushes`). A version without either was
+written by another tool and has nothing to be checked against.
 """
+import hashlib
+import json
+import logging
 import os
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +33,14 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401
 
 SAVED_MODEL_FILE = "saved_model.pb"
+MANIFEST_FILE = "mmfuse_manifest.json"
+PARTIAL_MANIFEST_FILE = MANIFEST_FILE + ".partial"
+_CHUNK_BYTES = 1 << 20
+log = logging.getLogger("mmfuse.serving")
+
+
+class ManifestMismatch(ValueError):
+    """A version whose files are not those its manifest lists; the message says which."""
 
 
 def version_dirs(model_base: str) -> List[int]:
@@ -27,16 +52,124 @@ def version_dirs(model_base: str) -> List[int]:
 
 
 def versions(model_base: str) -> List[int]:
-    """The complete versions under `model_base`, oldest first."""
+    """The complete versions under `model_base` (saved_model.pb present, not
+    an unfinished push), oldest first; their files are not checked here."""
     return [version for version in version_dirs(model_base)
-            if tf.io.gfile.exists(os.path.join(model_base, str(version), SAVED_MODEL_FILE))]
+            if tf.io.gfile.exists(os.path.join(model_base, str(version), SAVED_MODEL_FILE))
+            and not is_unfinished_push(os.path.join(model_base, str(version)))]
 
 
 def load_newest(model_base: str) -> Tuple[int, tf.Module]:
+    """The newest complete version, loaded once its files match its manifest
+    (ManifestMismatch if they do not)."""
     found = versions(model_base)
     if not found:
         raise FileNotFoundError(f"no model version (<integer>/saved_model.pb) under {model_base}")
-    return found[-1], tf.saved_model.load(os.path.join(model_base, str(found[-1])))
+    path = os.path.join(model_base, str(found[-1]))
+    if not check_manifest(path):
+        log.warning("%s has no %s: loading it without checking its files", path, MANIFEST_FILE)
+    return found[-1], tf.saved_model.load(path)
+
+
+def is_unfinished_push(version_dir: str) -> bool:
+    """True for a push under way, or one that was stopped before its manifest."""
+    return (tf.io.gfile.exists(os.path.join(version_dir, PARTIAL_MANIFEST_FILE))
+            and not tf.io.gfile.exists(os.path.join(version_dir, MANIFEST_FILE)))
+
+
+def file_manifest(model_dir: str) -> Dict[str, Dict[str, object]]:
+    """{relative path ("/"-separated): {"size", "sha256"}} of every file
+    under `model_dir` except mmfuse's manifests."""
+    files = {}
+    for path in _files_under(model_dir):
+        relative = os.path.relpath(path, model_dir).replace(os.sep, "/")
+        if relative not in (MANIFEST_FILE, PARTIAL_MANIFEST_FILE):
+            files[relative] = {"size": tf.io.gfile.stat(path).length, "sha256": _sha256(path)}
+    return files
+
+
+def push_version(model_dir: str, version_dir: str) -> Dict[str, Dict[str, object]]:
+    """Copies the SavedModel at `model_dir` to the new `version_dir` in the
+    order of the module docstring and returns its manifest's files. The
+    manifest is taken from `model_dir`, so that a copy that went wrong does
+    not match it."""
+    if tf.io.gfile.exists(version_dir):
+        raise FileExistsError(f"{version_dir} already exists; a push writes a new version")
+    files = file_manifest(model_dir)
+    if SAVED_MODEL_FILE not in files:
+        raise FileNotFoundError(f"{model_dir} has no {SAVED_MODEL_FILE}: not a SavedModel")
+    tf.io.gfile.makedirs(version_dir)
+    partial = os.path.join(version_dir, PARTIAL_MANIFEST_FILE)
+    _write_text(partial, json.dumps({"pushing_from": model_dir}))
+    for root, directories, _ in tf.io.gfile.walk(model_dir):
+        for directory in directories:  # empty ones too (assets/), as TF saved them
+            relative = os.path.relpath(os.path.join(root, directory), model_dir)
+            tf.io.gfile.makedirs(os.path.join(version_dir, relative))
+    for relative in sorted(files, key=lambda name: (name == SAVED_MODEL_FILE, name)):
+        tf.io.gfile.copy(os.path.join(model_dir, relative), os.path.join(version_dir, relative))
+    _write_text(partial, json.dumps({"files": files}, indent=1, sort_keys=True))
+    tf.io.gfile.rename(partial, os.path.join(version_dir, MANIFEST_FILE), overwrite=True)
+    return files
+
+
+def check_manifest(version_dir: str) -> bool:
+    """Whether `version_dir` has a manifest; raises ManifestMismatch when one
+    of the files it lists is missing, of another size or another sha256.
+    Files it does not list are not looked at."""
+    path = os.path.join(version_dir, MANIFEST_FILE)
+    if not tf.io.gfile.exists(path):
+        return False
+    try:
+        with tf.io.gfile.GFile(path, "r") as handle:
+            files = json.load(handle)["files"]
+        expected = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ManifestMismatch(f"{path} is not a manifest mmfuse can read: {error}") from None
+    for name, (size, sha256) in sorted(expected.items()):
+        file_path = os.path.join(version_dir, *name.split("/"))
+        if not tf.io.gfile.exists(file_path):
+            raise ManifestMismatch(f"{file_path} is missing ({MANIFEST_FILE} lists it)")
+        found = tf.io.gfile.stat(file_path).length
+        if found != size:
+            raise ManifestMismatch(f"{file_path} has {found} bytes where {MANIFEST_FILE} says "
+                                   f"{size}: truncated or still being copied?")
+    for name, (size, sha256) in sorted(expected.items()):
+        file_path = os.path.join(version_dir, *name.split("/"))
+        if _sha256(file_path) != sha256:
+            raise ManifestMismatch(f"{file_path} differs from what {MANIFEST_FILE} lists "
+                                   "(same size, another sha256)")
+    return True
+
+
+def remove_unfinished_pushes(model_base: str, older_than: int) -> List[int]:
+    """Removes the versions below `older_than` whose push was stopped
+    (`is_unfinished_push`) and returns them. Newer ones are left alone: they
+    may be a push still under way."""
+    removed = []
+    for version in version_dirs(model_base):
+        path = os.path.join(model_base, str(version))
+        if version < older_than and is_unfinished_push(path):
+            tf.io.gfile.rmtree(path)
+            removed.append(version)
+    return removed
+
+
+def _files_under(directory: str) -> List[str]:
+    return sorted(os.path.join(root, name) for root, _, names in tf.io.gfile.walk(directory)
+                  for name in names)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_text(path: str, text: str) -> None:
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write(text)
 
 
 def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],

@@ -10,8 +10,9 @@ and `search` may leave out `user_id` (anonymous), as DESIGN.md promises.
 
 The newest complete version is served; a newer one is loaded, warmed up and
 only then swapped in, so requests in flight finish on the version they
-started with. A version that does not load is logged and skipped, and tried
-again only once its files change.
+started with. A version that does not load, or whose files do not match its
+manifest (serving/model_store.py), is logged and skipped, and tried again only
+once its files change; one without a manifest loads with a warning.
 """
 import functools
 import logging
@@ -276,6 +277,14 @@ class VersionWatcher:
             if version <= served:
                 break
             path = os.path.join(self.model_base, str(version))
+            if model_store.is_unfinished_push(path):
+                if version not in self._incomplete:
+                    log.warning("version %d is an unfinished push (%s, no %s): not loaded; if no "
+                                "push is running, its Pusher was stopped and the next push "
+                                "removes it", version, model_store.PARTIAL_MANIFEST_FILE,
+                                model_store.MANIFEST_FILE)
+                    self._incomplete.add(version)
+                continue
             if not tf.io.gfile.exists(os.path.join(path, model_store.SAVED_MODEL_FILE)):
                 if version not in self._incomplete:
                     log.info("version %d is not complete yet (no %s)", version,
@@ -287,6 +296,9 @@ class VersionWatcher:
             if self._failed.get(version) == state:
                 continue
             try:
+                if not model_store.check_manifest(path):
+                    log.warning("version %d has no %s (not pushed by mmfuse): loading it without "
+                                "checking its files", version, model_store.MANIFEST_FILE)
                 servable = Servable(self.model_name, version, path, self.config)
             except Exception as error:  # noqa: BLE001 - any failure: keep what is served
                 log.error("version %d at %s does not load (%s; tried again when its files "

@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import client
+from serving import client, model_store
 from serving import server as server_module
 from serving.conftest import TEST_MAX_REQUEST_BYTES, small_batches
 from serving.server import MAX_REQUEST_ROWS, ModelServer
@@ -297,6 +297,51 @@ def test_a_new_version_is_swapped_in_only_once_complete_and_no_request_fails(
         served.stop(grace=0)
     assert not failures
     assert set(answered) == {1, 2} and answered == sorted(answered)
+
+
+def test_a_version_that_does_not_match_its_manifest_is_skipped_and_the_last_keeps_answering(
+        model_base, tiny_model, tmp_path, caplog):
+    """Version 1 has no manifest (another tool's copy). While it is served,
+    2 appears as an unfinished push, and 3 pushed with its manifest but with
+    its variables cut in half, as an interrupted `cp -r` leaves them beside a
+    whole saved_model.pb."""
+    staged = str(tmp_path / "staged")
+    model_store.push_version(tiny_model, staged)
+    data = next(name for name in os.listdir(os.path.join(staged, "variables"))
+                if name.startswith("variables.data"))
+    with open(os.path.join(staged, "variables", data), "rb") as handle:
+        content = handle.read()
+    with open(os.path.join(staged, "variables", data), "wb") as handle:
+        handle.write(content[: len(content) // 2])
+    served = ModelServer(model_base, port=0, poll_seconds=0.1,
+                         batching_parameters=small_batches(), announce=lambda line: None)
+    with caplog.at_level(logging.INFO, logger="mmfuse.serving"):
+        served.start()
+        try:
+            assert served.watcher.servable.version == 1
+            assert "version 1 has no mmfuse_manifest.json (not pushed by mmfuse)" in caplog.text
+            os.makedirs(os.path.join(model_base, "2"))
+            with open(os.path.join(model_base, "2", model_store.PARTIAL_MANIFEST_FILE), "w") as handle:
+                handle.write("{}")
+            os.rename(staged, os.path.join(model_base, "3"))  # whole, so never seen half-moved
+            data = os.path.join(model_base, "3", "variables", data)
+            _wait_for(lambda: "version 3 at" in caplog.text)
+            with client.connect(f"127.0.0.1:{served.port}") as opened:
+                request = client.predict_request("recommend", {"user_id": ["u0001"]}, k=3)
+                assert client.ask(opened, request).model_version == 1
+                assert (f"version 3 at {model_base}/3 does not load (still serving version 1"
+                        in caplog.text)
+                assert (f"{data} has {len(content) // 2} bytes where mmfuse_manifest.json says "
+                        f"{len(content)}" in caplog.text)
+                assert "version 2 is an unfinished push" in caplog.text
+                # The copy completes: the files now match, and version 3 is served.
+                with open(data, "wb") as handle:
+                    handle.write(content)
+                _wait_for(lambda: served.watcher.servable.version == 3)
+                assert client.ask(opened, request).model_version == 3
+        finally:
+            served.stop(grace=0)
+    assert caplog.text.count("version 2 is an unfinished push") == 1
 
 
 def test_without_a_loadable_version_the_server_waits_and_says_so(tmp_path, tiny_model):

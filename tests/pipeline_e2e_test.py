@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from serving import model_store
 from serving.model_store import load_newest
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,17 @@ def test_run_reports_progress_and_a_blessed_pushed_model(run):
     # Eval-split metrics, and well above ranking 300 items at random (100/300).
     assert result["metrics"]["recall@100"] > 0.5
     assert 0 < result["metrics"]["recall@10"] <= result["metrics"]["recall@20"] <= result["metrics"]["recall@100"]
+
+
+def test_the_gate_took_its_cutoff_and_floor_from_the_catalogue_and_the_push_its_manifest(run):
+    """300 items: recall@30 (a tenth of the catalogue, not 100) against twice
+    what ranking at random reaches, decided in the Evaluator."""
+    metrics = run["result"]["metrics"]
+    assert (metrics["catalogue_size"], metrics["release_k"]) == (len(run["items"]), 30)
+    assert metrics["release_floor"] == pytest.approx(2 * 30 / len(run["items"]))
+    assert metrics["release_margin"] == pytest.approx(
+        metrics["release_recall"] - metrics["release_floor"], abs=1e-5)
+    assert model_store.check_manifest(run["result"]["pushed_model"])
 
 
 def test_corrupt_image_is_skipped_and_reported(run):

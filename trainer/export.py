@@ -134,12 +134,16 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def rank_examples(self, examples):
         """For the Evaluator: the rank of each example's item for its user/query,
-        scored as `search` scores it (with no words, as `recommend` does)."""
+        scored as `search` scores it (with no words, as `recommend` does), and
+        the size of the catalogue it ranks in, on every row, from which the
+        release gate (pipeline/release_gate.py) takes its cut-off and floor."""
         raw = tf.io.parse_example(examples, self._raw_spec)
         transformed = dense_embeddings(self.tft_layer(raw))
         scores = self._scores(self._query_embeddings(transformed), transformed[f.QUERY_TOKENS])
         ranks = ranks_of_items(scores, transformed[f.ITEM_INDEX])
-        return {"rank": ranks}
+        # Row 0 of the catalogue is the unknown item, which is never ranked.
+        catalogue_size = tf.shape(self.candidates, out_type=tf.int64)[0] - 1
+        return {"rank": ranks, "catalogue_size": tf.fill(tf.shape(ranks), catalogue_size)}
 
 
 def _rows(variable: tf.Variable, indices: tf.Tensor) -> tf.Tensor:
