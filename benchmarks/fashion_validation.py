@@ -167,15 +167,24 @@ def trainer_config(config: Config) -> Dict[str, Dict]:
     return {"trainer": settings_of(config.trainer), "export": settings_of(config.export)}
 
 
-def results_table(rows: Dict[str, Dict[int, Tuple[float, float]]], seeds: Sequence[int]) -> str:
+Figures = Tuple[Optional[float], Optional[float]]
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    values = [value for value in values if value is not None]
+    return sum(values) / len(values) if values else None
+
+
+def results_table(rows: Dict[str, Dict[int, Figures]], seeds: Sequence[int]) -> str:
     """A row per variant, a column per seed and the mean: precision@10 over
-    the 50 pairs / over the pairs with WIDE_MIN_PRODUCTS+ products."""
+    the 50 pairs / over the pairs with WIDE_MIN_PRODUCTS+ products ("-": no
+    such pair)."""
     def cell(pair) -> str:
-        return f"{pair[0]:.3f} / {pair[1]:.3f}"
+        return " / ".join("-" if value is None else f"{value:.3f}" for value in pair)
     table = []
     for label, by_seed in rows.items():
         figures = [by_seed[seed] for seed in seeds]
-        mean = tuple(sum(values) / len(values) for values in zip(*figures))
+        mean = tuple(_mean(values) for values in zip(*figures))
         table.append([label, *map(cell, figures), *([cell(mean)] if len(seeds) > 1 else [])])
     return results.markdown_table(
         ["variant", *(f"seed {seed}" for seed in seeds), *(["mean"] if len(seeds) > 1 else [])],
@@ -203,8 +212,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"validation products: {len(products)}; rows {json.dumps(counts)}", flush=True)
 
     split = os.path.join(work, "examples", "Split-{}", "*").format
-    figures: Dict[str, Dict[int, Tuple[float, float]]] = {}
-    wide_queries = 0
+    figures: Dict[str, Dict[int, Figures]] = {}
+    queries = wide_queries = 0
     for index, (label, configs) in enumerate(runs):
         for seed, config in configs:
             serving_dir = os.path.join(work, "serving", f"{index}-seed{seed}")
@@ -222,13 +231,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # the benchmark's queries, so less of a figure is which pairs were asked.
             wide = quality.text_to_image_precision(ranker, products,
                                                    min_products=WIDE_MIN_PRODUCTS)
-            wide_queries = wide["queries"]
+            queries, wide_queries = result["queries"], wide["queries"]
             figures.setdefault(label, {})[seed] = (result["precision@10"], wide["precision@10"])
             print(json.dumps({"variant": label, "seed": seed,
-                              "precision@10": round(result["precision@10"], 4),
+                              "precision@10": result["precision@10"],
                               "queries": result["queries"],
-                              f"precision@10, pairs of {WIDE_MIN_PRODUCTS}+": round(
-                                  wide["precision@10"], 4),
+                              f"precision@10, pairs of {WIDE_MIN_PRODUCTS}+": wide["precision@10"],
                               "wide_queries": wide_queries,
                               "validation_products": len(products),
                               "train_s": round(time.time() - run_started)}), flush=True)
@@ -240,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         [results_table(figures, seeds)],
         measured=results.measured_line(date, results.commit(), machine, time.time() - started),
         notes=[f"Precision@10 of text -> image over the {len(products):,} validation products: "
-               f"the 50 most frequent (colour, article type) pairs / the {wide_queries} pairs "
+               f"the {queries} most frequent (colour, article type) pairs / the {wide_queries} pairs "
                f"with {WIDE_MIN_PRODUCTS}+ products."]))
     print("reproduce: " + command)
     print(f"results: {options.results}")

@@ -137,3 +137,12 @@ def test_the_table_has_a_row_per_variant_and_a_column_per_seed():
         "| variant | seed 42 | seed 7 | mean |", "| --- | --- | --- | --- |",
         "| as configured | 0.776 / 0.626 | 0.764 / 0.614 | 0.770 / 0.620 |",
         "| trainer.learning_rate_schedule=constant | 0.746 / 0.595 | 0.730 / 0.593 | 0.738 / 0.594 |"]
+
+
+def test_a_carve_too_small_for_a_figure_shows_none_instead_of_failing():
+    table = fashion_validation.results_table({"as configured": {42: (0.5, None), 7: (0.7, None)}},
+                                             [42, 7])
+    assert table.splitlines()[2] == "| as configured | 0.500 / - | 0.700 / - | 0.600 / - |"
+    products = {f"p{i}": {"colour": "Red", "article_type": "Shirts"} for i in range(3)}
+    assert quality.text_to_image_precision(None, products, min_products=10) == {
+        "precision@10": None, "queries": 0, "held_out": 3}

@@ -281,6 +281,8 @@ def text_to_image_precision(ranker: rankers.Ranker, products: Dict[str, Dict[str
     """Each of `fashion_queries(products, min_products)` ranks `products`
     only; precision@10."""
     queries = fashion_queries(products, min_products)
+    if not queries:  # too few products for any pair: no figure, not a zero
+        return {"precision@10": None, "queries": 0, "held_out": len(products)}
     candidates = list(products)
     scores = ranker.score_search([text for text, _, _ in queries], [""] * len(queries),
                                  [candidates] * len(queries))
@@ -472,7 +474,8 @@ def mean_over_seeds(rows_by_seed: Dict[int, Dict[str, object]], first_column: st
     """
     if len(rows_by_seed) == 1:
         return dict(next(iter(rows_by_seed.values())))
-    measured = {seed: row for seed, row in rows_by_seed.items() if first_column in row}
+    measured = {seed: row for seed, row in rows_by_seed.items()
+                if row.get(first_column) is not None}
     row: Dict[str, object] = {"seeds": {str(seed): row for seed, row in rows_by_seed.items()}}
     for name in {name for values in measured.values() for name in values}:
         values = [values[name] for values in measured.values() if values.get(name) is not None]
