@@ -248,8 +248,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         [results_table(figures, seeds)],
         measured=results.measured_line(date, results.commit(), machine, time.time() - started),
         notes=[f"Precision@10 of text -> image over the {len(products):,} validation products: "
-               f"the {queries} most frequent (colour, article type) pairs / the {wide_queries} pairs "
-               f"with {WIDE_MIN_PRODUCTS}+ products."]))
+               f"the {queries} most frequent (colour, article type) pairs / the "
+               f"{wide_queries} pairs with {WIDE_MIN_PRODUCTS}+ products."]))
     print("reproduce: " + command)
     print(f"results: {options.results}")
     return 0
