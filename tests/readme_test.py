@@ -48,8 +48,9 @@ RUN_BY: Dict[str, Tuple[str, ...]] = {
         "tests/readme_test.py::test_the_quick_readme_commands_run_as_written",
         "tests/cli_test.py::test_config_show_prints_the_effective_configuration"),
     # The pipeline itself is replaced by a recorder there; the sample run runs it whole.
-    "mmfuse run --out": ("tests/readme_test.py::test_the_quick_readme_commands_run_as_written",
-                         "tests/pipeline_e2e_test.py::test_run_reports_progress_and_a_blessed_pushed_model"),
+    "mmfuse run --out": (
+        "tests/readme_test.py::test_the_quick_readme_commands_run_as_written",
+        "tests/pipeline_e2e_test.py::test_run_reports_progress_and_a_blessed_pushed_model"),
     "mmfuse run --config --data --out --set": (
         "tests/readme_test.py::test_the_quick_readme_commands_run_as_written",
         "tests/pipeline_e2e_test.py::test_run_reports_progress_and_a_blessed_pushed_model"),
@@ -82,21 +83,29 @@ RUN_BY: Dict[str, Tuple[str, ...]] = {
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
         "tests/pipeline_e2e_test.py::test_trainer_writes_tensorboard_logs"),
 }
-# README commands that need a Docker engine, a cluster or the real data sets
-# (none of which CI has) -> what checks them instead.
+# README commands that need what CI lacks -> (what they need, the tests that
+# check them instead).
 NEEDS_OUTSIDE: Dict[str, Tuple[str, ...]] = {
     "mmfuse convert movielens-100k": (
-        "real data: dataset/converters_test.py::test_real_movielens",
+        "the real data set ($MMFUSE_DATA_DIR, real_data tests)",
+        "dataset/converters_test.py::test_real_movielens",
         "tests/movielens_e2e_test.py::test_movielens_run_is_blessed_and_beats_popularity",
         "dataset/converters_test.py::test_movielens_from_small_source"),
-    "docker compose": ("a Docker engine: serving/deploy_test.py::test_compose_runs_tf_serving_on_the_mounted_configs",),
-    "kubectl apply": ("a cluster: serving/deploy_test.py::test_kubernetes_deployment_service_and_config_fit_together",),
-    "docker build": ("a Docker engine; the image's install is the Makefile's",),
-    "docker push": ("a registry",),
+    "docker compose": (
+        "a Docker engine",
+        "serving/deploy_test.py::test_compose_runs_tf_serving_on_the_mounted_configs"),
+    "kubectl apply": (
+        "a Kubernetes cluster",
+        "serving/deploy_test.py::test_kubernetes_deployment_service_and_config_fit_together"),
+    "docker build": ("a Docker engine (the image installs what the Makefile installs)",),
+    "docker push": ("a container registry",),
     "python -m benchmarks.quality --data-root --datasets --variants": (
-        "real data: benchmarks/quality_test.py::test_the_baselines_on_the_sample_write_their_section",),
+        "the real data sets",
+        "benchmarks/quality_test.py::test_the_baselines_on_the_sample_write_their_section"),
     "python -m benchmarks.fashion_validation --out --seeds --variant": (
-        "a fashion benchmark run: benchmarks/fashion_validation_test.py::test_each_variant_trains_once_per_seed_from_the_configuration_file",),
+        "a fashion benchmark run",
+        "benchmarks/fashion_validation_test.py::"
+        "test_each_variant_trains_once_per_seed_from_the_configuration_file"),
 }
 
 
@@ -165,7 +174,8 @@ def test_the_configuration_reference_is_the_configurations_own():
 def test_every_readme_command_is_run_by_a_test():
     keys = {command_key(command) for command in sh_commands(readme())}
     missing = sorted(keys - set(RUN_BY) - set(NEEDS_OUTSIDE))
-    assert not missing, f"README commands no test runs (add a test, then list it in RUN_BY): {missing}"
+    assert not missing, (f"README commands no test runs (add a test, then list it in RUN_BY): "
+                         f"{missing}")
     stale = sorted((set(RUN_BY) | set(NEEDS_OUTSIDE)) - keys)
     assert not stale, f"RUN_BY / NEEDS_OUTSIDE list commands the README no longer has: {stale}"
     for where in list(RUN_BY.values()) + list(NEEDS_OUTSIDE.values()):
@@ -279,8 +289,9 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
                 break
         assert server.poll() is None, "".join(lines)
         threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True).start()
-        queries = _readme_commands("mmfuse query --server --user", "mmfuse query --server --text --user",
-                                   "mmfuse query --image --server", "mmfuse query --item --json --server")
+        queries = _readme_commands(
+            "mmfuse query --server --user", "mmfuse query --server --text --user",
+            "mmfuse query --image --server", "mmfuse query --item --json --server")
         for key, words in queries:
             words = [word.replace("localhost:8500", f"127.0.0.1:{port}") for word in words]
             assert main(words[1:]) == 0, key
