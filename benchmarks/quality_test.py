@@ -46,16 +46,66 @@ def test_each_seed_trains_with_its_own_seed_and_log(tmp_path, monkeypatch):
 
     def call(command, stdout, **kwargs):
         commands.append(command)
-        stdout.write('{"candidate_model": "/m/%s"}\n' % command[command.index("--seed") + 1])
+        seed = next(word for word in command if word.startswith("trainer.seed="))
+        stdout.write('{"candidate_model": "/m/%s"}\n' % seed.split("=")[1])
         return 0
 
     monkeypatch.setattr(quality.subprocess, "call", call)
-    options = argparse.Namespace(out=str(tmp_path), epochs=1, skip_runs=False)
+    options = argparse.Namespace(out=str(tmp_path), epochs=1, skip_runs=False, config=None,
+                                 overrides=[])
     for seed in (quality.DEFAULT_SEED, 7):
         model, _, note = quality._model_run(options, "sample", "/data", "id", seed)
         assert (model, note) == (f"/m/{seed}", "")
-    assert [command[command.index("--seed") + 1] for command in commands] == ["42", "7"]
+    assert [[word for word in command if word.startswith("trainer.seed=")]
+            for command in commands] == [["trainer.seed=42"], ["trainer.seed=7"]]
     assert sorted(os.listdir(tmp_path / "sample")) == ["id-seed7.log", "id.log", "runs"]
+
+
+def test_model_runs_take_the_configuration_and_the_variant_wins(tmp_path, monkeypatch):
+    commands = []
+
+    def call(command, stdout, **kwargs):
+        commands.append(command)
+        stdout.write('{"candidate_model": "/m"}\n')
+        return 0
+
+    monkeypatch.setattr(quality.subprocess, "call", call)
+    options = quality._parser().parse_args([
+        "--out", str(tmp_path), "--epochs", "3", "--config", "shop.yaml",
+        "--set", "trainer.epochs=4", "--set", "trainer.modalities=[id]"])
+    quality._model_run(options, "sample", "/data", "text", 7)
+    (command,) = commands
+    assert command[command.index("--config") + 1] == "shop.yaml"
+    sets = [command[index + 1] for index, word in enumerate(command) if word == "--set"]
+    assert sets == ["trainer.epochs=3", "trainer.epochs=4", "trainer.modalities=[id]",
+                    "trainer.modalities=text", "trainer.seed=7", "gate.min_recall=0"]
+    # What `mmfuse run` makes of them: the later --set wins.
+    settings = quality.load_config(None, sets)
+    assert (settings.trainer.epochs, settings.trainer.modalities) == (4, ["text"])
+
+
+def test_a_bad_setting_stops_the_benchmark_before_any_run(tmp_path, capsys):
+    code = quality.main(["--datasets", "sample", "--variants", "id", "--out", str(tmp_path),
+                         "--set", "trainer.embeding_dim=8", "--results", str(tmp_path / "R.md")])
+    assert code == 2
+    assert "trainer.embeding_dim" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
+def test_the_baselines_on_the_sample_write_their_section(tmp_path, capsys):
+    results_file = tmp_path / "RESULTS.md"
+    results_file.write_text("# Results\n\nkept by hand\n")
+    out = tmp_path / "bench"
+    assert quality.main(["--datasets", "sample", "--variants", "popularity,ease",
+                         "--out", str(out), "--results", str(results_file)]) == 0
+    text = results_file.read_text()
+    assert text.startswith("# Results\n\nkept by hand\n")
+    section = text[text.index("<!-- begin quality-sample -->"):]
+    assert section.rstrip().endswith("<!-- end quality-sample -->")
+    assert "benchmarks.quality --datasets sample --variants popularity,ease" in section
+    assert "| variant | recall@10 | recall@20 | recall@100 |" in section
+    assert "| popularity | 0." in section and "| ease | 0." in section
+    assert "Measured on " in section and " cores (" in section
 
 
 def test_fashion_queries_are_the_most_frequent_pairs_or_every_pair_with_enough_products():

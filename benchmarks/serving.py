@@ -10,9 +10,12 @@ catalogues (`--sizes`): the same graph and signatures, the model's own items
 first and then random unit embeddings up to the size (the answers are
 meaningless, the cost is real), to show how the cost grows with the catalogue.
 
-    .venv/bin/python -m benchmarks.serving --model-base runs/sample/serving/mmfuse
+    .venv/bin/python -m benchmarks.serving --model-base runs/sample/serving/mmfuse \\
+        [--sizes pushed,44000,1000000] [--results benchmarks/RESULTS.md]
 
 The clients run on the same machine as the server and take part of its CPU.
+The table, with its command, date, commit and machine, replaces the `serving`
+section of `--results`.
 """
 import os
 
@@ -40,6 +43,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from benchmarks import results as results_file
 from serving import client, model_store
 
 SIGNATURES = ("recommend", "search", "similar_items", "image_search")
@@ -114,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                              "--tensorflow-intra-op-parallelism 2'")
     parser.add_argument("--users", type=int, default=200,
                         help="recommend/search ask for users u0001..uNNNN")
+    parser.add_argument("--results", default=results_file.DEFAULT_RESULTS, metavar="FILE",
+                        help="Markdown file whose serving section is replaced by the table "
+                             "(default: benchmarks/RESULTS.md)")
     return parser
 
 
@@ -335,19 +342,40 @@ def growth(results: List[Result]) -> List[str]:
     return lines
 
 
+def results_table(results: List[Result]) -> str:
+    """The figures as a Markdown table, a row per catalogue size and signature."""
+    return results_file.markdown_table(
+        ["items", "signature", "p50 ms", "p95 ms", "p99 ms", "answers/s", "CPU ms/answer", "errors"],
+        [[f"{result.catalogue_size:,}", result.signature, f"{result.percentile(50):.1f}",
+          f"{result.percentile(95):.1f}", f"{result.percentile(99):.1f}", f"{result.qps:.0f}",
+          f"{result.cpu_ms_per_answer():.2f}", result.errors] for result in results])
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    started, date, machine = time.time(), results_file.today(), results_file.machine()
     try:
         results = benchmark(args)
     except (FileNotFoundError, ValueError) as error:
         print(f"benchmarks.serving: error: {error}", file=sys.stderr)
         return 2
     print("\ncost growth with catalogue size:")
-    for line in growth(results):
+    growth_lines = growth(results)
+    for line in growth_lines:
         print("  " + line)
-    print("\nreproduce with: " + shlex.join([os.path.relpath(sys.executable), "-m",
-                                              "benchmarks.serving"] + list(
-        sys.argv[1:] if argv is None else argv)))
+    command = shlex.join([".venv/bin/python", "-m", "benchmarks.serving"]
+                         + list(sys.argv[1:] if argv is None else argv))
+    print("\nreproduce with: " + command)
+    results_file.write_section(args.results, "serving", results_file.render_section(
+        "Serving latency and throughput (benchmarks/serving.py)", command,
+        [results_table(results)],
+        measured=results_file.measured_line(date, results_file.commit(), machine,
+                                            time.time() - started),
+        notes=[f"{args.clients} closed-loop gRPC clients on the same machine, {args.seconds:g} s "
+               "per signature after a warm-up. CPU ms/answer is the server's and the clients' "
+               "CPU per answer: two dedicated cores carry about 2000 / that figure answers a "
+               "second.", *(f"- {line}" for line in growth_lines)]))
+    print(f"results: {args.results}")
     return 1 if any(result.errors for result in results) else 0
 
 

@@ -66,3 +66,13 @@ def test_growth_compares_each_size_with_the_smallest():
     lines = bench.growth([_result(1000, "recommend", 2.0, 400), _result(300, "recommend", 1.0, 800),
                           _result(300, "search", 5.0, 100)])
     assert lines == ["recommend vs 300 items: 1,000 items: p50 x2.0, qps x0.50"]
+
+
+def test_the_results_table_has_a_row_per_size_and_signature():
+    table = bench.results_table([_result(300, "recommend", 7.7, 1027),
+                                 _result(44000, "search", 38.3, 208)])
+    lines = table.splitlines()
+    assert lines[0] == ("| items | signature | p50 ms | p95 ms | p99 ms | answers/s | "
+                        "CPU ms/answer | errors |")
+    assert lines[2].startswith("| 300 | recommend | 7.7 | 7.7 | 7.7 | 1027 |")
+    assert lines[3].startswith("| 44,000 | search | 38.3 |")

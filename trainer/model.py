@@ -128,7 +128,8 @@ class RetrievalModel(tfrs.Model):
         # tower, and through it the photo projection the two towers share,
         # not the rest of the item tower. MovieLens fusion's recall@100 was
         # 0.616 before; 0.595 with 10% of the rows replaced by photo queries,
-        # 0.601 with the item vectors moving too, 0.613 as it is (README).
+        # 0.601 with the item vectors moving too, 0.613 as it is (quality
+        # benchmark; benchmarks/RESULTS.md, these in README.md's git history).
         # Only a query tower that reads photos (the image modality) gets it:
         # another would see an empty query.
         self.photo_search_weight = photo_search_weight if self.query_tower.image is not None else 0.0

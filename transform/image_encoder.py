@@ -16,7 +16,7 @@ The recommender's image feature (`ImageEncoderModule`, FEATURE_DIM numbers)
 is more than the pooled head: the head was trained to tell 1,000 ImageNet
 classes apart and keeps little of what shoppers ask for, colour and shape. So
 the feature also carries the pooled outputs of the last three stages and a
-coarse colour histogram of the pixels (README, "How the model works").
+coarse colour histogram of the pixels (docs/model.md, "Transform").
 
 To save the encoder (a serving graph, a tf.Transform graph) prefer
 `ImageEncoderModule` to the Keras model: inside a `preprocessing_fn`, create it

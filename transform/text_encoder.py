@@ -6,7 +6,7 @@ sentence-transformers gives (WordPiece, BERT, masked mean, L2 norm).
 
 Why a SavedModel in between: the weights load through keras-hub, which is
 Keras 3, while this process runs tf.keras as Keras 2 (TF_USE_LEGACY_KERAS=1,
-see STACK.md). Keras 3 layers inside a tf_keras model or a tf.Transform graph
+see docs/stack.md). Keras 3 layers inside a tf_keras model or a tf.Transform graph
 misbehave, so the Keras 3 model is exported once to a TF SavedModel in a cache
 directory; everyone else only ever calls `tf.saved_model.load` on it, and Keras 3
 is not even imported once the cache exists.
