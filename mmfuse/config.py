@@ -144,7 +144,8 @@ class KubeflowSettings:
 class ServingSettings:
     """`mmfuse serve`: the local stand-in for TF Serving."""
     host: str = setting("127.0.0.1", "address to listen on (`0.0.0.0`: every interface)")
-    port: int = setting(8500, "gRPC port", minimum=1, maximum=65535)
+    port: int = setting(8500, "gRPC port (0: a free port, printed when serving starts)",
+                       minimum=0, maximum=65535)
     poll_seconds: float = setting(2.0, "how often to look for a new model version", minimum=0.01)
     max_request_bytes: int = setting(16 << 20, "larger requests are refused "
                                      "(RESOURCE_EXHAUSTED)", minimum=1)
