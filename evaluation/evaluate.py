@@ -9,7 +9,7 @@ Recommendation (eval rows without a query): one list per eval user, the top
 max(k) of `ranker.recommend`.
 - recall@k, ndcg@k and mrr are means over held-out interactions: each eval row
   counts once, scored by the rank of its item in its user's list. That is the
-  Evaluator's averaging (trainer/ranking.py), so without `exclude_seen` the
+  Evaluator's averaging (evaluation/metrics.py), so without `exclude_seen` the
   figures are the pipeline's (MRR only counts ranks within max(k)).
 - hit@k is a mean over users: the share of eval users with at least one of
   their held-out items in their top k.

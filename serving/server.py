@@ -6,7 +6,7 @@ TF Serving's own protos, status codes and error messages, over a model base
 directory in TF Serving's layout, so that a client written against it works
 unchanged against `tensorflow_model_server` (serving/deploy/ runs that one).
 Where it differs, it is more lenient: a request may leave out `k` (10 is used)
-and `search` may leave out `user_id` (anonymous), as DESIGN.md promises.
+and `search` may leave out `user_id` (anonymous), as docs/design.md promises.
 
 The newest complete version is served; a newer one is loaded, warmed up and
 only then swapped in, so requests in flight finish on the version they

@@ -1,4 +1,4 @@
-"""The serving SavedModel: the signatures of DESIGN.md over an exact top-k.
+"""The serving SavedModel: the signatures of docs/design.md over an exact top-k.
 
 `search` and `image_search` feed raw strings through the Transform graph (the
 training preprocessing itself) and embed them with the query tower;
