@@ -113,7 +113,7 @@ def test_a_new_version_is_served_while_queries_flow_and_a_crippled_model_is_not_
         assert second["blessed"] and second["pushed_model"]
         newest = model_store.versions(server["model_base"])[-1]
         assert newest not in first
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # loading and warming up a version is slow on a busy machine
         while newest not in versions_seen and time.time() < deadline and not failures:
             time.sleep(0.5)
     finally:
