@@ -18,6 +18,7 @@ import math
 import os
 import posixpath
 import random
+import re
 import stat
 import zlib
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -253,8 +254,11 @@ def _parse_csv(path: str, text: str, required: Tuple[str, ...], max_chars: int):
         try:
             fields = next(reader, None)
         except csv.Error as error:
-            hint = (" (a stray \" opened a quoted field that never closes)"
-                    if "unexpected end of data" in str(error) else "")
+            hint = ""
+            if "unexpected end of data" in str(error):
+                hint = " (a stray \" opened a quoted field that never closes)"
+            elif '"' in str(error):
+                hint = f" (at line {reader.line_num}; a stray \" in the record starting here?)"
             raise DatasetError(f"{path}: line {start}: {error}{hint}") from None
         if fields is None:
             return rows
@@ -346,8 +350,10 @@ def _image_problem(path: str, limits: PipelineSettings) -> Optional[str]:
                 return (f"{width}x{height} pixels, more than {limits.max_image_pixels} "
                         "(pipeline.max_image_pixels)")
             image.load()
-    except Image.DecompressionBombError as error:
-        return f"declares too many pixels ({error})"
+    except Image.DecompressionBombError as error:  # Pillow's own, larger cap
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        return (f"{declared.group(1) if declared else 'too many'} pixels, more than "
+                f"{limits.max_image_pixels} (pipeline.max_image_pixels)")
     except Exception as error:  # Pillow raises many types for corrupt files
         return f"does not decode ({error})"
     return None
@@ -406,7 +412,7 @@ def _parse_timestamp(text: str, path: str, line: int) -> Optional[int]:
     low, high = _TIMESTAMP_RANGE
     if not low <= seconds < high:  # also refuses nan
         hint = (" (milliseconds? the contract takes seconds)"
-                if math.isfinite(seconds) and low <= seconds / 1000 < high else "")
+                if seconds >= high and low <= seconds / 1000 < high else "")
         raise DatasetError(f"{path}: line {line}: field timestamp {text!r} is out of range: not "
                            f"in the years {YEARS[0]} to {YEARS[1]}{hint}")
     return int(seconds)
