@@ -110,8 +110,9 @@ def read_bytes(path: str, max_bytes: Optional[int] = None) -> bytes:
     if is_uri(path):
         import tensorflow as tf  # only remote datasets pay for importing TensorFlow
 
-        if max_bytes is not None and tf.io.gfile.stat(path).length > max_bytes:
-            raise TooLarge(f"larger than {max_bytes} bytes")
+        size = tf.io.gfile.stat(path).length
+        if max_bytes is not None and size > max_bytes:
+            raise TooLarge(f"{size} bytes, more than {max_bytes}")
         with tf.io.gfile.GFile(path, "rb") as handle:
             return handle.read()
     info = os.stat(path)
@@ -123,7 +124,7 @@ def read_bytes(path: str, max_bytes: Optional[int] = None) -> bytes:
         _check_regular(info.st_mode, max_bytes, info.st_size)
         data = handle.read(-1 if max_bytes is None else max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:  # grew since the stat
-        raise TooLarge(f"larger than {max_bytes} bytes")
+        raise TooLarge(f"more than {max_bytes}")
     return data
 
 
