@@ -78,6 +78,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -195,6 +196,15 @@ def is_held_out(item_id: str) -> bool:
     return md5_share(item_id) < HELD_OUT_FRACTION
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    if os.path.exists(dst):
+        return
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copyfile(src, dst)
+
+
 def _prepare_fashion(options) -> str:
     """The catalogue with the held-out products' text and attributes hidden
     (the module docstring); their images stay where the conversion put them."""
@@ -205,9 +215,14 @@ def _prepare_fashion(options) -> str:
         return dst
     os.makedirs(dst, exist_ok=True)
     rows = []
+    os.makedirs(os.path.join(dst, "images"), exist_ok=True)
     for item in read_dataset(original, check_images=False).items.values():
-        row = {"item_id": item.item_id, "title": item.title,
-               "image": os.path.relpath(item.image_path, dst) if item.image_path else "",
+        image = ""
+        if item.image_path:
+            # Hard links: image paths must stay inside the dataset directory.
+            image = "images/" + os.path.basename(item.image_path)
+            _link_or_copy(item.image_path, os.path.join(dst, image))
+        row = {"item_id": item.item_id, "title": item.title, "image": image,
                **dict(item.attributes)}
         if item.image_path and is_held_out(item.item_id):
             row.update({"title": "", **{name: "" for name in FASHION_ATTRIBUTES}})

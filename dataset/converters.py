@@ -149,13 +149,21 @@ def _genres(flags: Sequence[str]) -> str:
 
 
 def _movielens_items(src: str, skipped: Counter) -> dict[str, dict[str, str]]:
-    """Movies from the enriched items.csv, then any movie only u.item knows."""
+    """Movies from the enriched items.csv when it is there (plots, languages),
+    then every movie only u.item, GroupLens's own file, knows."""
+    movies: dict[str, dict[str, str]] = {}
+    if os.path.exists(os.path.join(src, "items.csv")):
+        _enriched_movies(src, movies, skipped)
+    _official_movies(src, movies, skipped)
+    return movies
+
+
+def _enriched_movies(src: str, movies: dict[str, dict[str, str]], skipped: Counter) -> None:
     enriched = _read_csv(
         src, "items.csv",
         ("movie_id", "title", "year", "overview", "original_language", *MOVIELENS_GENRE_COLUMNS),
     )
     # items.csv repeats some movies, each time with an identical row.
-    movies: dict[str, dict[str, str]] = {}
     for movie_id, row in _rows_by_id(enriched, "movie_id", "items.csv", skipped).items():
         year = row["year"].strip()
         movies[movie_id] = {
@@ -168,30 +176,35 @@ def _movielens_items(src: str, skipped: Counter) -> dict[str, dict[str, str]]:
             "language": row["original_language"].strip(),
         }
 
-    # u.item is the original MovieLens file, pipe separated and ISO-8859-1 encoded.
+
+def _official_movies(src: str, movies: dict[str, dict[str, str]], skipped: Counter) -> None:
+    # u.item: movie id|title|release date|video release date|IMDb URL|19 genre
+    # flags, pipe separated and ISO-8859-1 encoded.
     with open(_require_file(src, "u.item"), encoding="latin-1") as f:
         for line in f:
+            if not line.strip():
+                continue
             fields = line.rstrip("\r\n").split("|")
-            if len(fields) != 5 + len(MOVIELENS_GENRE_COLUMNS):
+            if len(fields) != 5 + len(MOVIELENS_GENRE_COLUMNS) or not fields[0].strip():
                 skipped["u.item: malformed line"] += 1
                 continue
-            movie_id, title, release_date = fields[0], fields[1], fields[2]
+            movie_id, title, release_date = fields[0].strip(), fields[1].strip(), fields[2]
             if movie_id in movies:
                 continue
+            year = release_date.strip()[-4:]  # "01-Jan-1995"; empty for a few movies
             movies[movie_id] = {
                 "item_id": movie_id,
-                "title": title,
+                # "unknown" is u.item's placeholder for a movie without a title.
+                "title": "" if title == "unknown" else title,
                 "genres": _genres(fields[5:]),
-                # release_date looks like "01-Jan-1995".
-                "year": release_date[-4:],
+                "year": year if year.isdigit() else "",
             }
-    return movies
 
 
 def _movielens_interactions(src: str, movie_ids: Mapping[str, object],
                             skipped: Counter) -> list[dict]:
     interactions = []
-    with open(_require_file(src, "u.data"), encoding="utf-8") as f:
+    with open(_require_file(src, "u.data"), encoding="latin-1") as f:
         for line in f:
             fields = line.split()
             try:
@@ -209,7 +222,10 @@ def _movielens_interactions(src: str, movie_ids: Mapping[str, object],
 
 
 def convert_movielens(src: str, dst: str) -> dict:
-    """MovieLens-100K with TMDB overviews and posters: ratings as interactions, no queries."""
+    """MovieLens-100K: GroupLens's ``u.data`` ratings as interactions (no
+    queries) and ``u.item`` movies (title, genres, year); plots from an
+    enriched ``items.csv`` and ``posters/<movie_id>.jpg`` are used when they sit
+    beside them (u.user and the other files are not needed)."""
     skipped: Counter = Counter()
     movies = _movielens_items(src, skipped)
     interactions = _movielens_interactions(src, movies, skipped)

@@ -49,6 +49,63 @@ def make_movielens(src):
     write_jpeg(os.path.join(src, "posters", "1.jpg"))
 
 
+def make_official_movielens(src, users=True):
+    """The official GroupLens ml-100k layout alone: u.data (tab separated),
+    u.item (pipe separated, ISO-8859-1, with the placeholder movie 267) and
+    u.user; no items.csv, no posters."""
+    os.makedirs(src)
+    genres = converters.MOVIELENS_GENRE_COLUMNS
+
+    def flags(*names):
+        return "|".join("1" if genre in names else "0" for genre in genres)
+    with open(os.path.join(src, "u.item"), "w", encoding="latin-1", newline="") as f:
+        f.write(f"1|Toy Story (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)|"
+                f"{flags('Animation', 'Children', 'Comedy')}\n")
+        f.write(f"2|Dead Man Walking (1995)|01-Jan-1995||http://x|{flags('Drama')}\n")
+        f.write(f"3|Ma vie en rose (1997)|01-Jan-1997||http://y|{flags('Comedy', 'Drama')}\n")
+        f.write(f"4|Café au lait (1993)|01-Jan-1993||http://z|{flags('Comedy')}\n")
+        f.write(f"267|unknown||||{flags('genre_unknown')}\n")
+        f.write("5|too few fields|01-Jan-1995\n")
+    with open(os.path.join(src, "u.data"), "w", encoding="latin-1") as f:
+        f.write("196\t1\t3\t881250949\n186\t2\t3\t891717742\n22\t4\t1\t878887116\n"
+                "196\t267\t2\t880606923\n186\t1682\t5\t880606923\n")
+    if users:
+        with open(os.path.join(src, "u.user"), "w", encoding="latin-1") as f:
+            f.write("196|49|M|writer|55105\n186|39|F|executive|00000\n22|25|M|writer|40206\n")
+
+
+@pytest.mark.parametrize("users", [True, False])
+def test_movielens_from_the_official_folder_alone(tmp_path, users):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    make_official_movielens(src, users)
+    summary = converters.convert("movielens-100k", src, dst)
+    assert summary == {
+        "items": 5, "images": 0, "interactions": 4, "users": 3, "search_rows": 0,
+        "skipped": {"u.item: malformed line": 1, "u.data: unknown item_id": 1},
+    }
+    items = read_rows(os.path.join(dst, "items.csv"))
+    assert items[0] == {"item_id": "1", "title": "Toy Story (1995)", "description": "",
+                        "image": "", "genres": "Animation|Children|Comedy", "year": "1995",
+                        "language": ""}
+    assert items[3]["title"] == "Café au lait (1993)"  # decoded from ISO-8859-1
+    assert items[4] == {"item_id": "267", "title": "", "description": "", "image": "",
+                        "genres": "unknown", "year": "", "language": ""}
+    assert read_rows(os.path.join(dst, "interactions.csv"))[0] == {
+        "user_id": "196", "item_id": "1", "timestamp": "881250949", "rating": "3.0"}
+    dataset = read_dataset(dst)
+    assert len(dataset.items) == 5 and len(dataset.interactions) == 4
+
+
+def test_movielens_uses_posters_beside_the_official_files(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    make_official_movielens(src)
+    write_jpeg(os.path.join(src, "posters", "2.jpg"))
+    summary = converters.convert("movielens-100k", src, dst)
+    assert summary["images"] == 1
+    assert read_rows(os.path.join(dst, "items.csv"))[1]["image"] == "images/2.jpg"
+    assert read_dataset(dst).report["images skipped"] == 0
+
+
 def make_fashion(src):
     """Three products, the second repeated and the third without an image."""
     os.makedirs(src)
@@ -166,7 +223,6 @@ SOURCE_MAKERS = {
 @pytest.mark.parametrize("name, file, column", [
     ("movielens-100k", "u.data", None),
     ("movielens-100k", "u.item", None),
-    ("movielens-100k", "items.csv", None),
     ("movielens-100k", "items.csv", "overview"),
     ("fashion-small", "products.csv", None),
     ("fashion-small", "products.csv", "colour"),
@@ -226,6 +282,31 @@ def test_real_movielens(tmp_path):
     assert sum(1 for item in items if item["genres"] and item["year"]) > 0.99 * len(items)
     dataset = read_dataset(dst)
     assert dataset.report["images skipped"] == 0
+
+
+OFFICIAL_ML_100K = ("u.data", "u.item", "u.user", "u.genre", "u.occupation", "u.info", "README")
+
+
+@pytest.mark.real_data
+def test_real_movielens_official_files_alone(tmp_path):
+    """The GroupLens ml-100k files without the TMDB extras (items.csv, posters)."""
+    real = real_source("movielens-100k")
+    src = tmp_path / "ml-100k"
+    src.mkdir()
+    for name in OFFICIAL_ML_100K:
+        if os.path.exists(os.path.join(real, name)):
+            os.symlink(os.path.join(real, name), src / name)
+    if not (src / "u.item").exists() or not (src / "u.data").exists():
+        pytest.skip("needs the official u.data and u.item")
+    dst = str(tmp_path / "dst")
+    summary = converters.convert("movielens-100k", str(src), dst)
+    assert (summary["items"], summary["interactions"], summary["users"]) == (1682, 100_000, 943)
+    assert (summary["images"], summary["skipped"]) == (0, {})
+    items = read_rows(os.path.join(dst, "items.csv"))
+    assert sum(1 for item in items if item["title"] and item["genres"] and item["year"]) >= 1680
+    assert not any(item["description"] for item in items)
+    dataset = read_dataset(dst)
+    assert len(dataset.items) == 1682 and len(dataset.interactions) == 100_000
 
 
 @pytest.mark.real_data

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from dataset.contract import DatasetError, read_dataset
+from dataset.contract import DatasetError, validate_for_run
 from dataset.converters import convert
 from dataset.sample import write_sample_dataset
 from evaluation.metrics import DEFAULT_KS
@@ -179,24 +179,22 @@ def _run(args) -> int:
     if args.no_cache:
         args.overrides.append("pipeline.cache=false")
     settings = _settings(args, "run")
+    out = os.path.abspath(args.out)
+    data_dir = args.data
+    if data_dir is None:
+        data_dir = os.path.join(out, "sample-data")
+        write_sample_dataset(data_dir)
+    # Validate before importing TFX: bad input fails at once, as a message.
+    dataset = validate_for_run(data_dir, settings)
     from pipeline import local_runner
     from pipeline.fingerprint import DATA_CODE, TRAINER_CODE, code_fingerprint, dataset_fingerprint
     from pipeline.pipeline import MODEL_NAME, PipelineConfig
 
     local_runner.show_progress()
-    out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    data_dir = args.data
-    if data_dir is None:
-        data_dir = os.path.join(out, "sample-data")
-        write_sample_dataset(data_dir)
+    if args.data is None:
         local_runner.progress_log.info("wrote the embedded sample dataset to %s", data_dir)
-    # Validate before starting TFX, so bad input is a message, not a Beam trace.
-    dataset = read_dataset(data_dir)
     local_runner.progress_log.info(dataset.summary())
-    if settings.trainer.rating_weight > 0 and all(row.rating is None for row in dataset.interactions):
-        raise DatasetError(f"trainer.rating_weight needs interactions with a rating, and {data_dir} "
-                           "has none")
     config = PipelineConfig(
         data_dir=os.path.abspath(data_dir),
         pipeline_root=os.path.join(out, "pipeline"),

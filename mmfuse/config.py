@@ -54,6 +54,14 @@ class PipelineSettings:
                           "inputs, settings, data and code are unchanged")
     beam_args: List[str] = setting([], "Apache Beam options of the data steps in a local run, "
                                    "e.g. `[--direct_running_mode=multi_processing]`")
+    max_image_bytes: int = setting(20 << 20, "larger image files are skipped like unreadable "
+                                   "ones (counted and reported)", minimum=1)
+    max_image_pixels: int = setting(40_000_000, "images whose header declares more pixels are "
+                                    "skipped before decoding", minimum=1)
+    max_text_chars: int = setting(100_000, "longer cells of items.csv or interactions.csv "
+                                  "(a title, a description, ...) are an error", minimum=1)
+    min_items: int = setting(10, "`mmfuse run` refuses a smaller catalogue: retrieval over it "
+                             "would measure nothing", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)

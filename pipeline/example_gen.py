@@ -23,8 +23,9 @@ few attribute values of each item, as search queries for their own items, the
 pairing that teaches text-to-image search.
 """
 import collections
+import json
 import logging
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -44,6 +45,7 @@ from dataset.contract import (
     read_dataset,
     training_interactions,
 )
+from mmfuse.config import PipelineSettings
 from transform import features as f
 
 CATALOG = "catalog"
@@ -51,13 +53,16 @@ USERS = "users"
 SPLIT_NAMES = (splits.TRAIN, splits.EVAL, CATALOG, USERS)
 
 
-def dataset_example_gen(data_dir: str, split_method: str, cache_key: str = "") -> FileBasedExampleGen:
+def dataset_example_gen(data_dir: str, split_method: str, cache_key: str = "",
+                        limits: Optional[Dict[str, int]] = None) -> FileBasedExampleGen:
     """The ExampleGen component over dataset directory `data_dir`. `cache_key`
     stands for what the driver cannot see (pipeline/fingerprint.py); the
-    executor ignores it."""
+    executor ignores it. `limits`: `dataset.contract.limits_of` the run's settings."""
     custom = any_pb2.Any()
     custom.Pack(struct_pb2.Struct(fields={"split": struct_pb2.Value(string_value=split_method),
-                                          "cache_key": struct_pb2.Value(string_value=cache_key)}))
+                                          "cache_key": struct_pb2.Value(string_value=cache_key),
+                                          "limits": struct_pb2.Value(
+                                              string_value=json.dumps(limits or {}))}))
     # Every split names the CSV files so the driver fingerprints them; the
     # executor assigns rows to splits itself (a temporal split needs each
     # user's whole history at once).
@@ -82,13 +87,15 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
         data_dir = exec_properties["input_base"]
-        dataset = read_dataset(data_dir)  # fails here, before Beam starts, on bad input
+        # Fails here, before Beam starts, on bad input; under the run's caps.
+        limits = _limits(exec_properties)
+        dataset = read_dataset(data_dir, limits=limits)
         logging.info(dataset.summary())
         records = (
             pipeline
             | "Dataset" >> beam.Create([data_dir])
             | "ToExamples" >> beam.FlatMap(interaction_and_user_records,
-                                           _split_method(exec_properties))
+                                           _split_method(exec_properties), limits)
             .with_outputs(splits.TRAIN, splits.EVAL, USERS))
         result = {name: records[name] for name in (splits.TRAIN, splits.EVAL, USERS)}
         result[CATALOG] = (
@@ -98,14 +105,16 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         return result
 
 
-def interaction_and_user_records(data_dir: str, split_method: str) -> Iterable[beam.pvalue.TaggedOutput]:
+def interaction_and_user_records(data_dir: str, split_method: str,
+                                 limits: Optional[PipelineSettings] = None
+                                 ) -> Iterable[beam.pvalue.TaggedOutput]:
     """Every interaction's and user's serialized example, tagged with its split.
 
     Runs in a Beam worker, which reads the dataset itself: handing 100k
     interactions to beam.Create pickles and bz2-compresses them into the
     pipeline graph, two thirds of this component's time on MovieLens.
     """
-    rows = training_interactions(read_dataset(data_dir, check_images=False))
+    rows = training_interactions(read_dataset(data_dir, check_images=False, limits=limits))
     assigned = splits.assign_splits(rows, split_method)
     histories = UserHistories(rows, assigned)
     for index, (row, split) in enumerate(zip(rows, assigned)):
@@ -116,12 +125,21 @@ def interaction_and_user_records(data_dir: str, split_method: str) -> Iterable[b
                                        .SerializeToString())
 
 
-def _split_method(exec_properties: Dict[str, Any]) -> str:
+def _custom(exec_properties: Dict[str, Any]) -> struct_pb2.Struct:
     config = example_gen_pb2.CustomConfig()
     proto_utils.json_to_proto(exec_properties["custom_config"], config)
     struct = struct_pb2.Struct()
     config.custom_config.Unpack(struct)
-    return struct.fields["split"].string_value
+    return struct
+
+
+def _split_method(exec_properties: Dict[str, Any]) -> str:
+    return _custom(exec_properties).fields["split"].string_value
+
+
+def _limits(exec_properties: Dict[str, Any]) -> PipelineSettings:
+    limits = _custom(exec_properties).fields.get("limits")
+    return PipelineSettings(**json.loads(limits.string_value if limits else "{}"))
 
 
 class UserHistories:

@@ -398,3 +398,10 @@ def test_split_method_comes_from_custom_config(sample_dir):
     assert example_gen._split_method(properties) == "temporal"
     properties = exec_properties(sample_dir, "random")
     assert example_gen._split_method(properties) == "random"
+
+
+def test_the_runs_caps_reach_the_executor(sample_dir):
+    component = example_gen.dataset_example_gen(sample_dir, "random", limits={"max_text_chars": 7})
+    properties = {k: v for k, v in component.exec_properties.items() if v is not None}
+    assert example_gen._limits(properties).max_text_chars == 7
+    assert example_gen._limits(exec_properties(sample_dir, "random")).max_text_chars == 100_000

@@ -38,6 +38,18 @@ def files_state(directory: str) -> Tuple[Tuple[str, int, int], ...]:
     when a file is added, removed, resized or rewritten, e.g. while a copy is
     still being written."""
     state = []
+    if "://" not in directory:
+        # os.walk does not follow directory symlinks: a link out of the dataset
+        # must not make the fingerprint walk (or hang on) the rest of the disk.
+        for root, _, names in os.walk(directory):
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    info = os.stat(path)  # the file a link names; never opened
+                except OSError:  # removed while we looked, or a dangling link
+                    continue
+                state.append((os.path.relpath(path, directory), info.st_size, info.st_mtime_ns))
+        return tuple(sorted(state))
     for root, _, names in tf.io.gfile.walk(directory):
         for name in names:
             path = os.path.join(root, name)
