@@ -14,15 +14,19 @@ started with. A version that does not load, or whose files do not match its
 manifest (serving/model_store.py), is logged and skipped, and tried again only
 once its files change; one without a manifest loads with a warning.
 """
+import ctypes
+import ctypes.util
 import dataclasses
 import functools
+import gc
 import logging
 import math
 import os
 import signal
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -308,6 +312,25 @@ class Servable:
         return self.signatures[name]
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def release_memory() -> None:
+    """Gives back what replaced versions held: a graph is a web of reference
+    cycles (freed by gc, not when the last request lets go), and glibc keeps
+    freed heap pages in its arenas unless asked to return them."""
+    gc.collect()
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
 class VersionWatcher:
     """Keeps `servable` on the newest version under `model_base` that loads."""
 
@@ -319,16 +342,22 @@ class VersionWatcher:
         self.servable: Optional[Servable] = None
         self._failed: Dict[int, tuple] = {}
         self._incomplete = set()
+        # Replaced versions, until the last request holding one has let it go.
+        self._retired: List[weakref.ref] = []
 
     def poll(self) -> bool:
         """Loads a version newer than the served one, if there is one that
         loads; True when it switched."""
+        if any(retired() is None for retired in self._retired):
+            self._retired = [retired for retired in self._retired if retired() is not None]
+            release_memory()
         try:
             found = model_store.version_dirs(self.model_base)
         except FileNotFoundError as error:
             log.warning("%s", error)
             return False
         served = self.servable.version if self.servable else -1
+        failed = False
         for version in reversed(found):
             if version <= served:
                 break
@@ -362,10 +391,17 @@ class VersionWatcher:
                           f"still serving version {served}" if served >= 0 else "nothing served",
                           graph_error_text(error))
                 self._failed[version] = state
+                failed = True
                 continue
             self._failed.pop(version, None)
+            if self.servable is not None:
+                self._retired.append(weakref.ref(self.servable))
             self.servable = servable
+            del servable
+            release_memory()
             return True
+        if failed:  # what the failed load had built
+            release_memory()
         return False
 
     def find(self, model_spec) -> Servable:
