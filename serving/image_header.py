@@ -40,6 +40,35 @@ def image_size(data: bytes) -> Tuple[str, int, int]:
     raise ImageHeaderError(f"Unknown image file format. One of {FORMATS} required.")
 
 
+def frame_count(data: bytes) -> int:
+    """Frames a decoder goes through: a GIF's image blocks (TensorFlow decodes
+    every frame of a GIF, even when it keeps the first), 1 for the others.
+    Counted without decompressing, by skipping each block's sub-blocks."""
+    if data[:6] not in (b"GIF87a", b"GIF89a") or len(data) < 13:
+        return 1
+    position, frames = 13, 0
+    if data[10] & 0x80:  # global colour table
+        position += 3 << ((data[10] & 7) + 1)
+    while position < len(data):
+        block = data[position]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: label, then sub-blocks
+            position += 2
+        elif block == 0x2C:  # image descriptor, local colour table, LZW code size
+            if position + 10 > len(data):
+                break
+            frames += 1
+            packed = data[position + 9]
+            position += 10 + ((3 << ((packed & 7) + 1)) if packed & 0x80 else 0) + 1
+        else:
+            break
+        while position < len(data) and data[position]:
+            position += data[position] + 1
+        position += 1
+    return max(frames, 1)
+
+
 def _bmp_size(data: bytes) -> Tuple[int, int]:
     if len(data) < 26:
         raise ImageHeaderError("BMP header cut short")

@@ -18,7 +18,7 @@ from mmfuse.config import ServingSettings
 from serving import client
 from serving.batching import QueuePerName
 from serving.conftest import small_batches
-from serving.image_header import ImageHeaderError, image_size
+from serving.image_header import ImageHeaderError, frame_count, image_size
 
 LIMITS = ServingSettings()
 
@@ -121,6 +121,24 @@ def _encoded(kind: str, width: int, height: int) -> bytes:
 @pytest.mark.parametrize("kind", ["PNG", "JPEG", "GIF", "BMP"])
 def test_image_sizes_are_read_from_headers(kind):
     assert image_size(_encoded(kind, 37, 21)) == (kind, 37, 21)
+
+
+def test_every_frame_of_a_gif_counts():
+    frames = [Image.fromarray(np.full((20, 30, 3), value, np.uint8)) for value in (0, 90, 180)]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:])
+    assert (image_size(out.getvalue()), frame_count(out.getvalue())) == (("GIF", 30, 20), 3)
+    assert frame_count(_encoded("GIF", 5, 5)) == frame_count(_encoded("PNG", 5, 5)) == 1
+
+
+def test_a_gif_of_many_small_frames_is_refused(stub):
+    frames = [Image.fromarray(np.full((1000, 1000, 3), value % 256, np.uint8))
+              for value in range(20)]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:])
+    refusal = _refused(stub, client.predict_request("image_search", {"image": [out.getvalue()]}))
+    assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "in 20 frames" in refusal.details()
 
 
 def test_progressive_jpeg_and_bad_headers():

@@ -1,6 +1,7 @@
 """A live `mmfuse serve` (a subprocess under an address-space limit, so that
 a request that makes it balloon fails the test, not the machine) against
 generated malformed Predict requests, and under load across hot swaps."""
+import io
 import os
 import random
 import resource
@@ -104,6 +105,17 @@ def _png_header(width, height) -> bytes:
             + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
 
 
+def _many_frames_gif() -> bytes:
+    """A small GIF that decodes to 17 million pixels: 17 frames of 1000x1000."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((1000, 1000, 3), value * 10, np.uint8))
+              for value in range(17)]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:])
+    return out.getvalue()
+
+
 def _good_rows(signature, rows, rng):
     values = {"user_id": [f"u{rng.randrange(100):04d}".encode() for _ in range(rows)],
               "query": [rng.choice([b"red dress", b"shoes", b""]) for _ in range(rows)],
@@ -133,7 +145,8 @@ def malformed_requests(rng: random.Random):
                   b"\xff\xd8\xff\xe0" + bytes(40), b"GIF89a" + b"\xff\xff\xff\xff",
                   b"BM" + bytes(30), _png_header(23170, 23170), _png_header(5000, 5000),
                   b"GIF89a\xff\xff\xff\xff" + bytes(20),
-                  b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff\x03" + bytes(20)]
+                  b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff\x03" + bytes(20),
+                  _many_frames_gif()]
     while True:
         signature = rng.choice(list(SIGNATURES))
         request = good_request(signature, rng.randrange(1, 4), rng)

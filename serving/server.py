@@ -46,7 +46,7 @@ from serving import model_store
 from serving.batching import (DEFAULT_PARAMETERS_FILE, QueueFullError, QueuePerName,
                               read_batching_parameters)
 from serving.client import DEFAULT_K
-from serving.image_header import ImageHeaderError, image_size
+from serving.image_header import ImageHeaderError, frame_count, image_size
 
 DEFAULT_SIGNATURE = "serving_default"
 # Bounds on one request, so that its answer fits in memory: rows, and items
@@ -253,10 +253,12 @@ class Signature:
         except ImageHeaderError as error:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name}: {error}") from None
-        if width * height > max_pixels:
+        frames = frame_count(image)
+        if width * height * frames > max_pixels:
+            of_frames = f" in {frames} frames" if frames > 1 else ""
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name} is a {kind} of {width}x{height} pixels, more than "
-                               f"the {max_pixels} allowed (serving.max_image_pixels)")
+                               f"input {name} is a {kind} of {width}x{height} pixels{of_frames}, "
+                               f"more than the {max_pixels} allowed (serving.max_image_pixels)")
 
     def _fill_defaults(self, arrays: Arrays) -> None:
         if "k" in self.inputs and "k" not in arrays:
