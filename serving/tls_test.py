@@ -111,3 +111,14 @@ def test_incomplete_or_unreadable_tls_settings_are_clear_errors(model_base, pki,
         ModelServer(model_base, tls_cert=pki["server.pem"], tls_key=model_base + "/1/saved_model.pb")
     with pytest.raises(ValueError, match="needs its key"):
         client.tls_credentials(pki["ca.pem"], pki["client.pem"])
+
+
+def test_serve_flags_are_the_tls_settings(tmp_path, capsys):
+    from mmfuse.cli import _parser, _settings
+
+    args = _parser().parse_args(["serve", "--model-base", str(tmp_path), "--tls-cert", "c.pem",
+                                 "--tls-key", "k.pem", "--tls-client-ca", "ca.pem"])
+    serving = _settings(args, "serve").serving
+    assert (serving.tls_cert, serving.tls_key, serving.tls_client_ca) == ("c.pem", "k.pem", "ca.pem")
+    assert main(["serve", "--model-base", str(tmp_path), "--tls-cert", "c.pem"]) == 2
+    assert "TLS needs both serving.tls_cert and serving.tls_key" in capsys.readouterr().err
