@@ -63,7 +63,7 @@ def test_a_huge_declared_shape_is_refused_before_it_is_materialised(stub):
     assert len(request.SerializeToString()) < 100
     started = time.monotonic()
     refusal = _refused(stub, request)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # it took 20 s, then MemoryError, under 5 GiB
     assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 1024 rows" in refusal.details()
 
@@ -167,7 +167,7 @@ def test_a_slow_signature_does_not_hold_up_the_others():
             thread.start()
         started = time.monotonic()
         answer = queues.run("recommend", "fast", lambda inputs: inputs, {"x": np.ones(2)}, 2)
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 3
         assert answer["x"].tolist() == [1, 1]
     finally:
         release.set()
