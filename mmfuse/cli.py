@@ -29,7 +29,9 @@ SHORTHANDS = {
               "max_request_bytes": "serving.max_request_bytes",
               "batching_parameters_file": "serving.batching_parameters_file",
               "tensorflow_intra_op_parallelism": "serving.intra_op_threads",
-              "tensorflow_inter_op_parallelism": "serving.inter_op_threads"},
+              "tensorflow_inter_op_parallelism": "serving.inter_op_threads",
+              "tls_cert": "serving.tls_cert", "tls_key": "serving.tls_key",
+              "tls_client_ca": "serving.tls_client_ca"},
 }
 
 
@@ -149,6 +151,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--batching-parameters-file", help="serving.batching_parameters_file")
     serve.add_argument("--tensorflow-intra-op-parallelism", help="serving.intra_op_threads")
     serve.add_argument("--tensorflow-inter-op-parallelism", help="serving.inter_op_threads")
+    serve.add_argument("--tls-cert", help="serving.tls_cert: PEM certificate chain; serves TLS")
+    serve.add_argument("--tls-key", help="serving.tls_key: PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="serving.tls_client_ca: PEM CA that client "
+                                               "certificates must be signed by (mutual TLS)")
 
     query = commands.add_parser("query", help="ask a TF Serving gRPC server one question")
     query.add_argument("--server", required=True, help="HOST:PORT")
@@ -161,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true", help="print one JSON line")
     query.add_argument("--model-name", default="mmfuse")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    query.add_argument("--tls", action="store_true", help="connect over TLS (implied by the "
+                                                          "--tls-* options)")
+    query.add_argument("--tls-ca", help="PEM CA certificate(s) to trust (default: the system's)")
+    query.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
+    query.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
     kubeflow = commands.add_parser("kubeflow", help="Kubeflow Pipelines v2")
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
@@ -255,17 +266,12 @@ def _evaluate(args) -> int:
 
 
 def _serve(args) -> int:
-    from serving.batching import DEFAULT_PARAMETERS_FILE
     from serving.server import serve
 
     settings = _settings(args, "serve").serving
     try:
-        serve(args.model_base, port=settings.port, host=settings.host, model_name=args.model_name,
-              poll_seconds=settings.poll_seconds, max_request_bytes=settings.max_request_bytes,
-              batching_parameters_file=settings.batching_parameters_file or DEFAULT_PARAMETERS_FILE,
-              intra_op_threads=settings.intra_op_threads,
-              inter_op_threads=settings.inter_op_threads)
-    except (OSError, ValueError) as error:  # no model base, port taken, bad batching file
+        serve(args.model_base, settings, model_name=args.model_name)
+    except (OSError, ValueError) as error:  # no model base, port taken, bad batching or TLS file
         print(f"mmfuse serve: error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -286,12 +292,15 @@ def _query(args) -> int:
                 raise ValueError(f"cannot read image {args.image}: {error.strerror}") from None
         signature, inputs = client.question(user=args.user, text=args.text, image=image,
                                             item=args.item)
+        credentials = None
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+            credentials = client.tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     except ValueError as error:
         print(f"mmfuse query: error: {error}", file=sys.stderr)
         return 2
     request = client.predict_request(signature, inputs, args.k, args.model_name)
     try:
-        with client.connect(args.server, args.timeout) as channel:
+        with client.connect(args.server, args.timeout, credentials) as channel:
             answer = client.ask(channel, request, args.timeout)
     except ConnectionError as error:
         print(f"mmfuse query: {error}", file=sys.stderr)

@@ -163,6 +163,19 @@ class ServingSettings:
     intra_op_threads: int = setting(0, "threads one op may use (0: one per core)", minimum=0)
     inter_op_threads: int = setting(0, "threads running a batch's ops (0: the batch thread)",
                                     minimum=0)
+    max_encoder_rows: int = setting(8, "rows one `search` or `image_search` request may have "
+                                    "(they run the text and image encoders); more is refused "
+                                    "(INVALID_ARGUMENT)", minimum=1)
+    max_text_bytes: int = setting(4096, "bytes of one query, user or item id; longer is refused "
+                                  "(INVALID_ARGUMENT)", minimum=1)
+    max_image_pixels: int = setting(4096 * 4096, "pixels (width x height, read from the header "
+                                    "before decoding) of one `image_search` image; more is "
+                                    "refused (INVALID_ARGUMENT)", minimum=1)
+    tls_cert: Optional[str] = setting(None, "PEM certificate chain to serve TLS with (with "
+                                      "`tls_key`); `null`: plaintext")
+    tls_key: Optional[str] = setting(None, "PEM private key of `tls_cert`")
+    tls_client_ca: Optional[str] = setting(None, "PEM CA certificates; when set, clients must "
+                                           "present a certificate they signed (mutual TLS)")
 
 
 @dataclasses.dataclass(frozen=True)

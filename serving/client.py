@@ -73,10 +73,33 @@ def parse_answer(response: predict_pb2.PredictResponse) -> Answer:
         scores=tf.make_ndarray(response.outputs["scores"]).tolist())
 
 
-def connect(server: str, timeout: float = DEFAULT_TIMEOUT_S) -> grpc.Channel:
-    """A channel to HOST:PORT, once it is ready; ConnectionError when nothing
-    answers there within `timeout` seconds."""
-    channel = grpc.insecure_channel(server, options=[("grpc.max_receive_message_length", -1)])
+def tls_credentials(ca: Optional[str] = None, cert: Optional[str] = None,
+                    key: Optional[str] = None) -> grpc.ChannelCredentials:
+    """TLS to the server: `ca` a PEM file of the CA(s) to trust (None: the
+    system's), `cert` and `key` this client's certificate for mutual TLS."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    def read(path):
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as error:
+            raise ValueError(f"cannot read {path}: {error.strerror}") from None
+
+    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key),
+                                        certificate_chain=read(cert))
+
+
+def connect(server: str, timeout: float = DEFAULT_TIMEOUT_S,
+            credentials: Optional[grpc.ChannelCredentials] = None) -> grpc.Channel:
+    """A channel to HOST:PORT (over TLS with `credentials`), once it is ready;
+    ConnectionError when nothing answers there within `timeout` seconds."""
+    options = [("grpc.max_receive_message_length", -1)]
+    channel = (grpc.insecure_channel(server, options=options) if credentials is None
+               else grpc.secure_channel(server, credentials, options=options))
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout)
     except grpc.FutureTimeoutError:
