@@ -6,15 +6,17 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from dataset.contract import DatasetError, read_dataset
 from dataset.converters import convert
 from dataset.sample import write_sample_dataset
 from evaluation.metrics import DEFAULT_KS
+from mmfuse import progress
 from mmfuse.config import ConfigError, config_hash, load_config, reference, to_dict, to_yaml
 
-# TensorFlow's C++ start-up chatter hides the progress lines a person reads.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `mmfuse run`'s log file, in its run directory.
+LOG_FILE = "mmfuse.log"
 
 CONVERTERS = ("movielens-100k", "fashion-small", "home-depot")
 
@@ -96,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rating-weight", help="trainer.rating_weight: also train a head "
                                              "predicting ratings, its loss weighted by this")
     run.add_argument("--min-recall", help="gate.min_recall: the release floor on recall@k")
+    run.add_argument("--verbose", action="store_true",
+                     help=f"also show TensorFlow's, TFX's and Beam's logs, which always go to "
+                          f"OUT/{LOG_FILE}")
     run.add_argument("--no-cache", action="store_true",
                      help="run every component, even those whose inputs, settings, data and "
                           "code are unchanged since an earlier run into OUT (pipeline.cache=false)")
@@ -179,21 +184,48 @@ def _run(args) -> int:
     if args.no_cache:
         args.overrides.append("pipeline.cache=false")
     settings = _settings(args, "run")
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    log_path = os.path.join(out, LOG_FILE)
+    started = time.time()
+    try:
+        with progress.logging_to(log_path, verbose=args.verbose) as terminal, \
+                progress.install(progress.Progress(terminal)) as shown:
+            shown.line(f"log: {log_path}" + ("" if args.verbose else " (--verbose shows it here)"))
+            result = _run_pipeline(args, settings, out, shown)
+    except (DatasetError, ConfigError):
+        raise
+    except BaseException:
+        print(f"mmfuse run: failed; the whole log is {log_path}", file=sys.stderr)
+        raise
+    print(json.dumps({
+        "blessed": result.blessed,
+        "candidate_model": result.candidate_model,
+        "pushed_model": result.pushed_model,
+        "blessing": result.blessing_reason,
+        "metrics": result.metrics,
+        "change_vs_baseline": result.change_vs_baseline,
+        "wall_time_s": round(time.time() - started, 1),
+        "config_hash": config_hash(settings),
+        "config": to_dict(settings),
+    }), flush=True)
+    return 0 if result.blessed else 3
+
+
+def _run_pipeline(args, settings, out: str, shown: progress.Progress):
+    """Checks the dataset, then runs the pipeline (output redirected by `_run`)."""
     from pipeline import local_runner
     from pipeline.fingerprint import DATA_CODE, TRAINER_CODE, code_fingerprint, dataset_fingerprint
     from pipeline.pipeline import MODEL_NAME, PipelineConfig
 
-    local_runner.show_progress()
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
     data_dir = args.data
     if data_dir is None:
         data_dir = os.path.join(out, "sample-data")
         write_sample_dataset(data_dir)
-        local_runner.progress_log.info("wrote the embedded sample dataset to %s", data_dir)
+        shown.line(f"wrote the embedded sample dataset to {data_dir}")
     # Validate before starting TFX, so bad input is a message, not a Beam trace.
     dataset = read_dataset(data_dir)
-    local_runner.progress_log.info(dataset.summary())
+    shown.line(dataset.summary())
     if settings.trainer.rating_weight > 0 and all(row.rating is None for row in dataset.interactions):
         raise DatasetError(f"trainer.rating_weight needs interactions with a rating, and {data_dir} "
                            "has none")
@@ -207,20 +239,8 @@ def _run(args) -> int:
         enable_cache=settings.pipeline.cache,
         cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint(DATA_CODE)}",
         trainer_cache_key=code_fingerprint(TRAINER_CODE))
-    started = time.time()
-    result = local_runner.run(config)
-    print(json.dumps({
-        "blessed": result.blessed,
-        "candidate_model": result.candidate_model,
-        "pushed_model": result.pushed_model,
-        "blessing": result.blessing_reason,
-        "metrics": result.metrics,
-        "change_vs_baseline": result.change_vs_baseline,
-        "wall_time_s": round(time.time() - started, 1),
-        "config_hash": config_hash(settings),
-        "config": to_dict(settings),
-    }), flush=True)
-    return 0 if result.blessed else 3
+    local_runner.plan_progress(dataset, settings.pipeline.split)
+    return local_runner.run(config)
 
 
 def _config_show(args) -> int:
@@ -324,8 +344,19 @@ def _kubeflow_compile(args) -> int:
     return 0
 
 
+def _quiet_libraries(command: str) -> None:
+    """Before TensorFlow is imported: its native logs hold warnings and errors
+    for `mmfuse run`'s log file and are off elsewhere (CUDA registration
+    errors on machines without a GPU); a user's own TF_CPP_MIN_LOG_LEVEL wins.
+    Libraries' FutureWarnings (google-cloud on Python 3.10, ...) speak to their
+    developers, not to the person running mmfuse."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if command == "run" else "3")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_libraries(args.command)
     try:
         if args.command == "run":
             return _run(args)

@@ -4,8 +4,8 @@ steps, and mmfuse's own messages. Everything else the libraries print
 (TensorFlow, absl, Beam, pip, native C++ logs) goes to a log file
 (`logging_to`).
 
-Code that has something to count calls the module functions (`expect`,
-`advance`, `line`); they do nothing unless a run has installed a `Progress`
+Code that has something to report calls the module functions (`plan`, `step_started`,
+`step_finished`, `expect`, `advance`, `finish`) or logs to the "mmfuse" logger; they do nothing unless a run has installed a `Progress`
 (`install`), so the same code runs quietly on Kubeflow and in tests.
 """
 import contextlib
@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from typing import Dict, Iterator, Optional, TextIO
+from typing import Dict, Iterator, List, Optional, TextIO, Tuple
 
 PREFIX = "[mmfuse] "
 # A bar on a pipe or a file prints at these shares of its total, no more.
@@ -53,6 +53,7 @@ class Progress:
         self._lock = threading.RLock()
         self._bars: Dict[str, _Bar] = {}
         self._steps: Dict[str, float] = {}
+        self._planned: Dict[str, List[Tuple[str, int, str]]] = {}
         self._bar_on_screen = False  # a tty line without its newline yet
 
     def line(self, text: str) -> None:
@@ -61,9 +62,16 @@ class Progress:
             self._write(PREFIX + text + "\n")
             self._redraw()
 
+    def plan(self, step: str, key: str, total: int, label: str) -> None:
+        """Opens the bar `key` (as `expect`) when step `step` starts."""
+        if total > 0:
+            self._planned.setdefault(step, []).append((key, total, label))
+
     def step_started(self, name: str) -> None:
         self._steps[name] = self._clock()
         self.line(f"{name} ...")
+        for key, total, label in self._planned.pop(name, ()):
+            self.expect(key, total, label)
 
     def step_finished(self, name: str, note: str = "") -> None:
         """Ends `name` and any bar still open (its count was an estimate)."""
@@ -186,6 +194,21 @@ def install(progress: Progress) -> Iterator[Progress]:
         _current = previous
         logger.removeHandler(handler)
         logger.propagate = propagate
+
+
+def plan(step: str, key: str, total: int, label: str) -> None:
+    if _current is not None:
+        _current.plan(step, key, total, label)
+
+
+def step_started(name: str) -> None:
+    if _current is not None:
+        _current.step_started(name)
+
+
+def step_finished(name: str, note: str = "") -> None:
+    if _current is not None:
+        _current.step_finished(name, note)
 
 
 def expect(key: str, total: int, label: str) -> None:

@@ -31,7 +31,7 @@ def _rewrite(path, change):
 def _run(capsys, data, out):
     code = main(["run", "--data", str(data), "--out", str(out)])
     captured = capsys.readouterr()
-    assert "Component" not in captured.out  # stopped before the pipeline
+    assert "ExampleGen" not in captured.out  # stopped before the pipeline
     return code, captured.err
 
 
