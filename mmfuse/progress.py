@@ -37,6 +37,9 @@ class _Bar:
         self.done = 0
         self.started = started
         self.milestone = 0  # MILESTONES already printed
+        # The rate is measured from the first count: a step may work a while
+        # (tf.Transform's analysis) before counting starts.
+        self.first_at, self.first_done = None, 0
         self.drawn_at = float("-inf")
 
 
@@ -96,6 +99,8 @@ class Progress:
             if bar is None:
                 return
             bar.done += units
+            if bar.first_at is None:
+                bar.first_at, bar.first_done = self._clock(), bar.done
             if bar.done >= bar.total:
                 bar.done = bar.total
                 self._close(key)
@@ -114,6 +119,9 @@ class Progress:
         count = f"{bar.done}/{bar.total}"
         if bar.done >= bar.total:
             when = f"in {duration(elapsed)}"
+        elif bar.done > bar.first_done:
+            rate = (bar.done - bar.first_done) / max(now - bar.first_at, 1e-9)
+            when = f"{duration((bar.total - bar.done) / rate)} left"
         elif bar.done and elapsed > 0:
             when = f"{duration(elapsed * (bar.total - bar.done) / bar.done)} left"
         else:

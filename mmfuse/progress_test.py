@@ -124,3 +124,13 @@ def test_logging_to_verbose_also_shows_the_log(tmp_path):
     assert {"python print", "native stderr", "child process"} <= set(log.splitlines())
     shown = (done.stdout + done.stderr).splitlines()
     assert {"progress line", "python print", "native stderr", "child process", "after"} <= set(shown)
+
+
+def test_time_left_follows_the_rate_since_counting_began():
+    shown, stream, clock = _progress(tty=False)
+    shown.expect("rows", 100, "encoding")
+    clock.now = 600  # ten minutes of analysis before the first row
+    shown.advance("rows", 10)
+    clock.now = 610
+    shown.advance("rows", 40)  # 40 rows in 10 s: 50 more take 12.5 s
+    assert stream.getvalue().splitlines() == ["[mmfuse]   encoding: 50% (50/100), 0:12 left"]
