@@ -184,5 +184,6 @@ def run_fn(fn_args: FnArgs) -> None:
     ]
     model.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
               verbose=2)
+    progress_log.info("exporting the serving model")
     export.export_serving_model(model, tft_output, fn_args.serving_model_dir,
                                 config.lexical_weight)
