@@ -3,6 +3,7 @@ package that owns it (pipeline/, serving/). Heavy imports happen inside the
 subcommands so that `mmfuse --help` and input errors answer at once."""
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -345,12 +346,15 @@ def _kubeflow_compile(args) -> int:
 
 
 def _quiet_libraries(command: str) -> None:
-    """Before TensorFlow is imported: its native logs hold warnings and errors
-    for `mmfuse run`'s log file and are off elsewhere (CUDA registration
-    errors on machines without a GPU); a user's own TF_CPP_MIN_LOG_LEVEL wins.
-    Libraries' FutureWarnings (google-cloud on Python 3.10, ...) speak to their
-    developers, not to the person running mmfuse."""
+    """Before TensorFlow is imported: its logs (native and Python) hold
+    warnings and errors for `mmfuse run`'s log file and only errors elsewhere
+    (no CUDA registration errors on machines without a GPU, no deprecation
+    notices); a user's own TF_CPP_MIN_LOG_LEVEL wins. Libraries' FutureWarnings
+    (google-cloud on Python 3.10, ...) speak to their developers, not to the
+    person running mmfuse."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if command == "run" else "3")
+    if command != "run":
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
