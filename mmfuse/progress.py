@@ -4,9 +4,10 @@ steps, and mmfuse's own messages. Everything else the libraries print
 (TensorFlow, absl, Beam, pip, native C++ logs) goes to a log file
 (`logging_to`).
 
-Code that has something to report calls the module functions (`plan`, `step_started`,
-`step_finished`, `expect`, `advance`, `finish`) or logs to the "mmfuse" logger; they do nothing unless a run has installed a `Progress`
-(`install`), so the same code runs quietly on Kubeflow and in tests.
+Code that has something to report calls the module functions (`plan`,
+`step_started`, `step_finished`, `expect`, `advance`, `finish`) or logs to the
+"mmfuse" logger. The functions do nothing unless a run has installed a
+`Progress` (`install`), so the same code runs quietly on Kubeflow and in tests.
 """
 import contextlib
 import logging
