@@ -150,7 +150,9 @@ class Progress:
 
     def _close(self, key: str) -> None:
         bar = self._bars[key]
-        if self._tty:
+        if self._tty and not bar.done:  # nothing was counted (a cached step): no bar
+            self._clear()
+        elif self._tty:
             self._draw(key, final=True)
         elif bar.done >= bar.total:
             self._draw(key)

@@ -134,3 +134,12 @@ def test_time_left_follows_the_rate_since_counting_began():
     clock.now = 610
     shown.advance("rows", 40)  # 40 rows in 10 s: 50 more take 12.5 s
     assert stream.getvalue().splitlines() == ["[mmfuse]   encoding: 50% (50/100), 0:12 left"]
+
+
+def test_a_step_that_counted_nothing_leaves_no_bar_on_a_terminal():
+    shown, stream, _ = _progress(tty=True)
+    shown.plan("Transform", "rows", 10, "encoding")
+    shown.step_started("Transform")  # its outputs come from the cache
+    shown.step_finished("Transform", " (cached)")
+    assert stream.getvalue().endswith("\r\033[K[mmfuse] Transform done in 0:00 (cached)\n")
+    assert "\n" not in stream.getvalue().split("[mmfuse] Transform ...\n")[1][:-1]
