@@ -3,18 +3,21 @@ package that owns it (pipeline/, serving/). Heavy imports happen inside the
 subcommands so that `mmfuse --help` and input errors answer at once."""
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 
 from dataset.contract import DatasetError, validate_for_run
 from dataset.converters import convert
 from dataset.sample import write_sample_dataset
 from evaluation.metrics import DEFAULT_KS
+from mmfuse import progress
 from mmfuse.config import ConfigError, config_hash, load_config, reference, to_dict, to_yaml
 
-# TensorFlow's C++ start-up chatter hides the progress lines a person reads.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `mmfuse run`'s log file, in its run directory.
+LOG_FILE = "mmfuse.log"
 
 CONVERTERS = ("movielens-100k", "fashion-small", "home-depot")
 
@@ -98,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rating-weight", help="trainer.rating_weight: also train a head "
                                              "predicting ratings, its loss weighted by this")
     run.add_argument("--min-recall", help="gate.min_recall: the release floor on recall@k")
+    run.add_argument("--verbose", action="store_true",
+                     help=f"also show TensorFlow's, TFX's and Beam's logs, which always go to "
+                          f"OUT/{LOG_FILE}")
     run.add_argument("--no-cache", action="store_true",
                      help="run every component, even those whose inputs, settings, data and "
                           "code are unchanged since an earlier run into OUT (pipeline.cache=false)")
@@ -197,27 +203,19 @@ def _run(args) -> int:
         write_sample_dataset(data_dir)
     # Validate before importing TFX: bad input fails at once, as a message.
     dataset = validate_for_run(data_dir, settings)
-    from pipeline import local_runner
-    from pipeline.fingerprint import DATA_CODE, TRAINER_CODE, code_fingerprint, dataset_fingerprint
-    from pipeline.pipeline import MODEL_NAME, PipelineConfig
-
-    local_runner.show_progress()
     os.makedirs(out, exist_ok=True)
-    if args.data is None:
-        local_runner.progress_log.info("wrote the embedded sample dataset to %s", data_dir)
-    local_runner.progress_log.info(dataset.summary())
-    config = PipelineConfig(
-        data_dir=os.path.abspath(data_dir),
-        pipeline_root=os.path.join(out, "pipeline"),
-        serving_dir=os.path.join(out, "serving", MODEL_NAME),
-        settings=settings,
-        metadata_path=os.path.join(out, "metadata.sqlite"),
-        beam_pipeline_args=tuple(settings.pipeline.beam_args),
-        enable_cache=settings.pipeline.cache,
-        cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint(DATA_CODE)}",
-        trainer_cache_key=code_fingerprint(TRAINER_CODE))
+    log_path = os.path.join(out, LOG_FILE)
     started = time.time()
-    result = local_runner.run(config)
+    try:
+        with progress.logging_to(log_path, verbose=args.verbose) as terminal, \
+                progress.install(progress.Progress(terminal)) as shown:
+            shown.line(f"log: {log_path}" + ("" if args.verbose else " (--verbose shows it here)"))
+            result = _run_pipeline(args, settings, out, data_dir, dataset, shown)
+    except (DatasetError, ConfigError):
+        raise
+    except BaseException:
+        print(f"mmfuse run: failed; the whole log is {log_path}", file=sys.stderr)
+        raise
     print(json.dumps({
         "blessed": result.blessed,
         "candidate_model": result.candidate_model,
@@ -230,6 +228,29 @@ def _run(args) -> int:
         "config": to_dict(settings),
     }), flush=True)
     return 0 if result.blessed else 3
+
+
+def _run_pipeline(args, settings, out: str, data_dir: str, dataset, shown: progress.Progress):
+    """Runs the pipeline on the checked dataset (output redirected by `_run`)."""
+    from pipeline import local_runner
+    from pipeline.fingerprint import DATA_CODE, TRAINER_CODE, code_fingerprint, dataset_fingerprint
+    from pipeline.pipeline import MODEL_NAME, PipelineConfig
+
+    if args.data is None:
+        shown.line(f"wrote the embedded sample dataset to {data_dir}")
+    shown.line(dataset.summary())
+    config = PipelineConfig(
+        data_dir=os.path.abspath(data_dir),
+        pipeline_root=os.path.join(out, "pipeline"),
+        serving_dir=os.path.join(out, "serving", MODEL_NAME),
+        settings=settings,
+        metadata_path=os.path.join(out, "metadata.sqlite"),
+        beam_pipeline_args=tuple(settings.pipeline.beam_args),
+        enable_cache=settings.pipeline.cache,
+        cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint(DATA_CODE)}",
+        trainer_cache_key=code_fingerprint(TRAINER_CODE))
+    local_runner.plan_progress(dataset, settings.pipeline.split)
+    return local_runner.run(config)
 
 
 def _config_show(args) -> int:
@@ -331,8 +352,22 @@ def _kubeflow_compile(args) -> int:
     return 0
 
 
+def _quiet_libraries(command: str) -> None:
+    """Before TensorFlow is imported: its logs (native and Python) hold
+    warnings and errors for `mmfuse run`'s log file and only errors elsewhere
+    (no CUDA registration errors on machines without a GPU, no deprecation
+    notices); a user's own TF_CPP_MIN_LOG_LEVEL wins. Libraries' FutureWarnings
+    (google-cloud on Python 3.10, ...) speak to their developers, not to the
+    person running mmfuse."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if command == "run" else "3")
+    if command != "run":
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_libraries(args.command)
     try:
         if args.command == "run":
             return _run(args)

@@ -29,7 +29,7 @@ import tensorflow as tf
 DATA_CODE = ("dataset/__init__.py", "dataset/contract.py", "dataset/splits.py", "schema/schema.pbtxt",
              "pipeline/__init__.py", "pipeline/example_gen.py", "transform", "mmfuse/__init__.py",
              "mmfuse/config.py")
-TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py")
+TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py", "mmfuse/progress.py")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

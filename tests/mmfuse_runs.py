@@ -5,12 +5,12 @@ import sys
 
 
 def run_pipeline(data_dir, out_dir, epochs: int, blessed: bool = True, timeout: int = 1500):
-    """Returns (stdout, the final JSON line) of a run that must end blessed
-    (exit 0) or, with `blessed=False`, refused by the gate (exit 3)."""
+    """Returns (what it printed, stdout and stderr as a terminal shows them; the
+    final JSON line) of a run that must end blessed (exit 0) or, with
+    `blessed=False`, refused by the gate (exit 3)."""
     completed = subprocess.run(
         [sys.executable, "-m", "mmfuse", "run", "--data", str(data_dir), "--out", str(out_dir),
          "--epochs", str(epochs)],
-        capture_output=True, text=True, timeout=timeout)
-    assert completed.returncode == (0 if blessed else 3), (
-        completed.stdout[-3000:] + completed.stderr[-3000:])
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    assert completed.returncode == (0 if blessed else 3), completed.stdout[-6000:]
     return completed.stdout, json.loads(completed.stdout.strip().splitlines()[-1])

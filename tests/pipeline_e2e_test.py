@@ -3,6 +3,7 @@ then the pushed SavedModel's signatures. The run (tests/conftest.py, a few
 minutes) serves every test here and the serving tests after them."""
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -30,8 +31,13 @@ def _ask(model, signature, k=10, **inputs):
 
 
 def test_run_reports_progress_and_a_blessed_pushed_model(run):
+    lines = run["stdout"].splitlines()
     for component in COMPONENTS:
-        assert f"Component {component} is running." in run["stdout"]
+        assert f"[mmfuse] {component} ..." in lines
+        assert any(line.startswith(f"[mmfuse] {component} done in ") for line in lines)
+    # A bar for each long step, printed at each quarter (not a terminal).
+    for bar in ("encoding items and searches", "training steps (3 epochs)", "ranking eval rows"):
+        assert any(line.startswith(f"[mmfuse]   {bar}: 100% (") for line in lines), bar
     result = run["result"]
     assert result["blessed"] is True
     assert os.path.exists(os.path.join(result["pushed_model"], "saved_model.pb"))
@@ -49,6 +55,19 @@ def test_the_gate_took_its_cutoff_and_floor_from_the_catalogue_and_the_push_its_
     assert metrics["release_margin"] == pytest.approx(
         metrics["release_recall"] - metrics["release_floor"], abs=1e-5)
     assert model_store.check_manifest(run["result"]["pushed_model"])
+
+
+def test_run_prints_a_few_lines_and_sends_the_libraries_output_to_its_log(run):
+    lines = run["stdout"].splitlines()
+    log_file = run["root"] / "out" / "mmfuse.log"
+    assert len(lines) <= 58, run["stdout"]
+    assert lines[0] == f"[mmfuse] log: {log_file} (--verbose shows it here)"
+    for noise in ("INFO:absl", "FutureWarning", "cuda", "cuDNN", "cuFFT", "Traceback"):
+        assert not [line for line in lines if noise in line], noise
+    log = log_file.read_text()
+    # TFX's logs through absl, and TensorFlow's native ones ("2026-... E external/...").
+    assert "INFO:absl:Component Transform is running." in log
+    assert re.search(r"^\d{4}-\d\d-\d\d [\d:.]+: [IWE] ", log, flags=re.M)
 
 
 def test_corrupt_image_is_skipped_and_reported(run):

@@ -15,6 +15,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from evaluation.metrics import metrics_from_ranks
+from mmfuse import progress
 from mmfuse.config import Config, TrainerSettings, from_dict
 from trainer import data, export, lexical
 from trainer.data import QUERY_FEATURES
@@ -113,6 +114,25 @@ class RetrievalEvaluation(tf.keras.callbacks.Callback):
                      ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
+class TrainingProgress(tf.keras.callbacks.Callback):
+    """Training steps as a progress bar (mmfuse/progress.py) in a local run."""
+
+    def __init__(self, steps: int, epochs: int):
+        super().__init__()
+        self.steps = steps
+        self.epochs = epochs
+
+    def on_train_begin(self, logs=None):
+        if self.steps:
+            progress.expect("training", self.steps, f"training steps ({self.epochs} epochs)")
+
+    def on_train_batch_end(self, batch, logs=None):
+        progress.advance("training")
+
+    def on_train_end(self, logs=None):
+        progress.finish("training")
+
+
 def run_fn(fn_args: FnArgs) -> None:
     """The TFX Trainer's entry point: trains the model and exports the serving SavedModel.
 
@@ -160,8 +180,10 @@ def run_fn(fn_args: FnArgs) -> None:
         RetrievalEvaluation(evaluation, fn_args.model_run_dir, catalog_content[f.ITEM_TOKENS],
                             vocabulary_sizes[f.TOKEN_VOCABULARY],
                             config.lexical_weight),
+        TrainingProgress(config.epochs * steps_per_epoch, config.epochs),
     ]
     model.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
               verbose=2)
+    progress_log.info("exporting the serving model")
     export.export_serving_model(model, tft_output, fn_args.serving_model_dir,
                                 config.lexical_weight)
