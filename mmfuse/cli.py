@@ -269,9 +269,10 @@ def _question(args):
             raise ValueError(f"cannot read image {args.image}: {error.strerror}") from None
     from serving import client
 
+    asked = dict(user=args.user, text=args.text, image=image, item=args.item)
+    client.question(**asked)  # a malformed question is told before a missing key
     user_key = pseudonyms.load_key(args.user_key_file) if args.user is not None else None
-    return client.question(user=args.user, text=args.text, image=image, item=args.item,
-                           user_key=user_key)
+    return client.question(**asked, user_key=user_key)
 
 
 def _show(args, answer, source: str) -> None:
