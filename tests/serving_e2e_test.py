@@ -69,7 +69,8 @@ def test_answers_over_grpc_show_each_items_title_and_attributes(server):
         assert titles == [items[item]["title"][:80] for item in ids], question
         # The sample's attribute columns, as `column=value` (export.attributes_length: 60).
         for item, shown in zip(ids, attributes):
-            assert f"colour={items[item]['colour']}" in shown, (item, shown)
+            assert (f"colour={items[item]['colour']}" in shown) == bool(items[item]["colour"]), (
+                item, shown)
 
 
 def test_a_user_is_known_by_the_pseudonym_of_the_runs_key_only(server):
