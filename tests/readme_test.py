@@ -67,7 +67,7 @@ RUN_BY: Dict[str, Tuple[str, ...]] = {
         "tests/serving_e2e_test.py::test_recommend_over_grpc"),
     "mmfuse query --server --user": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
-        "serving/client_test.py::test_query_prints_the_items"),
+        "serving/client_test.py::test_query_prints_each_item_with_its_title_and_attributes"),
     "mmfuse query --server --text --user": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",),
     "mmfuse query --image --server": (
