@@ -87,6 +87,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import results
+from dataset import pseudonyms
 from dataset.contract import Dataset, read_dataset
 from dataset.converters import FASHION_ATTRIBUTES, convert, write_dataset
 from dataset.sample import write_sample_dataset
@@ -531,7 +532,10 @@ def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dat
         if model is None:
             rows_by_seed[seed] = [{"train_s": train_s, "note": note}] * len(tables)
             continue
-        ranker = rankers.SavedModelRanker(model)
+        # The run's user key: the model knows users by their pseudonyms.
+        key_file = load_config(options.config,
+                               run_overrides(options, variant, seed)).pipeline.user_key_file
+        ranker = rankers.SavedModelRanker(model, user_key=pseudonyms.load_key(key_file))
         label = f"{name}/{variant}" + ("" if len(options.seeds) == 1 else f" (seed {seed})")
         rows_by_seed[seed] = [{**row, "model": ranker.path}
                               for row in _measure(spec, dataset, ranker, train_s, "", label)]

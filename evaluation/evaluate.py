@@ -44,6 +44,7 @@ import hashlib
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from dataset import pseudonyms
 from dataset.contract import Dataset, Interaction, attribute_tokens, read_dataset, training_interactions
 from dataset.splits import EVAL, TRAIN, assign_splits
 from evaluation import metrics
@@ -213,12 +214,16 @@ def _tie_break(item_id: str) -> bytes:
 
 
 def evaluate_model(data_dir: str, model_path: str, split_method: str = "random",
-                   ks: Sequence[int] = DEFAULT_KS, exclude_seen: bool = False) -> Dict[str, object]:
+                   ks: Sequence[int] = DEFAULT_KS, exclude_seen: bool = False,
+                   user_key_file: Optional[str] = None) -> Dict[str, object]:
     """`mmfuse evaluate`: reads the dataset (DatasetError when it is bad), loads
-    the pushed model (FileNotFoundError when there is none) and evaluates it."""
+    the pushed model (FileNotFoundError when there is none) and evaluates it,
+    asking about users by their pseudonyms under the key in `user_key_file`
+    (UserKeyError when it cannot be read; None: users asked about as they are)."""
     started = time.time()
     dataset = read_dataset(data_dir, check_images=False)
-    ranker = SavedModelRanker(model_path)
+    user_key = pseudonyms.load_key(user_key_file) if user_key_file else None
+    ranker = SavedModelRanker(model_path, user_key=user_key)
     result = evaluate(dataset, ranker, split_method, ks, exclude_seen)
     result.update({"data": dataset.directory, "model": ranker.path,
                    "wall_time_s": round(time.time() - started, 1)})

@@ -26,11 +26,12 @@ import math
 import os
 import re
 import unicodedata
-from typing import Callable, Dict, FrozenSet, Iterator, List, Mapping, Sequence
+from typing import Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import sparse
 
+from dataset import pseudonyms
 from dataset.contract import Interaction, Item
 
 RECOMMEND = "recommend"
@@ -243,14 +244,16 @@ class BM25(_CatalogueScorer):
 
 class SavedModelRanker(Ranker):
     """The pushed model: `path` is a version directory (with saved_model.pb) or a
-    TF Serving model base, whose newest version is used."""
+    TF Serving model base, whose newest version is used. The model knows users
+    by their pseudonyms: with `user_key` (the run's, dataset/pseudonyms.py)
+    raw user ids are hashed before they are asked about."""
     name = "model"
     questions = frozenset({RECOMMEND, SEARCH, IMAGE_SEARCH})
     # score_search asks for the whole catalogue per query, so it sends fewer rows per call.
     SCORE_BATCH_SIZE = 32
     _EVERY_ITEM = 2**31 - 1  # the signatures clip k to the catalogue
 
-    def __init__(self, path: str, batch_size: int = BATCH_SIZE):
+    def __init__(self, path: str, batch_size: int = BATCH_SIZE, user_key: Optional[bytes] = None):
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         import tensorflow as tf
 
@@ -264,6 +267,12 @@ class SavedModelRanker(Ranker):
             version, self.model = model_store.load_newest(path)
             self.path = os.path.join(path, str(version))
         self.batch_size = batch_size
+        self.user_key = user_key
+
+    def _users(self, user_ids: Sequence[str]) -> np.ndarray:
+        if self.user_key is None:
+            return np.asarray(user_ids, dtype=object)
+        return np.array([pseudonyms.pseudonym(user, self.user_key) for user in user_ids], dtype=object)
 
     def _call(self, signature: str, k: int, **inputs: Sequence[str]):
         tf = self._tf
@@ -283,16 +292,17 @@ class SavedModelRanker(Ranker):
         return ranked
 
     def recommend(self, user_ids, k):
-        return self._ranked("recommend", k, user_id=user_ids)
+        return self._ranked("recommend", k, user_id=self._users(user_ids))
 
     def search(self, queries, user_ids, k):
-        return self._ranked("search", k, query=queries, user_id=user_ids)
+        return self._ranked("search", k, query=queries, user_id=self._users(user_ids))
 
     def image_search(self, images, k):
         return self._ranked("image_search", k, image=images)
 
     def score_search(self, queries, user_ids, candidates):
         result = []
+        user_ids = self._users(user_ids)
         for rows in _batches(len(queries), self.SCORE_BATCH_SIZE):
             item_ids, scores = self._call("search", self._EVERY_ITEM, query=queries[rows],
                                           user_id=user_ids[rows])

@@ -2,6 +2,7 @@
 package that owns it (pipeline/, serving/). Heavy imports happen inside the
 subcommands so that `mmfuse --help` and input errors answer at once."""
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -9,12 +10,21 @@ import sys
 import time
 import warnings
 
+from dataset import pseudonyms
 from dataset.contract import DatasetError, validate_for_run
 from dataset.converters import convert
 from dataset.sample import write_sample_dataset
 from evaluation.metrics import DEFAULT_KS
 from mmfuse import progress
-from mmfuse.config import ConfigError, config_hash, load_config, reference, to_dict, to_yaml
+from mmfuse.config import (
+    ConfigError,
+    PipelineSettings,
+    config_hash,
+    load_config,
+    reference,
+    to_dict,
+    to_yaml,
+)
 
 # `mmfuse run`'s log file, in its run directory.
 LOG_FILE = "mmfuse.log"
@@ -85,6 +95,20 @@ def _at_least(minimum, kind=int, what: str = "a whole number"):
     return parse
 
 
+def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
+    """The four questions, as `mmfuse query` and `mmfuse predict` both ask them."""
+    parser.add_argument("--user", help="recommend for this user, or personalise --text")
+    asked = parser.add_mutually_exclusive_group()
+    asked.add_argument("--text", help="search by text")
+    asked.add_argument("--image", help="search by an image file (JPEG or PNG)")
+    asked.add_argument("--item", help="items similar to this item")
+    parser.add_argument("--k", type=_at_least(1), default=10)
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
+                        help="the key users were pseudonymised with (pipeline.user_key_file "
+                             "of the run; default %(default)s), needed with --user")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfuse", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,8 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="ask the newest pushed SavedModel directly (no server)")
     predict.add_argument("--model-base", required=True, help="TF Serving model base directory")
-    predict.add_argument("--user", required=True)
-    predict.add_argument("--k", type=int, default=10)
+    _add_question_arguments(predict)
 
     evaluate = commands.add_parser(
         "evaluate", help="offline metrics of a pushed model on a dataset's eval split")
@@ -140,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="comma-separated cut-offs (default 10,20,100)")
     evaluate.add_argument("--exclude-seen", action="store_true",
                           help="leave each user's train items out of their recommendations")
+    evaluate.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
+                          help="the key users were pseudonymised with (pipeline.user_key_file "
+                               "of the run; default %(default)s)")
 
     serve = commands.add_parser(
         "serve", help="serve the pushed models over TF Serving's gRPC API (a local stand-in "
@@ -164,13 +190,7 @@ def _parser() -> argparse.ArgumentParser:
 
     query = commands.add_parser("query", help="ask a TF Serving gRPC server one question")
     query.add_argument("--server", required=True, help="HOST:PORT")
-    query.add_argument("--user", help="recommend for this user, or personalise --text")
-    asked = query.add_mutually_exclusive_group()
-    asked.add_argument("--text", help="search by text")
-    asked.add_argument("--image", help="search by an image file (JPEG or PNG)")
-    asked.add_argument("--item", help="items similar to this item")
-    query.add_argument("--k", type=_at_least(1), default=10)
-    query.add_argument("--json", action="store_true", help="print one JSON line")
+    _add_question_arguments(query)
     query.add_argument("--model-name", default="mmfuse")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds")
     query.add_argument("--tls", action="store_true", help="connect over TLS (implied by the "
@@ -203,6 +223,11 @@ def _run(args) -> int:
         write_sample_dataset(data_dir)
     # Validate before importing TFX: bad input fails at once, as a message.
     dataset = validate_for_run(data_dir, settings)
+    key_file = os.path.abspath(os.path.expanduser(settings.pipeline.user_key_file))
+    # Absolute, as ExampleGen's Beam workers may not share this directory.
+    settings = dataclasses.replace(settings, pipeline=dataclasses.replace(
+        settings.pipeline, user_key_file=key_file))
+    user_key = pseudonyms.load_key(key_file, create=True)
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, LOG_FILE)
     started = time.time()
@@ -210,7 +235,7 @@ def _run(args) -> int:
         with progress.logging_to(log_path, verbose=args.verbose) as terminal, \
                 progress.install(progress.Progress(terminal)) as shown:
             shown.line(f"log: {log_path}" + ("" if args.verbose else " (--verbose shows it here)"))
-            result = _run_pipeline(args, settings, out, data_dir, dataset, shown)
+            result = _run_pipeline(args, settings, out, data_dir, dataset, user_key, shown)
     except (DatasetError, ConfigError):
         raise
     except BaseException:
@@ -230,7 +255,8 @@ def _run(args) -> int:
     return 0 if result.blessed else 3
 
 
-def _run_pipeline(args, settings, out: str, data_dir: str, dataset, shown: progress.Progress):
+def _run_pipeline(args, settings, out: str, data_dir: str, dataset, user_key: bytes,
+                  shown: progress.Progress):
     """Runs the pipeline on the checked dataset (output redirected by `_run`)."""
     from pipeline import local_runner
     from pipeline.fingerprint import DATA_CODE, TRAINER_CODE, code_fingerprint, dataset_fingerprint
@@ -247,7 +273,8 @@ def _run_pipeline(args, settings, out: str, data_dir: str, dataset, shown: progr
         metadata_path=os.path.join(out, "metadata.sqlite"),
         beam_pipeline_args=tuple(settings.pipeline.beam_args),
         enable_cache=settings.pipeline.cache,
-        cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint(DATA_CODE)}",
+        cache_key=(f"data={dataset_fingerprint(data_dir)} code={code_fingerprint(DATA_CODE)} "
+                   f"user_key={pseudonyms.key_fingerprint(user_key)}"),
         trainer_cache_key=code_fingerprint(TRAINER_CODE))
     local_runner.plan_progress(dataset, settings.pipeline.split)
     return local_runner.run(config)
@@ -261,16 +288,63 @@ def _config_show(args) -> int:
     return 0
 
 
-def _predict(args) -> int:
-    from serving.model_store import load_newest
+def _question(args):
+    """The signature and inputs `args` ask for (the user as its pseudonym);
+    ValueError (or UserKeyError) saying what is wrong with them."""
+    image = None
+    if args.image is not None:
+        try:
+            with open(args.image, "rb") as handle:
+                image = handle.read()
+        except OSError as error:
+            raise ValueError(f"cannot read image {args.image}: {error.strerror}") from None
+    from serving import client
 
-    version, model = load_newest(args.model_base)
+    asked = dict(user=args.user, text=args.text, image=image, item=args.item)
+    client.question(**asked)  # a malformed question is told before a missing key
+    user_key = pseudonyms.load_key(args.user_key_file) if args.user is not None else None
+    return client.question(**asked, user_key=user_key)
+
+
+def _show(args, answer, source: str) -> None:
+    from serving import client
+
+    if args.json:
+        print(client.as_json(answer))
+        return
+    asked = client.subject(answer.signature, user=args.user, text=args.text, image=args.image,
+                           item=args.item)
+    print("\n".join(client.show(answer, asked, source, args.user)))
+
+
+def _predict(args) -> int:
+    try:
+        signature, inputs = _question(args)
+    except ValueError as error:
+        print(f"mmfuse predict: error: {error}", file=sys.stderr)
+        return 2
     import tensorflow as tf
 
-    answer = model.signatures["recommend"](user_id=tf.constant([args.user]), k=tf.constant(args.k))
-    print(f"top {args.k} items for user {args.user} (model version {version}):")
-    for item_id, score in zip(answer["item_ids"].numpy()[0], answer["scores"].numpy()[0]):
-        print(f"  {item_id.decode()}  {score:.4f}")
+    from serving import client, model_store
+    from serving.server import graph_error_text
+
+    try:
+        version, model = model_store.load_newest(args.model_base)
+    except (OSError, ValueError, tf.errors.OpError) as error:  # no base, no version, bad files
+        print(f"mmfuse predict: error: {graph_error_text(error)}", file=sys.stderr)
+        return 2
+    try:
+        outputs = model.signatures[signature](
+            k=tf.constant(args.k, tf.int32),
+            **{name: tf.constant(rows, tf.string) for name, rows in inputs.items()})
+    except tf.errors.OpError as error:  # as the server answers it: code and message
+        from tensorflow.core.protobuf.error_codes_pb2 import Code
+
+        print(f"mmfuse predict: {Code.Name(error.error_code)}: {graph_error_text(error)}",
+              file=sys.stderr)
+        return 1
+    _show(args, client.answer_from_outputs(signature, version, outputs),
+          f"model {os.path.basename(os.path.normpath(args.model_base))}")
     return 0
 
 
@@ -278,7 +352,8 @@ def _evaluate(args) -> int:
     from evaluation.evaluate import evaluate_model
 
     try:
-        result = evaluate_model(args.data, args.model, args.split, args.k, args.exclude_seen)
+        result = evaluate_model(args.data, args.model, args.split, args.k, args.exclude_seen,
+                                user_key_file=args.user_key_file)
     except FileNotFoundError as error:  # no model at --model
         print(f"mmfuse evaluate: error: {error}", file=sys.stderr)
         return 2
@@ -304,15 +379,7 @@ def _query(args) -> int:
     from serving import client
 
     try:
-        image = None
-        if args.image is not None:
-            try:
-                with open(args.image, "rb") as handle:
-                    image = handle.read()
-            except OSError as error:
-                raise ValueError(f"cannot read image {args.image}: {error.strerror}") from None
-        signature, inputs = client.question(user=args.user, text=args.text, image=image,
-                                            item=args.item)
+        signature, inputs = _question(args)
         credentials = None
         if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
             credentials = client.tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
@@ -329,17 +396,7 @@ def _query(args) -> int:
     except grpc.RpcError as error:
         print(f"mmfuse query: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps({"signature": answer.signature, "model_version": answer.model_version,
-                          "item_ids": answer.item_ids[0], "scores": answer.scores[0]}))
-        return 0
-    subject = {"recommend": f"user {args.user}", "search": f"{args.text!r}",
-               "image_search": f"image {args.image}", "similar_items": f"item {args.item}"}
-    personal = f" for user {args.user}" if signature == "search" and args.user else ""
-    print(f"{signature} {subject[signature]}{personal} (model {args.model_name} version "
-          f"{answer.model_version}):")
-    for rank, (item_id, score) in enumerate(zip(answer.item_ids[0], answer.scores[0]), start=1):
-        print(f"  {rank:2d}. {item_id}  {score:.4f}")
+    _show(args, answer, f"model {args.model_name}")
     return 0
 
 
@@ -391,7 +448,7 @@ def main(argv=None) -> int:
         if args.command == "query":
             return _query(args)
         return _kubeflow_compile(args)
-    except (DatasetError, ConfigError) as error:
+    except (DatasetError, ConfigError, pseudonyms.UserKeyError) as error:
         print(f"mmfuse {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -62,6 +62,10 @@ class PipelineSettings:
                                   "(a title, a description, ...) are an error", minimum=1)
     min_items: int = setting(10, "`mmfuse run` refuses a smaller catalogue: retrieval over it "
                              "would measure nothing", minimum=1)
+    user_key_file: str = setting("~/.config/mmfuse/user_key", "key of the hash that replaces "
+                                 "user ids as the data is read (created, mode 0600, if missing); "
+                                 "clients asking about a user need the same file "
+                                 "(docs/privacy.md)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +134,8 @@ class ExportSettings:
     """What the pushed SavedModel carries besides the towers."""
     title_length: int = setting(80, "characters of each item's title kept in the model, so that "
                                 "answers show titles beside ids", minimum=0)
+    attributes_length: int = setting(60, "characters of each item's attributes (`colour=red, "
+                                     "kind=mug`) kept in the model beside its title", minimum=0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,11 @@ writes three splits of tf.Examples under the curated schema:
 - `users`: one example per user with training interactions: the user's recent
   items, which the serving model looks up by user id.
 
+User ids are replaced by their pseudonyms (dataset/pseudonyms.py, keyed by
+the file `pipeline.user_key_file`) before any example is written, so no raw
+user id reaches Transform or the model. Splits are assigned on the raw rows,
+as `mmfuse evaluate` assigns them.
+
 Every interaction row carries its user's recent items: the most recent
 training interactions of that user other than the row itself, most recent
 first. The same rule holds for train and eval rows and for the `users` split,
@@ -23,6 +28,7 @@ few attribute values of each item, as search queries for their own items, the
 pairing that teaches text-to-image search.
 """
 import collections
+import dataclasses
 import json
 import logging
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -36,7 +42,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
-from dataset import splits
+from dataset import pseudonyms, splits
 from dataset.contract import (
     Interaction,
     Item,
@@ -53,13 +59,17 @@ USERS = "users"
 SPLIT_NAMES = (splits.TRAIN, splits.EVAL, CATALOG, USERS)
 
 
-def dataset_example_gen(data_dir: str, split_method: str, cache_key: str = "",
-                        limits: Optional[Dict[str, int]] = None) -> FileBasedExampleGen:
-    """The ExampleGen component over dataset directory `data_dir`. `cache_key`
-    stands for what the driver cannot see (pipeline/fingerprint.py); the
-    executor ignores it. `limits`: `dataset.contract.limits_of` the run's settings."""
+def dataset_example_gen(data_dir: str, split_method: str, user_key_file: str,
+                        cache_key: str = "", limits: Optional[Dict[str, int]] = None
+                        ) -> FileBasedExampleGen:
+    """The ExampleGen component over dataset directory `data_dir`, with user
+    ids hashed by the key in `user_key_file` (which must exist when it runs;
+    only its path is recorded). `cache_key` stands for what the driver cannot
+    see (pipeline/fingerprint.py, the key's fingerprint); the executor ignores it.
+    `limits`: `dataset.contract.limits_of` the run's settings."""
     custom = any_pb2.Any()
     custom.Pack(struct_pb2.Struct(fields={"split": struct_pb2.Value(string_value=split_method),
+                                          "user_key_file": struct_pb2.Value(string_value=user_key_file),
                                           "cache_key": struct_pb2.Value(string_value=cache_key),
                                           "limits": struct_pb2.Value(
                                               string_value=json.dumps(limits or {}))}))
@@ -95,7 +105,9 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             pipeline
             | "Dataset" >> beam.Create([data_dir])
             | "ToExamples" >> beam.FlatMap(interaction_and_user_records,
-                                           _split_method(exec_properties), limits)
+                                           _split_method(exec_properties),
+                                           _custom_config(exec_properties)["user_key_file"],
+                                           limits)
             .with_outputs(splits.TRAIN, splits.EVAL, USERS))
         result = {name: records[name] for name in (splits.TRAIN, splits.EVAL, USERS)}
         result[CATALOG] = (
@@ -106,9 +118,10 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
 
 
 def interaction_and_user_records(data_dir: str, split_method: str,
-                                 limits: Optional[PipelineSettings] = None
+                                 user_key_file: str, limits: Optional[PipelineSettings] = None
                                  ) -> Iterable[beam.pvalue.TaggedOutput]:
-    """Every interaction's and user's serialized example, tagged with its split.
+    """Every interaction's and user's serialized example, tagged with its
+    split, user ids replaced by their pseudonyms.
 
     Runs in a Beam worker, which reads the dataset itself: handing 100k
     interactions to beam.Create pickles and bz2-compresses them into the
@@ -116,6 +129,8 @@ def interaction_and_user_records(data_dir: str, split_method: str,
     """
     rows = training_interactions(read_dataset(data_dir, check_images=False, limits=limits))
     assigned = splits.assign_splits(rows, split_method)
+    key = pseudonyms.load_key(user_key_file)
+    rows = [dataclasses.replace(row, user_id=pseudonyms.pseudonym(row.user_id, key)) for row in rows]
     histories = UserHistories(rows, assigned)
     for index, (row, split) in enumerate(zip(rows, assigned)):
         example = interaction_example(row, histories.recent_items(row.user_id, leave_out=index))
@@ -125,21 +140,20 @@ def interaction_and_user_records(data_dir: str, split_method: str,
                                        .SerializeToString())
 
 
-def _custom(exec_properties: Dict[str, Any]) -> struct_pb2.Struct:
+def _custom_config(exec_properties: Dict[str, Any]) -> Dict[str, str]:
     config = example_gen_pb2.CustomConfig()
     proto_utils.json_to_proto(exec_properties["custom_config"], config)
     struct = struct_pb2.Struct()
     config.custom_config.Unpack(struct)
-    return struct
+    return {name: value.string_value for name, value in struct.fields.items()}
 
 
 def _split_method(exec_properties: Dict[str, Any]) -> str:
-    return _custom(exec_properties).fields["split"].string_value
+    return _custom_config(exec_properties)["split"]
 
 
 def _limits(exec_properties: Dict[str, Any]) -> PipelineSettings:
-    limits = _custom(exec_properties).fields.get("limits")
-    return PipelineSettings(**json.loads(limits.string_value if limits else "{}"))
+    return PipelineSettings(**json.loads(_custom_config(exec_properties).get("limits") or "{}"))
 
 
 class UserHistories:

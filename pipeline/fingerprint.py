@@ -26,7 +26,8 @@ import tensorflow as tf
 # outputs: exactly what ExampleGen and Transform import (and the schema they
 # read), and what the Trainer imports besides (a test holds both lists to the
 # imports).
-DATA_CODE = ("dataset/__init__.py", "dataset/contract.py", "dataset/splits.py", "schema/schema.pbtxt",
+DATA_CODE = ("dataset/__init__.py", "dataset/contract.py", "dataset/pseudonyms.py", "dataset/splits.py",
+             "schema/schema.pbtxt",
              "pipeline/__init__.py", "pipeline/example_gen.py", "transform", "mmfuse/__init__.py",
              "mmfuse/config.py")
 TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py", "mmfuse/progress.py")

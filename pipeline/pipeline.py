@@ -58,7 +58,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     components: List = []
 
     # Reads the dataset directory into train/eval interactions and the catalog.
-    example_gen = dataset_example_gen(config.data_dir, settings.pipeline.split, config.cache_key,
+    example_gen = dataset_example_gen(config.data_dir, settings.pipeline.split,
+                                      settings.pipeline.user_key_file, config.cache_key,
                                       limits_of(settings.pipeline))
     components.append(example_gen)
     # Statistics of every split, for validation and for people (TFDV).

@@ -70,13 +70,37 @@ def test_run_prints_a_few_lines_and_sends_the_libraries_output_to_its_log(run):
     assert re.search(r"^\d{4}-\d\d-\d\d [\d:.]+: [IWE] ", log, flags=re.M)
 
 
+def test_no_raw_user_id_nor_the_key_is_in_the_pushed_model_or_the_runs_outputs(run):
+    """User ids are pseudonymised at ExampleGen (docs/privacy.md): the pushed
+    model's files hold none of the sample's user ids, and no output of the run
+    holds the key."""
+    import csv
+
+    with open(run["data"] / "interactions.csv", newline="") as handle:
+        users = {row["user_id"].encode() for row in csv.DictReader(handle) if row["user_id"]}
+    key = open(run["user_key_file"], "rb").read().strip()
+    out = run["root"] / "out"
+    serving_files = [path for path in (out / "serving").rglob("*") if path.is_file()]
+    assert any(path.name == "saved_model.pb" for path in serving_files) and len(users) > 100
+    for path in serving_files:
+        content = path.read_bytes()
+        found = [user for user in users if user in content]
+        assert not found, (path, found[:5])
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert key not in path.read_bytes(), path
+
+
 def test_corrupt_image_is_skipped_and_reported(run):
     assert "images skipped: 1" in run["stdout"]
     assert run["corrupt"]["image"] in run["stdout"]
 
 
 def test_recommend_returns_k_catalogue_items_for_a_known_user(run):
-    (ids,), scores = _ask(run["model"], "recommend", k=7, user_id=["u0001"])
+    from dataset import pseudonyms
+
+    user = pseudonyms.pseudonym("u0001", pseudonyms.load_key(run["user_key_file"]))
+    (ids,), scores = _ask(run["model"], "recommend", k=7, user_id=[user])
     assert len(ids) == len(set(ids)) == 7
     assert set(ids) <= set(run["items"])
     assert list(scores[0]) == sorted(scores[0], reverse=True)
@@ -86,7 +110,10 @@ def test_recommend_asks_what_search_without_words_asks(run):
     """recommend reads each user's query from a table made at export; search
     runs the query tower on the request. For users, unknown users and no user
     alike, both must give the same answer."""
-    users = ["u0001", "u0002", "nobody", ""]
+    from dataset import pseudonyms
+
+    key = pseudonyms.load_key(run["user_key_file"])
+    users = [pseudonyms.pseudonym("u0001", key), pseudonyms.pseudonym("u0002", key), "nobody", ""]
     recommended, recommend_scores = _ask(run["model"], "recommend", user_id=users)
     searched, search_scores = _ask(run["model"], "search", query=[""] * len(users), user_id=users)
     assert recommended == searched

@@ -67,7 +67,7 @@ RUN_BY: Dict[str, Tuple[str, ...]] = {
         "tests/serving_e2e_test.py::test_recommend_over_grpc"),
     "mmfuse query --server --user": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
-        "serving/client_test.py::test_query_prints_the_items"),
+        "serving/client_test.py::test_query_prints_each_item_with_its_title_and_attributes"),
     "mmfuse query --server --text --user": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",),
     "mmfuse query --image --server": (
@@ -259,6 +259,12 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
         (tmp_path / "runs" / "sample" / name).symlink_to(out / name)
     (tmp_path / "runs" / "sample" / "sample-data").symlink_to(sample_run["data"])
     monkeypatch.chdir(tmp_path)
+    # The README's commands use the default user key file, under the home directory.
+    home = tmp_path / "home"
+    (home / ".config" / "mmfuse").mkdir(parents=True)
+    (home / ".config" / "mmfuse" / "user_key").write_bytes(
+        open(sample_run["user_key_file"], "rb").read())
+    monkeypatch.setenv("HOME", str(home))
     # Subprocesses (mmfuse serve) import this checkout from another directory.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [REPOSITORY, *filter(None, [os.environ.get("PYTHONPATH")])]))
@@ -269,7 +275,9 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
         "python -m benchmarks.serving --model-base"))
     assert main(commands["mmfuse predict --k --model-base --user"][1:]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("top 5 items for user u0001") and len(printed) == 6
+    assert printed[0].startswith("recommend user u0001 (model mmfuse version") and len(printed) == 6
+    assert all(line.split()[1] in sample_run["items"] and
+               sample_run["items"][line.split()[1]]["title"] in line for line in printed[1:])
     assert main(commands["mmfuse evaluate --data --exclude-seen --model"][1:]) == 0
     evaluation = json.loads(capsys.readouterr().out)
     assert evaluation["rows"] > 0 and 0 < evaluation["recall@100"] <= 1

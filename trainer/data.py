@@ -118,3 +118,16 @@ def load_recent_items(file_pattern: str, tft_output: tft.TFTransformOutput) -> n
     for batch in batches.as_numpy_iterator():
         recent[batch[f.USER_INDEX]] = batch[f.RECENT_ITEM_INDICES]
     return recent
+
+
+def load_display(file_pattern: str, tft_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
+    """Each catalogue item's title and attributes as written (bytes), at its
+    item index (row 0: ""), for answers to show (trainer/export.py)."""
+    size = vocabulary_sizes(tft_output)[f.ITEM_VOCABULARY]
+    display = {name: np.full(size, b"", dtype=object)
+               for name in (f.DISPLAY_TITLE, f.DISPLAY_ATTRIBUTES)}
+    batches = _parsed_records(file_pattern, tft_output, 1024, tuple(display) + (f.ITEM_INDEX,))
+    for batch in batches.as_numpy_iterator():
+        for name in display:
+            display[name][batch[f.ITEM_INDEX]] = batch[name]
+    return display

@@ -10,15 +10,26 @@ Serving has.
 `search` adds to the towers' scores the lexical ones (trainer/lexical.py), a
 sparse product with the catalogue's BM25 table, also computed at export.
 
+Every top-k answer also carries what a person reads of each item, `titles`
+and `attributes` (strings aligned with `item_ids`, cut to the `export`
+settings' lengths), so that any client of TF Serving can show them without a
+catalogue. `recommend` and `search` say whether each user is known
+(`known_user`): an unknown one gets the cold-start answer, that of a user
+with no history. `similar_items` refuses an item id the model does not know
+(INVALID_ARGUMENT naming it, raised in the graph as TF Serving reports it).
+
 Signatures take `k` as an input. TF Serving requires every signature input in a
 request, so clients send it; `mmfuse serve` fills in k=10 (and an empty
 `user_id` for `search`) when a request leaves them out.
 """
 
 
+from typing import Dict, Optional, Sequence
+
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from mmfuse.config import ExportSettings
 from trainer import lexical
 from trainer.data import QUERY_FEATURES, dense_embeddings, vocabulary_sizes
 from trainer.model import RetrievalModel, ranks_of_items
@@ -27,11 +38,31 @@ from transform.preprocessing import IdLookup
 
 _STRINGS = tf.TensorSpec([None], tf.string)
 _K = tf.TensorSpec([], tf.int32)
+# Answer outputs shown beside each item id -> the variable holding them per item index.
+DISPLAY_TABLES = {"titles": "item_titles", "attributes": "item_attributes"}
+
+
+def shortened(texts: Sequence[bytes], length: int) -> list:
+    """UTF-8 `texts` cut to `length` characters, "…" marking a cut."""
+    kept = []
+    for text in texts:
+        text = text.decode("utf-8")
+        if len(text) > length:
+            text = text[:length - 1] + "…" if length > 1 else text[:length]
+        kept.append(text.encode("utf-8"))
+    return kept
+
+
+def display_tables(display: Dict[str, Sequence[bytes]], settings: ExportSettings) -> Dict[str, list]:
+    """trainer/data.py `load_display`'s titles and attributes, shortened as
+    `settings` say, under their answers' output names."""
+    return {"titles": shortened(display[f.DISPLAY_TITLE], settings.title_length),
+            "attributes": shortened(display[f.DISPLAY_ATTRIBUTES], settings.attributes_length)}
 
 
 class ServingModule(tf.Module):
     def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
-                 lexical_weight: float):
+                 lexical_weight: float, display: Optional[Dict[str, Sequence[bytes]]] = None):
         super().__init__()
         self.model = model
         self.tft_layer = tft_output.transform_features_layer()
@@ -44,6 +75,13 @@ class ServingModule(tf.Module):
         self.item_ids = tf.Variable(item_ids, trainable=False, shape=[None], name="item_ids")
         self.candidates = tf.Variable(candidates, trainable=False, shape=[None, candidates.shape[1]],
                                       name="candidates")
+        # What answers show of each item, by item index (`display_tables`; row 0 empty).
+        for output, table in DISPLAY_TABLES.items():
+            rows = (display or {}).get(output)
+            rows = [b""] * len(item_ids) if rows is None else list(rows)
+            if len(rows) != len(item_ids):
+                raise ValueError(f"{len(rows)} {output} for a catalogue of {len(item_ids)} rows")
+            setattr(self, table, tf.Variable(rows, trainable=False, shape=[None], name=table))
         # A user's recommend query depends on nothing but the user (id and
         # training history), so it is computed once here instead of per request.
         self.user_queries = tf.Variable(model.user_embeddings(), trainable=False, name="user_queries")
@@ -108,21 +146,42 @@ class ServingModule(tf.Module):
             keep &= top.indices != tf.cast(exclude, tf.int32)[:, None]
         indices = tf.ragged.boolean_mask(top.indices, keep)[:, :k].to_tensor()
         values = tf.ragged.boolean_mask(top.values, keep)[:, :k].to_tensor()
-        return {"item_ids": _rows(self.item_ids, indices), "scores": values}
+        return self._answer(indices, values)
+
+    def _answer(self, indices: tf.Tensor, scores: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The outputs of a top-k answer given its item indices [batch, k]:
+        ids, scores and the display fields, all aligned."""
+        answer = {"item_ids": _rows(self.item_ids, indices), "scores": scores}
+        for output, table in DISPLAY_TABLES.items():
+            answer[output] = _rows(getattr(self, table), indices)
+        return answer
 
     @tf.function(input_signature=[_STRINGS, _K])
     def recommend(self, user_id, k):
-        return self._top_k(self._scores(_rows(self.user_queries, self.user_index(user_id))), k)
+        user_index = self.user_index(user_id)
+        answer = self._top_k(self._scores(_rows(self.user_queries, user_index)), k)
+        answer["known_user"] = user_index > 0
+        return answer
 
     @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
     def search(self, query, user_id, k):
         transformed = self._transform(query=query, user_id=user_id)
-        return self._top_k(self._scores(self._user_query_embeddings(transformed),
-                                        transformed[f.QUERY_TOKENS]), k)
+        answer = self._top_k(self._scores(self._user_query_embeddings(transformed),
+                                          transformed[f.QUERY_TOKENS]), k)
+        answer["known_user"] = transformed[f.USER_INDEX] > 0
+        return answer
 
     @tf.function(input_signature=[_STRINGS, _K])
     def similar_items(self, item_id, k):
         item_index = self.item_index(item_id)
+        known = item_index > 0
+        # An in-graph check, so that TF Serving too answers INVALID_ARGUMENT naming the id.
+        check = tf.debugging.Assert(
+            tf.reduce_all(known),
+            ["similar_items: item id(s) unknown to the model:", tf.boolean_mask(item_id, ~known)],
+            summarize=10)
+        with tf.control_dependencies([check]):
+            item_index = tf.identity(item_index)
         query = _rows(self.candidates, item_index)
         return self._top_k(self._scores(query), k, exclude=item_index)
 
@@ -156,8 +215,11 @@ def _rows(variable: tf.Variable, indices: tf.Tensor) -> tf.Tensor:
 
 
 def export_serving_model(model: RetrievalModel, tft_output: tft.TFTransformOutput, path: str,
-                         lexical_weight: float) -> None:
-    module = ServingModule(model, tft_output, lexical_weight)
+                         lexical_weight: float,
+                         display: Optional[Dict[str, Sequence[bytes]]] = None) -> None:
+    """Saves the serving model; `display` is `display_tables`' output (None:
+    empty titles and attributes)."""
+    module = ServingModule(model, tft_output, lexical_weight, display)
     signatures = {
         "recommend": module.recommend,
         "search": module.search,

@@ -150,7 +150,8 @@ def run_fn(fn_args: FnArgs) -> None:
     strategy = tf.distribute.get_strategy() if not tf.config.list_physical_devices("GPU") \
         else tf.distribute.MirroredStrategy()
 
-    catalog_content = data.load_catalog(_split_files(fn_args.train_files, "catalog"), tft_output)
+    catalog_files = _split_files(fn_args.train_files, "catalog")
+    catalog_content = data.load_catalog(catalog_files, tft_output)
     recent_items = data.load_recent_items(_split_files(fn_args.train_files, "users"), tft_output)
     train_files = _split_files(fn_args.train_files, "train")
     counts = data.item_counts(train_files, tft_output)
@@ -185,5 +186,6 @@ def run_fn(fn_args: FnArgs) -> None:
     model.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
               verbose=2)
     progress_log.info("exporting the serving model")
-    export.export_serving_model(model, tft_output, fn_args.serving_model_dir,
-                                config.lexical_weight)
+    export.export_serving_model(
+        model, tft_output, fn_args.serving_model_dir, config.lexical_weight,
+        export.display_tables(data.load_display(catalog_files, tft_output), settings.export))
