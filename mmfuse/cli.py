@@ -67,6 +67,11 @@ def _cutoffs(text: str):
     return ks
 
 
+def _item_list(text: str):
+    """"a, b,,c" -> ["a", "b", "c"]; "" is an empty history."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _at_least(minimum, kind=int, what: str = "a whole number"):
     """An argparse type: a finite `kind` (int or float) of at least `minimum`."""
     def parse(text: str):
@@ -119,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="ask the newest pushed SavedModel directly (no server)")
     predict.add_argument("--model-base", required=True, help="TF Serving model base directory")
-    predict.add_argument("--user", required=True)
+    predict.add_argument("--user", required=True, help='the user ("" for an anonymous visitor)')
+    predict.add_argument("--recent", type=_item_list, metavar="ID,ID,...",
+                         help="items the user just interacted with, newest first")
     predict.add_argument("--k", type=int, default=10)
 
     evaluate = commands.add_parser(
@@ -157,10 +164,27 @@ def _parser() -> argparse.ArgumentParser:
     asked.add_argument("--text", help="search by text")
     asked.add_argument("--image", help="search by an image file (JPEG or PNG)")
     asked.add_argument("--item", help="items similar to this item")
+    query.add_argument("--recent", type=_item_list, metavar="ID,ID,...",
+                       help="recommend from the items the user (or, without --user, an "
+                            "anonymous visitor) just interacted with, newest first")
     query.add_argument("--k", type=_at_least(1), default=10)
     query.add_argument("--json", action="store_true", help="print one JSON line")
     query.add_argument("--model-name", default="mmfuse")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds")
+
+    catalog = commands.add_parser(
+        "catalog", help="add or remove products in the pushed model without retraining")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    add = catalog_commands.add_parser(
+        "add", help="embed an items.csv's products and write them as a new version")
+    add.add_argument("--model-base", required=True, help="TF Serving model base directory")
+    add.add_argument("--items", required=True, metavar="FILE.csv",
+                     help="items in the dataset contract's items.csv form (image paths "
+                          "relative to the file)")
+    remove = catalog_commands.add_parser(
+        "remove", help="take products out, as a new version")
+    remove.add_argument("--model-base", required=True, help="TF Serving model base directory")
+    remove.add_argument("item_ids", nargs="+", metavar="ID")
 
     kubeflow = commands.add_parser("kubeflow", help="Kubeflow Pipelines v2")
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
@@ -237,8 +261,17 @@ def _predict(args) -> int:
     version, model = load_newest(args.model_base)
     import tensorflow as tf
 
-    answer = model.signatures["recommend"](user_id=tf.constant([args.user]), k=tf.constant(args.k))
-    print(f"top {args.k} items for user {args.user} (model version {version}):")
+    if args.recent is None:
+        answer = model.signatures["recommend"](user_id=tf.constant([args.user]),
+                                               k=tf.constant(args.k))
+        print(f"top {args.k} items for user {args.user} (model version {version}):")
+    else:
+        answer = model.signatures["recommend_with_history"](
+            user_id=tf.constant([args.user]), k=tf.constant(args.k),
+            recent_item_ids=tf.constant([args.recent], tf.string, shape=[1, len(args.recent)]))
+        unknown = int(answer["unknown_recent_items"].numpy()[0])
+        print(f"top {args.k} items for user {args.user} after {len(args.recent)} recent items"
+              f"{f' ({unknown} unknown to the model)' if unknown else ''} (model version {version}):")
     for item_id, score in zip(answer["item_ids"].numpy()[0], answer["scores"].numpy()[0]):
         print(f"  {item_id.decode()}  {score:.4f}")
     return 0
@@ -287,7 +320,7 @@ def _query(args) -> int:
             except OSError as error:
                 raise ValueError(f"cannot read image {args.image}: {error.strerror}") from None
         signature, inputs = client.question(user=args.user, text=args.text, image=image,
-                                            item=args.item)
+                                            item=args.item, recent=args.recent)
     except ValueError as error:
         print(f"mmfuse query: error: {error}", file=sys.stderr)
         return 2
@@ -306,12 +339,29 @@ def _query(args) -> int:
                           "item_ids": answer.item_ids[0], "scores": answer.scores[0]}))
         return 0
     subject = {"recommend": f"user {args.user}", "search": f"{args.text!r}",
+               "recommend_with_history": (f"user {args.user}" if args.user else "anonymous visitor")
+               + f" after {len(args.recent or [])} recent items",
                "image_search": f"image {args.image}", "similar_items": f"item {args.item}"}
     personal = f" for user {args.user}" if signature == "search" and args.user else ""
     print(f"{signature} {subject[signature]}{personal} (model {args.model_name} version "
           f"{answer.model_version}):")
     for rank, (item_id, score) in enumerate(zip(answer.item_ids[0], answer.scores[0]), start=1):
         print(f"  {rank:2d}. {item_id}  {score:.4f}")
+    return 0
+
+
+def _catalog(args) -> int:
+    from serving import catalog
+
+    try:
+        if args.catalog_command == "add":
+            result = catalog.add_items(args.model_base, args.items)
+        else:
+            result = catalog.remove_items(args.model_base, args.item_ids)
+    except (catalog.CatalogError, FileNotFoundError) as error:
+        print(f"mmfuse catalog {args.catalog_command}: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
     return 0
 
 
@@ -348,6 +398,8 @@ def main(argv=None) -> int:
             return _serve(args)
         if args.command == "query":
             return _query(args)
+        if args.command == "catalog":
+            return _catalog(args)
         return _kubeflow_compile(args)
     except (DatasetError, ConfigError) as error:
         print(f"mmfuse {args.command}: error: {error}", file=sys.stderr)

@@ -29,16 +29,22 @@ class Answer:
 
 
 def question(*, user: Optional[str] = None, text: Optional[str] = None,
-             image: Optional[bytes] = None, item: Optional[str] = None
-             ) -> Tuple[str, Dict[str, List[Union[str, bytes]]]]:
+             image: Optional[bytes] = None, item: Optional[str] = None,
+             recent: Optional[Sequence[str]] = None
+             ) -> Tuple[str, Dict[str, list]]:
     """The signature and its inputs (one row) that ask one question: a user's
-    recommendations, a text search (personalised when `user` is given), an
-    image search (encoded JPEG/PNG bytes) or the items similar to an item."""
-    asked = [name for name, value in (("text", text), ("image", image), ("item", item))
-             if value is not None]
+    recommendations (with `recent`, the items the user, or an anonymous
+    visitor without `user`, just interacted with, newest first), a text
+    search (personalised when `user` is given), an image search (encoded
+    JPEG/PNG bytes) or the items similar to an item."""
+    asked = [name for name, value in (("text", text), ("image", image), ("item", item),
+                                      ("recent", recent)) if value is not None]
     if len(asked) > 1 or (user is not None and (image is not None or item is not None)):
-        raise ValueError("ask one question: a user, a text (optionally with a user), an image "
-                         "or an item")
+        raise ValueError("ask one question: a user (optionally with recent items), recent items, "
+                         "a text (optionally with a user), an image or an item")
+    if recent is not None:
+        return "recommend_with_history", {"user_id": [user or ""],
+                                          "recent_item_ids": [list(recent)]}
     if text is not None:
         return "search", {"query": [text], "user_id": [user or ""]}
     if image is not None:
@@ -53,13 +59,21 @@ def question(*, user: Optional[str] = None, text: Optional[str] = None,
 def predict_request(signature: str, inputs: Dict[str, Strings], k: int = DEFAULT_K,
                     model_name: str = DEFAULT_MODEL_NAME) -> predict_pb2.PredictRequest:
     """A PredictRequest for one of the signatures: `inputs` maps each string
-    input to its rows (all of the same length); `k` is sent as int32."""
+    input to its rows (all of the same length; a row of `recent_item_ids` is a
+    list, padded here with "" to the longest); `k` is sent as int32."""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature
     for name, rows in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(list(rows), dtype=tf.string,
-                                                           shape=[len(rows)]))
+        rows = list(rows)
+        if rows and isinstance(rows[0], (list, tuple)):
+            width = max(len(row) for row in rows)
+            rows = [list(row) + [""] * (width - len(row)) for row in rows]
+            shape = [len(rows), width]
+            rows = [value for row in rows for value in row]
+        else:
+            shape = [len(rows)]
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string, shape=shape))
     request.inputs["k"].CopyFrom(tf.make_tensor_proto(k, dtype=tf.int32))
     return request
 
