@@ -358,7 +358,7 @@ def _catalog(args) -> int:
             result = catalog.add_items(args.model_base, args.items)
         else:
             result = catalog.remove_items(args.model_base, args.item_ids)
-    except (catalog.CatalogError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # CatalogError, a manifest mismatch, no model base
         print(f"mmfuse catalog {args.catalog_command}: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(result))
