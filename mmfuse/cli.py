@@ -270,7 +270,8 @@ def _predict(args) -> int:
             user_id=tf.constant([args.user]), k=tf.constant(args.k),
             recent_item_ids=tf.constant([args.recent], tf.string, shape=[1, len(args.recent)]))
         unknown = int(answer["unknown_recent_items"].numpy()[0])
-        print(f"top {args.k} items for user {args.user} after {len(args.recent)} recent items"
+        subject = f"user {args.user}" if args.user else "an anonymous visitor"
+        print(f"top {args.k} items for {subject} after {len(args.recent)} recent items"
               f"{f' ({unknown} unknown to the model)' if unknown else ''} (model version {version}):")
     for item_id, score in zip(answer["item_ids"].numpy()[0], answer["scores"].numpy()[0]):
         print(f"  {item_id.decode()}  {score:.4f}")

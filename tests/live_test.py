@@ -201,3 +201,11 @@ def test_the_readme_catalog_commands_run_as_written(tmp_path, pushed, sample_run
     model = _newest(tmp_path / "runs" / "sample" / "serving" / "mmfuse")
     ids = set(model.item_ids.numpy()[1:])
     assert b"new-zebra-mug" in ids and not {b"p0007", b"p0042"} & ids
+
+
+def test_predict_with_recent_items(base, capsys):
+    assert main(["predict", "--model-base", str(base), "--user", "", "--recent",
+                 "p0001,no-such-item", "--k", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("top 3 items for an anonymous visitor after 2 recent items (1 unknown to the model)")
+    assert len(printed) == 4
