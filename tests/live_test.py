@@ -207,5 +207,6 @@ def test_predict_with_recent_items(base, capsys):
     assert main(["predict", "--model-base", str(base), "--user", "", "--recent",
                  "p0001,no-such-item", "--k", "3"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("top 3 items for an anonymous visitor after 2 recent items (1 unknown to the model)")
+    assert printed[0].startswith(
+        "top 3 items for an anonymous visitor after 2 recent items (1 unknown to the model)")
     assert len(printed) == 4
