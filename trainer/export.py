@@ -164,7 +164,8 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[_STRINGS, _K])
     def similar_items(self, item_id, k):
-        item_row = self.item_rows.lookup(item_id)
+        # A mutable table's lookup has no static shape; the top-k needs one.
+        item_row = tf.reshape(self.item_rows.lookup(item_id), tf.shape(item_id))
         query = _rows(self.candidates, item_row)
         return self._top_k(self._scores(query), k, exclude=item_row)
 
