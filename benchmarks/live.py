@@ -35,7 +35,6 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 
 from benchmarks import quality, results
 from dataset.contract import read_dataset
