@@ -68,6 +68,7 @@ class Item:
     description: str = ""
     image_path: str = ""  # absolute; empty when the item has no usable image
     attributes: Tuple[Tuple[str, str], ...] = ()
+    line: int = dataclasses.field(default=0, compare=False)  # in items.csv, for messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,12 +287,24 @@ def _parse_csv(path: str, text: str, required: Tuple[str, ...], max_chars: int):
 
 def _read_items(directory: str, check_images: bool, report,
                 limits: PipelineSettings) -> Dict[str, Item]:
-    path = os.path.join(directory, ITEMS_FILE)
+    return read_items(os.path.join(directory, ITEMS_FILE), check_images, report, limits=limits)
+
+
+def read_items(path: str, check_images: bool = True, report=None,
+               max_bad_image_fraction: float = MAX_BAD_IMAGE_FRACTION,
+               limits: Optional[PipelineSettings] = None) -> Dict[str, Item]:
+    """The items of an items.csv at `path` (image paths relative to its
+    folder, which they must not leave), checked as a dataset's are, under
+    `limits` (default: the default settings'). With `max_bad_image_fraction`
+    0 (as `mmfuse catalog add` reads) any unusable image is an error naming its row."""
+    report = collections.OrderedDict() if report is None else report
+    limits = PipelineSettings() if limits is None else limits
+    directory = os.path.dirname(os.path.abspath(path))
     items: Dict[str, Item] = collections.OrderedDict()
     first_seen: Dict[str, int] = {}
     bad_images: List[str] = []
     images_named = 0
-    for line, row in _open_csv(directory, ITEMS_FILE, ("item_id",), limits):
+    for line, row in _open_csv(directory, os.path.basename(path), ("item_id",), limits):
         item_id = row["item_id"]
         if not item_id:
             raise DatasetError(f"{path}: line {line}: field item_id is empty")
@@ -311,6 +324,8 @@ def _read_items(directory: str, check_images: bool, report,
                 problem = _image_problem(image_path, limits) if check_images else None
             except NotARegularFile as error:
                 raise DatasetError(f"{where} {error}") from None
+            if problem and not max_bad_image_fraction:
+                raise DatasetError(f"{where}: {problem}")
             if problem:
                 bad_images.append(f"line {line} ({row['image']}): {problem}")
                 image_path = ""
@@ -318,13 +333,13 @@ def _read_items(directory: str, check_images: bool, report,
             (column, value) for column, value in row.items()
             if column not in ITEM_RESERVED_COLUMNS and value)
         items[item_id] = Item(item_id, row.get("title", ""), row.get("description", ""),
-                              image_path, attributes)
+                              image_path, attributes, line)
     if not items:
         raise DatasetError(f"{path}: no items")
-    if bad_images and len(bad_images) > MAX_BAD_IMAGE_FRACTION * images_named:
+    if bad_images and len(bad_images) > max_bad_image_fraction * images_named:
         raise DatasetError(
             f"{path}: {len(bad_images)} of {images_named} images are missing or unreadable, "
-            f"more than {MAX_BAD_IMAGE_FRACTION:.0%}: " + "; ".join(bad_images[:ROWS_SHOWN]))
+            f"more than {max_bad_image_fraction:.0%}: " + "; ".join(bad_images[:ROWS_SHOWN]))
     report["images skipped"] = len(bad_images)
     if bad_images:
         report["images skipped, first"] = "; ".join(bad_images[:ROWS_SHOWN])

@@ -82,6 +82,11 @@ def _cutoffs(text: str):
     return ks
 
 
+def _item_list(text: str):
+    """"a, b,,c" -> ["a", "b", "c"]; "" is an empty history."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _at_least(minimum, kind=int, what: str = "a whole number"):
     """An argparse type: a finite `kind` (int or float) of at least `minimum`."""
     def parse(text: str):
@@ -102,6 +107,9 @@ def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
     asked.add_argument("--text", help="search by text")
     asked.add_argument("--image", help="search by an image file (JPEG or PNG)")
     asked.add_argument("--item", help="items similar to this item")
+    asked.add_argument("--recent", type=_item_list, metavar="ID,ID,...",
+                       help="recommend from the items the user (or, without --user, an "
+                            "anonymous visitor) just interacted with, newest first")
     parser.add_argument("--k", type=_at_least(1), default=10)
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
@@ -198,6 +206,20 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--tls-ca", help="PEM CA certificate(s) to trust (default: the system's)")
     query.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
     query.add_argument("--tls-key", help="PEM private key of --tls-cert")
+
+    catalog = commands.add_parser(
+        "catalog", help="add or remove products in the pushed model without retraining")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    add = catalog_commands.add_parser(
+        "add", help="embed an items.csv's products and write them as a new version")
+    add.add_argument("--model-base", required=True, help="TF Serving model base directory")
+    add.add_argument("--items", required=True, metavar="FILE.csv",
+                     help="items in the dataset contract's items.csv form (image paths "
+                          "relative to the file)")
+    remove = catalog_commands.add_parser(
+        "remove", help="take products out, as a new version")
+    remove.add_argument("--model-base", required=True, help="TF Serving model base directory")
+    remove.add_argument("item_ids", nargs="+", metavar="ID")
 
     kubeflow = commands.add_parser("kubeflow", help="Kubeflow Pipelines v2")
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
@@ -300,7 +322,7 @@ def _question(args):
             raise ValueError(f"cannot read image {args.image}: {error.strerror}") from None
     from serving import client
 
-    asked = dict(user=args.user, text=args.text, image=image, item=args.item)
+    asked = dict(user=args.user, text=args.text, image=image, item=args.item, recent=args.recent)
     client.question(**asked)  # a malformed question is told before a missing key
     user_key = pseudonyms.load_key(args.user_key_file) if args.user is not None else None
     return client.question(**asked, user_key=user_key)
@@ -313,7 +335,7 @@ def _show(args, answer, source: str) -> None:
         print(client.as_json(answer))
         return
     asked = client.subject(answer.signature, user=args.user, text=args.text, image=args.image,
-                           item=args.item)
+                           item=args.item, recent=args.recent)
     print("\n".join(client.show(answer, asked, source, args.user)))
 
 
@@ -400,6 +422,21 @@ def _query(args) -> int:
     return 0
 
 
+def _catalog(args) -> int:
+    from serving import catalog
+
+    try:
+        if args.catalog_command == "add":
+            result = catalog.add_items(args.model_base, args.items)
+        else:
+            result = catalog.remove_items(args.model_base, args.item_ids)
+    except (ValueError, OSError) as error:  # CatalogError, a manifest mismatch, no model base
+        print(f"mmfuse catalog {args.catalog_command}: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
 def _kubeflow_compile(args) -> int:
     settings = _settings(args, "compile")
     from pipeline.kubeflow_runner import compile_pipeline
@@ -447,6 +484,8 @@ def main(argv=None) -> int:
             return _serve(args)
         if args.command == "query":
             return _query(args)
+        if args.command == "catalog":
+            return _catalog(args)
         return _kubeflow_compile(args)
     except (DatasetError, ConfigError, pseudonyms.UserKeyError) as error:
         print(f"mmfuse {args.command}: error: {error}", file=sys.stderr)

@@ -38,24 +38,30 @@ class Answer:
     titles: List[List[str]] = field(default_factory=list)
     attributes: List[List[str]] = field(default_factory=list)
     known_user: Optional[List[bool]] = None
+    unknown_recent_items: Optional[List[int]] = None  # recommend_with_history only
 
 
 def question(*, user: Optional[str] = None, text: Optional[str] = None,
              image: Optional[bytes] = None, item: Optional[str] = None,
-             user_key: Optional[bytes] = None
-             ) -> Tuple[str, Dict[str, List[Union[str, bytes]]]]:
+             user_key: Optional[bytes] = None, recent: Optional[Sequence[str]] = None
+             ) -> Tuple[str, Dict[str, list]]:
     """The signature and its inputs (one row) that ask one question: a user's
-    recommendations, a text search (personalised when `user` is given), an
-    image search (encoded JPEG/PNG bytes) or the items similar to an item.
-    With `user_key` (the pipeline's, `pseudonyms.load_key`) the user is sent
-    as the pseudonym the model knows; without it, as given."""
-    asked = [name for name, value in (("text", text), ("image", image), ("item", item))
-             if value is not None]
+    recommendations (with `recent`, the items the user, or an anonymous
+    visitor without `user`, just interacted with, newest first), a text
+    search (personalised when `user` is given), an image search (encoded
+    JPEG/PNG bytes) or the items similar to an item. With `user_key` (the
+    pipeline's, `pseudonyms.load_key`) the user is sent as the pseudonym the
+    model knows; without it, as given."""
+    asked = [name for name, value in (("text", text), ("image", image), ("item", item),
+                                      ("recent", recent)) if value is not None]
     if len(asked) > 1 or (user is not None and (image is not None or item is not None)):
-        raise ValueError("ask one question: a user, a text (optionally with a user), an image "
-                         "or an item")
+        raise ValueError("ask one question: a user (optionally with recent items), recent items, "
+                         "a text (optionally with a user), an image or an item")
     if user is not None and user_key is not None:
         user = pseudonyms.pseudonym(user, user_key)
+    if recent is not None:
+        return "recommend_with_history", {"user_id": [user or ""],
+                                          "recent_item_ids": [list(recent)]}
     if text is not None:
         return "search", {"query": [text], "user_id": [user or ""]}
     if image is not None:
@@ -70,13 +76,21 @@ def question(*, user: Optional[str] = None, text: Optional[str] = None,
 def predict_request(signature: str, inputs: Dict[str, Strings], k: int = DEFAULT_K,
                     model_name: str = DEFAULT_MODEL_NAME) -> predict_pb2.PredictRequest:
     """A PredictRequest for one of the signatures: `inputs` maps each string
-    input to its rows (all of the same length); `k` is sent as int32."""
+    input to its rows (all of the same length; a row of `recent_item_ids` is a
+    list, padded here with "" to the longest); `k` is sent as int32."""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature
     for name, rows in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(list(rows), dtype=tf.string,
-                                                           shape=[len(rows)]))
+        rows = list(rows)
+        if rows and isinstance(rows[0], (list, tuple)):
+            width = max(len(row) for row in rows)
+            rows = [list(row) + [""] * (width - len(row)) for row in rows]
+            shape = [len(rows), width]
+            rows = [value for row in rows for value in row]
+        else:
+            shape = [len(rows)]
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string, shape=shape))
     request.inputs["k"].CopyFrom(tf.make_tensor_proto(k, dtype=tf.int32))
     return request
 
@@ -94,7 +108,9 @@ def answer_from_outputs(signature: str, model_version: int, outputs: Mapping[str
     return Answer(signature=signature, model_version=model_version,
                   item_ids=strings("item_ids"), scores=arrays["scores"].tolist(),
                   titles=strings("titles"), attributes=strings("attributes"),
-                  known_user=(arrays["known_user"].tolist() if "known_user" in arrays else None))
+                  known_user=(arrays["known_user"].tolist() if "known_user" in arrays else None),
+                  unknown_recent_items=(arrays["unknown_recent_items"].tolist()
+                                        if "unknown_recent_items" in arrays else None))
 
 
 def parse_answer(response: predict_pb2.PredictResponse) -> Answer:
@@ -104,9 +120,12 @@ def parse_answer(response: predict_pb2.PredictResponse) -> Answer:
 
 
 def subject(signature: str, *, user: Optional[str] = None, text: Optional[str] = None,
-            image: Optional[str] = None, item: Optional[str] = None) -> str:
+            image: Optional[str] = None, item: Optional[str] = None,
+            recent: Optional[Sequence[str]] = None) -> str:
     """What was asked, in words: `user u0001`, `'red mug' for user u0001`..."""
     described = {"recommend": f"user {user}", "search": repr(text),
+                 "recommend_with_history": (f"user {user}" if user else "anonymous visitor")
+                 + f" after {len(recent or [])} recent items",
                  "image_search": f"image {image}", "similar_items": f"item {item}"}[signature]
     if signature == "search" and user:
         described += f" for user {user}"
@@ -121,6 +140,9 @@ def show(answer: Answer, asked: str, source: str, user: Optional[str] = None) ->
     if user and answer.known_user is not None and not answer.known_user[0]:
         lines.append(f"user {user} is unknown to the model: cold-start answer (what a user with "
                      "no history is recommended)")
+    if answer.unknown_recent_items and answer.unknown_recent_items[0]:
+        lines.append(f"{answer.unknown_recent_items[0]} recent item(s) unknown to the model, "
+                     "left out")
     titles = answer.titles[0] if answer.titles else []
     attributes = answer.attributes[0] if answer.attributes else []
     for rank, (item_id, score) in enumerate(zip(answer.item_ids[0], answer.scores[0]), start=1):
@@ -143,6 +165,8 @@ def as_json(answer: Answer) -> str:
                 "attributes": answer.attributes[0] if answer.attributes else []}
     if answer.known_user is not None:
         document["known_user"] = answer.known_user[0]
+    if answer.unknown_recent_items is not None:
+        document["unknown_recent_items"] = answer.unknown_recent_items[0]
     return json.dumps(document)
 
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from mmfuse.cli import main
 from dataset import pseudonyms
@@ -90,6 +91,36 @@ def test_asking_about_a_user_needs_the_key_file(server, capsys, tmp_path):
     assert _query(server, "--user", "u0001", "--user-key-file", str(tmp_path / "none")) == 2
     error = capsys.readouterr().err
     assert "cannot read the user key file" in error and "Traceback" not in error
+
+
+def test_query_with_recent_items_asks_recommend_with_history(server, capsys, user_key_file):
+    assert _query(server, "--user", "u0001", "--recent", "p0003,no-such-item,p0005", "--k", "3",
+                  "--json", "--user-key-file", user_key_file) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["signature"] == "recommend_with_history" and len(answer["item_ids"]) == 3
+    # An anonymous visitor, and an empty history.
+    assert _query(server, "--recent", "p0003", "--k", "2") == 0
+    assert capsys.readouterr().out.startswith(
+        "recommend_with_history anonymous visitor after 1 recent items")
+    assert _query(server, "--user", "u0001", "--recent", "", "--json",
+                  "--user-key-file", user_key_file) == 0
+    assert len(json.loads(capsys.readouterr().out)["item_ids"]) == 10
+
+
+def test_recent_item_rows_are_padded_and_unknown_ones_counted(server):
+    signature, inputs = client.question(user="u1", recent=["p0002", "nope"])
+    assert (signature, inputs) == ("recommend_with_history",
+                                   {"user_id": ["u1"], "recent_item_ids": [["p0002", "nope"]]})
+    request = client.predict_request(signature, {"user_id": ["u1", "u2"],
+                                                 "recent_item_ids": [["p0002", "nope"], []]})
+    assert tf.make_ndarray(request.inputs["recent_item_ids"]).tolist() == [
+        [b"p0002", b"nope"], [b"", b""]]
+    with client.connect(server.address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(request, timeout=10)
+    assert tf.make_ndarray(response.outputs["unknown_recent_items"]).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="ask one question"):
+        client.question(text="red", recent=["p0001"])
 
 
 def test_query_json_is_one_line(server, capsys, user_key_file):

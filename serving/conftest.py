@@ -67,6 +67,14 @@ class TinyRecommender(tf.Module):
     def recommend(self, user_id, k):
         return {**self._top_k(self._direction(user_id), k), "known_user": self._known(user_id)}
 
+    @tf.function(input_signature=[_STRINGS, tf.TensorSpec([None, None], tf.string), _K])
+    def recommend_with_history(self, user_id, recent_item_ids, k):
+        known = tf.reduce_any(tf.equal(recent_item_ids[:, :, None], self.item_ids[1:]), axis=2)
+        unknown = tf.reduce_sum(tf.cast(~known & (recent_item_ids != ""), tf.int32), axis=1)
+        recent = tf.reduce_sum(self._direction(recent_item_ids) * tf.cast(known, tf.float32)[:, :, None],
+                               axis=1)
+        return {**self._top_k(self._direction(user_id) + recent, k), "unknown_recent_items": unknown}
+
     @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
     def search(self, query, user_id, k):
         return {**self._top_k(self._direction(query) + 0.5 * self._direction(user_id), k),
@@ -99,8 +107,8 @@ class TinyRecommender(tf.Module):
 def save_tiny_model(path: str) -> None:
     module = TinyRecommender()
     tf.saved_model.save(module, path, signatures={
-        "recommend": module.recommend, "search": module.search,
-        "similar_items": module.similar_items, "image_search": module.image_search,
+        "recommend": module.recommend, "recommend_with_history": module.recommend_with_history,
+        "search": module.search, "similar_items": module.similar_items, "image_search": module.image_search,
         "serving_default": module.rank_examples})
 
 

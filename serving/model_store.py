@@ -181,9 +181,10 @@ def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
     `titles` and `attributes` [n] are what answers show of each item; left
     out, the rows that stay keep theirs and appended rows show none.
 
-    The item vocabulary (the Transform's) is not changed: `similar_items`
-    finds a seed item by its index there, so existing items keep their rows
-    and new ones are appended after them.
+    `similar_items` finds a seed by the model's id -> row table, which is
+    rebuilt here when the model has one (`set_item_rows`; older exports look
+    seeds up in the item vocabulary, so there existing items must keep their
+    rows and new ones be appended after them).
     """
     model = _with_replaceable_catalogue(version_dir)
     embeddings = np.asarray(embeddings, np.float32)
@@ -203,12 +204,18 @@ def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
         if len(given) != len(item_ids):
             raise ValueError(f"expected {len(item_ids)} {table[5:]}, got {len(given)}")
         variable.assign(np.asarray(given, dtype=object))
+    if hasattr(model, "set_item_rows"):
+        model.set_item_rows(tf.constant(np.asarray(item_ids, dtype=object)))
     if isinstance(getattr(model, "lexical_entries", None), tf.Variable):
         # Search's lexical table (trainer/lexical.py) keeps the words of the
         # rows that stay; appended items have none.
         kept = model.lexical_entries.numpy()[:, 0] < len(item_ids)
         model.lexical_weights.assign(model.lexical_weights.numpy()[kept])
         model.lexical_entries.assign(model.lexical_entries.numpy()[kept])
+        if isinstance(getattr(model, "lexical_counts", None), tf.Variable):
+            model.lexical_counts.assign(model.lexical_counts.numpy()[kept])
+            lengths = model.item_lengths.numpy()[:len(item_ids)]
+            model.item_lengths.assign(np.pad(lengths, (0, len(item_ids) - len(lengths))))
     tf.saved_model.save(model, out_dir, signatures=model.signatures)
 
 
