@@ -11,12 +11,12 @@ from dataset.contract import DatasetError, read_dataset
 from dataset.converters import convert
 from dataset.sample import write_sample_dataset
 from evaluation.metrics import DEFAULT_KS
-from mmfuse.config import ConfigError, config_hash, load_config, reference, to_dict, to_yaml
+from mmfuse.config import SPLIT_METHODS, ConfigError, config_hash, load_config, reference, to_dict, to_yaml
 
 # TensorFlow's C++ start-up chatter hides the progress lines a person reads.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CONVERTERS = ("movielens-100k", "fashion-small", "home-depot")
+CONVERTERS = ("movielens-100k", "fashion-small", "home-depot", "online-retail")
 
 # Flags that are shorthands for configuration keys, by command.
 SHORTHANDS = {
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory (pipeline outputs, serving/)")
     _add_config_arguments(run)
     run.add_argument("--modalities", help="trainer.modalities, comma-separated: id,text,image")
-    run.add_argument("--split", help="pipeline.split: random or temporal")
+    run.add_argument("--split", help="pipeline.split: random, temporal or last")
     run.add_argument("--epochs", help="trainer.epochs (0 exports the untrained model)")
     run.add_argument("--seed", help="trainer.seed")
     run.add_argument("--rating-weight", help="trainer.rating_weight: also train a head "
@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="dataset directory")
     evaluate.add_argument("--model", required=True,
                           help="pushed model: a version directory or the model base above it")
-    evaluate.add_argument("--split", choices=("random", "temporal"), default="random")
+    evaluate.add_argument("--split", choices=SPLIT_METHODS, default="random")
     evaluate.add_argument("--k", type=_cutoffs, default=DEFAULT_KS,
                           help="comma-separated cut-offs (default 10,20,100)")
     evaluate.add_argument("--exclude-seen", action="store_true",
