@@ -12,6 +12,8 @@ numpy break ties by catalogue order.
 - `SavedModelRanker`: the pushed SavedModel, through its serving signatures.
 - `Popularity`: items by their number of train interactions, the same list for
   everyone and every query.
+- `OwnHistory`: each user's own train items, most recently had first, then
+  the other items by popularity (the "buy it again" shelf).
 - `EASE`: Steck's closed-form item-item model (Embarrassingly Shallow
   Autoencoders, WWW 2019) on the binary user x item matrix of the train split.
 - `BM25`: Okapi BM25 over each item's text (title, description, attribute values).
@@ -130,6 +132,33 @@ class Popularity(_CatalogueScorer):
 
     def _query_scores(self, queries, user_ids):
         return self._user_scores(user_ids)
+
+
+class OwnHistory(Popularity):
+    """A user's train items by when they last had them (latest first; ties by
+    row order), then everything else by popularity."""
+    name = "own-history"
+    questions = frozenset({RECOMMEND})
+
+    def __init__(self, item_ids: Sequence[str], train: Sequence[Interaction]):
+        super().__init__(item_ids, train)
+        last: Dict[str, Dict[int, tuple]] = collections.defaultdict(dict)
+        for position, row in enumerate(train):
+            if row.user_id and row.item_id in self._item_index:
+                item = self._item_index[row.item_id]
+                when = (row.timestamp or 0, position)
+                last[row.user_id][item] = max(when, last[row.user_id].get(item, when))
+        # Per user: items latest first, scored above every popularity score.
+        self._history = {user: sorted(items, key=items.get, reverse=True)
+                         for user, items in last.items()}
+        self._popularity = self.counts / (self.counts.max() + 1.0) if len(self.counts) else self.counts
+
+    def _user_scores(self, user_ids):
+        scores = np.tile(self._popularity, (len(user_ids), 1))
+        for row, user in enumerate(user_ids):
+            history = self._history.get(user, ())
+            scores[row, history] = 2.0 + np.arange(len(history), 0, -1, dtype=np.float32)
+        return scores
 
 
 class EASE(_CatalogueScorer):

@@ -22,6 +22,17 @@ def test_popularity_counts_train_rows_and_keeps_catalogue_order_on_ties():
     assert ranker.score_search(["q"], [""], [["d", "zzz"]]) == [[1.0, -math.inf]]
 
 
+def test_own_history_puts_the_users_latest_items_first_then_popularity():
+    train = [Interaction(row=2, user_id="u1", item_id="a", timestamp=10),
+             Interaction(row=3, user_id="u1", item_id="c", timestamp=30),
+             Interaction(row=4, user_id="u1", item_id="a", timestamp=40),  # a again, latest
+             Interaction(row=5, user_id="u2", item_id="b", timestamp=5),
+             Interaction(row=6, user_id="u3", item_id="b", timestamp=5)]
+    ranker = rankers.OwnHistory(["a", "b", "c", "d"], train)
+    # Popularity: a and b twice each (catalogue order breaks the tie), c once.
+    assert ranker.recommend(["u1", "nobody"], k=3).item_ids == [["a", "c", "b"], ["a", "b", "c"]]
+
+
 def test_ease_weights_are_the_closed_form_of_its_objective():
     pairs = [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c"), ("u3", "a"), ("u3", "c"),
              ("u3", "d"), ("u4", "d"), ("u4", "a"), ("u1", "a")]  # the repeat counts once

@@ -123,6 +123,9 @@ class ExportSettings:
     """What the pushed SavedModel carries besides the towers."""
     title_length: int = setting(80, "characters of each item's title kept in the model, so that "
                                 "answers show titles beside ids", minimum=0)
+    buy_again: bool = setting(True, "`recommend` mixes in the user's past items by their "
+                              "buy-again probability, learned from the training data "
+                              "(trainer/repeat_buying.py); false: the towers' ranking alone")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ request, so clients send it; `mmfuse serve` fills in k=10 (and an empty
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import lexical
+from trainer import lexical, repeat_buying
 from trainer.data import QUERY_FEATURES, dense_embeddings, vocabulary_sizes
 from trainer.model import RetrievalModel, ranks_of_items
 from transform import features as f
@@ -31,8 +31,10 @@ _K = tf.TensorSpec([], tf.int32)
 
 class ServingModule(tf.Module):
     def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
-                 lexical_weight: float):
+                 lexical_weight: float, buy_again: repeat_buying.BuyAgainTables = None):
         super().__init__()
+        # None: `recommend` is the towers' ranking alone.
+        self.buy_again = buy_again
         self.model = model
         self.tft_layer = tft_output.transform_features_layer()
         self._raw_spec = tft_output.raw_feature_spec()
@@ -110,9 +112,23 @@ class ServingModule(tf.Module):
         values = tf.ragged.boolean_mask(top.values, keep)[:, :k].to_tensor()
         return {"item_ids": _rows(self.item_ids, indices), "scores": values}
 
+    def _with_buy_again(self, scores: tf.Tensor, past_items, k: tf.Tensor) -> tf.Tensor:
+        """The towers' scores with the user's past items (items, counts,
+        recency, lengths: repeat_buying.PastItems rows) mixed in by their
+        buy-again probability; unchanged without a buy-again model."""
+        if self.buy_again is None:
+            return scores
+        return repeat_buying.mix_scores(scores, past_items[0],
+                                        self.buy_again.probabilities(*past_items),
+                                        self.buy_again.new_item_rates, k)
+
     @tf.function(input_signature=[_STRINGS, _K])
     def recommend(self, user_id, k):
-        return self._top_k(self._scores(_rows(self.user_queries, self.user_index(user_id))), k)
+        user_index = self.user_index(user_id)
+        scores = self._scores(_rows(self.user_queries, user_index))
+        if self.buy_again is not None:
+            scores = self._with_buy_again(scores, self.buy_again.user_past_items(user_index), k)
+        return self._top_k(scores, k)
 
     @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
     def search(self, query, user_id, k):
@@ -156,8 +172,9 @@ def _rows(variable: tf.Variable, indices: tf.Tensor) -> tf.Tensor:
 
 
 def export_serving_model(model: RetrievalModel, tft_output: tft.TFTransformOutput, path: str,
-                         lexical_weight: float) -> None:
-    module = ServingModule(model, tft_output, lexical_weight)
+                         lexical_weight: float,
+                         buy_again: repeat_buying.BuyAgainTables = None) -> None:
+    module = ServingModule(model, tft_output, lexical_weight, buy_again)
     signatures = {
         "recommend": module.recommend,
         "search": module.search,
