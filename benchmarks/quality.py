@@ -1,7 +1,8 @@
 """Quality benchmark: the model's variants against the baselines on the real data sets.
 
     .venv/bin/python -m benchmarks.quality [--datasets movielens,fashion,home-depot,online-retail]
-        [--variants popularity,own-history,ease,bm25,id,text,image,fusion,fusion+buy-again]
+        [--variants popularity,own-history,ease,bm25,id,text,image,fusion,fusion+buy-again,
+                    fusion-towers]
         [--epochs 5]
         [--config FILE.yaml] [--set section.key=value ...] [--seeds 42]
         [--out runs/benchmark] [--data-root ../shared/data] [--skip-runs]
@@ -25,7 +26,10 @@ before it, which is not what a benchmark asks; `gate.min_recall` is 0 so that
 no run stops on it): `id` (modalities id: the plain TFRS two-tower model),
 `text`, `image`, `fusion` (id,text,image), each with `export.buy_again` false
 (the towers' ranking alone), and `fusion+buy-again` (fusion whose `recommend`
-mixes in the user's past items, trainer/repeat_buying.py). The variants share one run
+mixes in the user's past items, trainer/repeat_buying.py); `fusion-towers` is
+the fusion+buy-again run's model ranked by its towers alone (`recommend`
+without the buy-again mix, as `export.buy_again` false serves it; no second
+run, and its train_s is that run's). The variants share one run
 directory, so TFX's cache runs ExampleGen and Transform (the encoders) once per
 data set.
 `--seeds 42,7` trains each model variant once per seed (`trainer.seed`: the
@@ -109,7 +113,10 @@ MODEL_MODALITIES = {"id": "id", "text": "text", "image": "image", "fusion": "id,
                     "fusion+buy-again": "id,text,image"}
 # Only this variant's `recommend` mixes in the user's past items (export.buy_again).
 BUY_AGAIN_VARIANTS = ("fusion+buy-again",)
-VARIANTS = BASELINES + tuple(MODEL_MODALITIES)
+# The towers' own ranking of another variant's model (its `recommend` without
+# the buy-again mix: what export.buy_again=false serves), so one run gives both.
+TOWERS_OF = {"fusion-towers": "fusion+buy-again"}
+VARIANTS = BASELINES + tuple(MODEL_MODALITIES) + tuple(TOWERS_OF)
 EASE_L2 = 500.0
 HELD_OUT_FRACTION = 0.2
 FASHION_QUERIES = 50
@@ -404,7 +411,7 @@ def _specs(options) -> Dict[str, DataSpec]:
                      ["precision@10", "queries"], _fashion_photo_to_look_alikes(options),
                      functools.partial(_fashion_photo_chance, options))],
             {name: "no interactions" for name in ("popularity", "own-history", "ease",
-                                                  "fusion+buy-again")}
+                                                  "fusion+buy-again", "fusion-towers")}
             | {"bm25": "held-out products have no text"}),
         "home-depot": DataSpec(_prepare_home_depot, [
             Protocol(f"unseen queries (whole catalogue: relevant = relevance >= "
@@ -413,7 +420,8 @@ def _specs(options) -> Dict[str, DataSpec]:
                      _home_depot)],
             {"ease": "anonymous queries, no users; 55k items", "image": "no images",
              "own-history": "anonymous queries, no users",
-             "fusion+buy-again": "anonymous queries, no users"}),
+             "fusion+buy-again": "anonymous queries, no users",
+             "fusion-towers": "anonymous queries, no users"}),
         "sample": DataSpec(_prepare_sample, recommendation + [
             Protocol("search", rankers.SEARCH, ["recall@10", "recall@100", "ndcg@10", "judged_ndcg@10"], _search)],
             {}),
@@ -531,6 +539,11 @@ def mean_over_seeds(rows_by_seed: Dict[int, Dict[str, object]], first_column: st
     return row
 
 
+# (data set, variant, seed) -> what `_model_run` gave, so that a run serves
+# both its variant and its towers' variant.
+_TRAINED: Dict[tuple, tuple] = {}
+
+
 def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dataset,
                  variant: str, tables: List[Table]) -> None:
     def add(values):
@@ -550,12 +563,17 @@ def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dat
         add(_measure(spec, dataset, ranker, time.time() - started, "", f"{name}/{variant}"))
         return
     rows_by_seed = {}
+    base = TOWERS_OF.get(variant, variant)
     for seed in options.seeds:
-        model, train_s, note = _model_run(options, name, data_dir, variant, seed, spec.split)
+        key = (name, base, seed)
+        if key not in _TRAINED:
+            _TRAINED[key] = _model_run(options, name, data_dir, base, seed, spec.split)
+        model, train_s, note = _TRAINED[key]
         if model is None:
             rows_by_seed[seed] = [{"train_s": train_s, "note": note}] * len(tables)
             continue
-        ranker = rankers.SavedModelRanker(model)
+        ranker = (rankers.TowersRanker(model) if variant in TOWERS_OF
+                  else rankers.SavedModelRanker(model))
         label = f"{name}/{variant}" + ("" if len(options.seeds) == 1 else f" (seed {seed})")
         rows_by_seed[seed] = [{**row, "model": ranker.path}
                               for row in _measure(spec, dataset, ranker, train_s, "", label)]

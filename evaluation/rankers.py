@@ -10,6 +10,8 @@ back best first with their scores. Rankers that score the whole catalogue in
 numpy break ties by catalogue order.
 
 - `SavedModelRanker`: the pushed SavedModel, through its serving signatures.
+- `TowersRanker`: a SavedModel's towers alone for `recommend` (the user's
+  query vector against the catalogue, without the buy-again mix).
 - `Popularity`: items by their number of train interactions, the same list for
   everyone and every query.
 - `OwnHistory`: each user's own train items, most recently had first, then
@@ -329,3 +331,34 @@ class SavedModelRanker(Ranker):
                 score_of = dict(zip(row_ids.tolist(), row_scores.tolist()))
                 result.append([score_of.get(item.encode(), -math.inf) for item in items])
         return result
+
+
+class TowersRanker(SavedModelRanker):
+    """`recommend` from the model's tables: each user's query vector (from the
+    export) times the catalogue, index 0 (unknown) left out; no buy-again mix."""
+    name = "towers"
+    questions = frozenset({RECOMMEND})
+
+    def recommend(self, user_ids, k):
+        tf = self._tf
+        queries, candidates = self.model.user_queries.numpy(), self.model.candidates.numpy()
+        item_ids = self.model.item_ids.numpy()
+        ranked = Ranked([], [])
+        for rows in _batches(len(user_ids), self.batch_size):
+            users = self._user_indices(list(user_ids[rows]))
+            scores = queries[users] @ candidates.T
+            scores[:, 0] = -np.inf
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            ranked.item_ids.extend([[item.decode() for item in row] for row in item_ids[order]])
+            ranked.scores.extend(np.take_along_axis(scores, order, axis=1).tolist())
+        return ranked
+
+    def _user_indices(self, user_ids):
+        """The export's user lookup (transform/preprocessing.py IdLookup: line + 1, 0 unknown),
+        through its restored table."""
+        tf = self._tf
+        table = self.model.user_index._table
+        found = tf.raw_ops.LookupTableFindV2(
+            table_handle=table.resource_handle, keys=tf.constant(user_ids, tf.string),
+            default_value=tf.constant(-1, tf.int64))
+        return found.numpy() + 1
