@@ -167,7 +167,8 @@ def _logistic(x: np.ndarray, y: np.ndarray, steps: int = 30):
 
 def _new_item_rates(older_items: np.ndarray, newer, item_counts) -> np.ndarray:
     """rates[r]: share of carved users whose r-th most popular not-had item is
-    in their newer part; made non-increasing."""
+    in their newer part (add-one smoothed, so an unseen hit is not a certain
+    miss); made non-increasing."""
     order = np.argsort(-np.asarray(item_counts), kind="stable")
     order = order[order != 0]
     hits = np.zeros(NEW_ITEM_RANKS)
@@ -176,7 +177,7 @@ def _new_item_rates(older_items: np.ndarray, newer, item_counts) -> np.ndarray:
         ranked = [item for item in order[:NEW_ITEM_RANKS + len(had)] if item not in had]
         ranked = ranked[:NEW_ITEM_RANKS]
         hits[:len(ranked)] += [item in items_after for item in ranked]
-    return np.minimum.accumulate(hits / max(len(newer), 1)).astype(np.float32)
+    return np.minimum.accumulate((hits + 1) / (len(newer) + 2)).astype(np.float32)
 
 
 def probabilities(model: BuyAgain, table: PastItems) -> np.ndarray:
