@@ -86,3 +86,26 @@ def test_no_history_no_model():
     recent = np.zeros((3, rb.RECENT), np.int64)
     recent[1, 0] = 5
     assert rb.fit(recent, [{}, {5: 1}, {}], np.ones(10)) is None
+
+
+def test_the_mix_is_served_from_a_saved_model(tmp_path):
+    recent, counts, item_counts = histories(rebuy=True, seed=4)
+    tables = rb.BuyAgainTables(rb.fit(recent, counts, item_counts), rb.past_items(recent, counts))
+    module = tf.Module()
+    module.tables = tables
+    module.candidates = tf.Variable(tf.random.normal([ITEMS, 8], seed=5))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32)])
+    def recommend(user_index, k):
+        scores = tf.matmul(tf.gather(module.candidates, user_index), module.candidates,
+                           transpose_b=True)
+        past = tables.user_past_items(user_index)
+        mixed = rb.mix_scores(scores, past[0], tables.probabilities(*past), tables.new_item_rates, k)
+        return tf.math.top_k(mixed, k).indices
+
+    module.recommend = recommend
+    expected = recommend(tf.constant([1, 2, 0], tf.int64), tf.constant(5)).numpy()
+    tf.saved_model.save(module, str(tmp_path), signatures={"recommend": recommend})
+    loaded = tf.saved_model.load(str(tmp_path)).signatures["recommend"]
+    answer = loaded(user_index=tf.constant([1, 2, 0], tf.int64), k=tf.constant(5))
+    np.testing.assert_array_equal(next(iter(answer.values())).numpy(), expected)
