@@ -1,9 +1,8 @@
 """Quality benchmark: the model's variants against the baselines on the real data sets.
 
     .venv/bin/python -m benchmarks.quality [--datasets movielens,fashion,home-depot,online-retail]
-        [--variants popularity,own-history,ease,bm25,id,text,image,fusion,fusion+buy-again,
-                    fusion-towers]
-        [--epochs 5]
+        [--variants popularity,own-history,ease,ease+buy-again,bm25,id,text,image,fusion,
+                    fusion+buy-again,fusion-towers] [--epochs 5]
         [--config FILE.yaml] [--set section.key=value ...] [--seeds 42]
         [--out runs/benchmark] [--data-root ../shared/data] [--skip-runs]
         [--results benchmarks/RESULTS.md]
@@ -16,7 +15,9 @@ by these tables with their command, date, commit and machine.
 
 Variants. Baselines, fitted on the train split of the data set's split (random;
 online-retail: last): `popularity`, `own-history` (the user's own past items,
-latest first, then popularity), `ease` (L2 500), `bm25` (search over item text). Models, each
+latest first, then popularity), `ease` (L2 500), `ease+buy-again` (EASE with the
+user's past items mixed in as the exported `recommend` mixes them, the model
+fitted on the train rows), `bm25` (search over item text). Models, each
 `mmfuse run --data D --out OUT/<data set>/runs` in a subprocess (log in
 OUT/<data set>/<variant>.log) with the configuration of `--config` and `--set`
 (mmfuse/config.py; `--epochs E` is `--set trainer.epochs=E`) and the variant's
@@ -108,7 +109,7 @@ from evaluation.metrics import DEFAULT_KS
 from mmfuse.config import Config, ConfigError, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASELINES = ("popularity", "own-history", "ease", "bm25")
+BASELINES = ("popularity", "own-history", "ease", "ease+buy-again", "bm25")
 MODEL_MODALITIES = {"id": "id", "text": "text", "image": "image", "fusion": "id,text,image",
                     "fusion+buy-again": "id,text,image"}
 # Only this variant's `recommend` mixes in the user's past items (export.buy_again).
@@ -411,6 +412,7 @@ def _specs(options) -> Dict[str, DataSpec]:
                      ["precision@10", "queries"], _fashion_photo_to_look_alikes(options),
                      functools.partial(_fashion_photo_chance, options))],
             {name: "no interactions" for name in ("popularity", "own-history", "ease",
+                                                  "ease+buy-again",
                                                   "fusion+buy-again", "fusion-towers")}
             | {"bm25": "held-out products have no text"}),
         "home-depot": DataSpec(_prepare_home_depot, [
@@ -419,6 +421,7 @@ def _specs(options) -> Dict[str, DataSpec]:
                      ["judged_ndcg@10", "recall@100", "ndcg@10", "queries", "judged_queries"],
                      _home_depot)],
             {"ease": "anonymous queries, no users; 55k items", "image": "no images",
+             "ease+buy-again": "anonymous queries, no users; 55k items",
              "own-history": "anonymous queries, no users",
              "fusion+buy-again": "anonymous queries, no users",
              "fusion-towers": "anonymous queries, no users"}),
@@ -438,6 +441,8 @@ def _baseline(variant: str, dataset: Dataset, split: str = "random") -> rankers.
         return rankers.Popularity(list(dataset.items), train)
     if variant == "own-history":
         return rankers.OwnHistory(list(dataset.items), train)
+    if variant == "ease+buy-again":
+        return rankers.BuyAgainMix(rankers.EASE(list(dataset.items), train, l2=EASE_L2), train)
     return rankers.EASE(list(dataset.items), train, l2=EASE_L2)
 
 

@@ -112,3 +112,24 @@ def test_bm25_score_by_hand():
 def test_bm25_does_not_recommend():
     with pytest.raises(NotImplementedError, match="bm25 does not recommend"):
         rankers.BM25(_catalogue()).recommend(["u1"], k=1)
+
+
+def test_buy_again_mix_brings_back_what_users_rebuy_and_keeps_out_what_they_do_not():
+    def shop(rebuy):
+        rows, line = [], 2
+        for user in range(40):
+            for visit in range(6):
+                item = f"s{user % 5}" if rebuy else f"i{(user + visit) % 30}"
+                rows.append(Interaction(row=line, user_id=f"u{user}", item_id=item, timestamp=visit))
+                line += 1
+        return rows
+
+    catalogue = [f"s{n}" for n in range(5)] + [f"i{n}" for n in range(30)]
+    rebuying = shop(rebuy=True)
+    mix = rankers.BuyAgainMix(rankers.Popularity(catalogue, rebuying), rebuying)
+    assert mix.name == "popularity+buy-again"
+    assert mix.recommend(["u3"], k=3).item_ids[0][0] == "s3"
+    once = shop(rebuy=False)
+    mix = rankers.BuyAgainMix(rankers.Popularity(catalogue, once), once)
+    had = {row.item_id for row in once if row.user_id == "u3"}
+    assert not had & set(mix.recommend(["u3"], k=5).item_ids[0])
