@@ -45,6 +45,9 @@ NEW_ITEM_RANKS = 200
 # Retail's training data (each customer's last training purchase; towers
 # played by EASE); 1 gave more recall overall and a third of EASE's on new items.
 NEW_ITEM_WEIGHT = 3.0
+# Width of the per-user table of past items: every past item of all but the
+# heaviest users (a past item left out of it can come back from the towers).
+MAX_PAST_ITEMS = 1000
 # Pseudo-users of the shop's rate in each item's repeat rate.
 RATE_PRIOR = 5.0
 L2 = 1.0
@@ -76,11 +79,14 @@ def _logit(p):
     return np.log(p / (1 - p))
 
 
-def past_items(recent: np.ndarray, user_item_counts, max_items: int = 100) -> PastItems:
+def past_items(recent: np.ndarray, user_item_counts,
+               max_items: int = MAX_PAST_ITEMS) -> PastItems:
     """From the recent items [users, RECENT] (most recent first, 0 pads) and
-    every user's {item: rows} (index = user), the `max_items` past items of each
-    user: the recent ones by recency, then the older ones by count."""
+    every user's {item: rows} (index = user), each user's past items (as many
+    as the user with most has, at most `max_items`): the recent ones by
+    recency, then the older ones by count."""
     users = len(recent)
+    max_items = max(1, min(max_items, max((len(counts) for counts in user_item_counts), default=1)))
     table = PastItems(np.zeros((users, max_items), np.int64), np.zeros((users, max_items), np.float32),
                       np.full((users, max_items), RECENT, np.float32), np.zeros(users, np.float32))
     for user in range(users):
@@ -129,7 +135,7 @@ def _carve(recent: np.ndarray, user_item_counts, max_items: int):
 
 
 def fit(recent: np.ndarray, user_item_counts, item_counts: np.ndarray,
-        max_items: int = 100) -> "BuyAgain | None":
+        max_items: int = MAX_PAST_ITEMS) -> "BuyAgain | None":
     """Fits the model on the recent items [users, RECENT] and each user's
     {item: rows}; `item_counts` [items] orders the stand-in for new items.
     None when no user has two rows."""
