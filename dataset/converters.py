@@ -20,7 +20,9 @@ uses it too.
 from __future__ import annotations
 
 import argparse
+import calendar
 import csv
+import datetime
 import json
 import os
 import shutil
@@ -293,10 +295,79 @@ def convert_home_depot(src: str, dst: str) -> dict:
     return {**summary, "skipped": dict(skipped)}
 
 
+# Online Retail (UCI): StockCodes that are charges, postage or adjustments, not products.
+ONLINE_RETAIL_NON_PRODUCTS = frozenset({
+    "POST", "DOT", "M", "C2", "D", "CRUK", "BANK CHARGES", "PADS", "AMAZONFEE", "B", "S"})
+ONLINE_RETAIL_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate",
+                         "CustomerID")
+
+
+def _online_retail_time(text: str) -> int | None:
+    """Unix seconds of an InvoiceDate, "2010-12-01 08:26:00" (this project's
+    copy) or "12/1/2010 8:26" (UCI's own layout), taken as UTC."""
+    for layout in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S"):
+        try:
+            return calendar.timegm(datetime.datetime.strptime(text.strip(), layout).timetuple())
+        except ValueError:
+            continue
+    return None
+
+
+def convert_online_retail(src: str, dst: str) -> dict:
+    """UCI Online Retail: one interaction per (customer, invoice time, StockCode)
+    purchase; StockCode is the item, its most frequent Description the title.
+
+    Cancellations (InvoiceNo "C..."), non-product codes, rows without a
+    CustomerID and lines that repeat an earlier line's (customer, time, item)
+    are counted under "skipped", by reason."""
+    lines = _read_csv(src, "online_retail.csv", ONLINE_RETAIL_COLUMNS)
+    skipped: Counter = Counter()
+    descriptions: dict[str, Counter] = {}
+    interactions: dict[tuple, dict] = {}
+    for line in lines:
+        customer = line["CustomerID"].strip()
+        customer = customer[:-2] if customer.endswith(".0") else customer  # UCI's float column
+        code = line["StockCode"].strip()
+        timestamp = _online_retail_time(line["InvoiceDate"])
+        try:
+            quantity = float(line["Quantity"])
+        except ValueError:
+            quantity = None
+        if not customer:
+            skipped["online_retail.csv: no CustomerID"] += 1
+        elif line["InvoiceNo"].strip().upper().startswith("C"):
+            skipped["online_retail.csv: cancellation"] += 1
+        elif code.upper() in ONLINE_RETAIL_NON_PRODUCTS:
+            skipped["online_retail.csv: non-product StockCode"] += 1
+        elif not code:
+            skipped["online_retail.csv: empty StockCode"] += 1
+        elif quantity is None or quantity <= 0:
+            skipped["online_retail.csv: Quantity not positive"] += 1
+        elif timestamp is None:
+            skipped["online_retail.csv: unreadable InvoiceDate"] += 1
+        elif (customer, timestamp, code) in interactions:
+            skipped["online_retail.csv: same customer, InvoiceDate and StockCode as an earlier line"] += 1
+        else:
+            interactions[(customer, timestamp, code)] = {
+                "user_id": customer, "item_id": code, "timestamp": timestamp}
+            description = line["Description"].strip()
+            if description:
+                descriptions.setdefault(code, Counter())[description] += 1
+            else:
+                descriptions.setdefault(code, Counter())
+    # Counter.most_common keeps first-seen order among ties.
+    items = [{"item_id": code, "title": names.most_common(1)[0][0] if names else ""}
+             for code, names in descriptions.items()]
+    summary = write_dataset(dst, items, (), list(interactions.values()),
+                            ("user_id", "item_id", "timestamp"))
+    return {**summary, "source_rows": len(lines), "skipped": dict(skipped)}
+
+
 CONVERTERS: dict[str, Callable[..., dict]] = {
     "movielens-100k": convert_movielens,
     "fashion-small": convert_fashion,
     "home-depot": convert_home_depot,
+    "online-retail": convert_online_retail,
 }
 
 

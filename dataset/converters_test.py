@@ -215,9 +215,59 @@ def drop_column(path, column):
     write_rows(path, header, [[row[c] for c in header] for row in rows])
 
 
+def make_online_retail(src):
+    """UCI's column layout and date format: a customer buying twice, a cancellation,
+    postage, a line without a customer and a line repeated within an invoice."""
+    os.makedirs(src)
+    header = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
+              "CustomerID", "Country"]
+    write_rows(os.path.join(src, "online_retail.csv"), header, [
+        ["536365", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", "6", "12/1/2010 8:26", "2.55",
+         "17850.0", "United Kingdom"],
+        ["536365", "71053", "WHITE METAL LANTERN", "6", "12/1/2010 8:26", "3.39", "17850.0",
+         "United Kingdom"],
+        ["536365", "71053", "WHITE METAL LANTERN", "2", "12/1/2010 8:26", "3.39", "17850.0",
+         "United Kingdom"],
+        ["536366", "POST", "POSTAGE", "1", "12/1/2010 8:28", "18.00", "17850.0", "United Kingdom"],
+        ["536367", "85123A", "CREAM HANGING HEART T-LIGHT HOLDER", "8", "12/2/2010 9:00", "2.55",
+         "", "United Kingdom"],
+        ["C536368", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", "-6", "12/3/2010 10:00",
+         "2.55", "17850.0", "United Kingdom"],
+        ["536369", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", "12", "12/5/2010 11:30",
+         "2.55", "17850.0", "United Kingdom"],
+        ["536370", "22752", "SET 7 BABUSHKA NESTING BOXES", "2", "12/5/2010 12:00", "7.65",
+         "13047.0", "United Kingdom"],
+    ])
+
+
 SOURCE_MAKERS = {
     "movielens-100k": make_movielens, "fashion-small": make_fashion, "home-depot": make_home_depot,
+    "online-retail": make_online_retail,
 }
+
+
+def test_online_retail(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    make_online_retail(src)
+    summary = converters.convert("online-retail", src, dst)
+    assert summary == {
+        "items": 3, "images": 0, "interactions": 4, "users": 2, "search_rows": 0,
+        "source_rows": 8, "skipped": {
+            "online_retail.csv: same customer, InvoiceDate and StockCode as an earlier line": 1,
+            "online_retail.csv: non-product StockCode": 1,
+            "online_retail.csv: no CustomerID": 1,
+            "online_retail.csv: cancellation": 1}}
+    assert read_rows(os.path.join(dst, "interactions.csv")) == [
+        {"user_id": "17850", "item_id": "85123A", "timestamp": "1291191960"},
+        {"user_id": "17850", "item_id": "71053", "timestamp": "1291191960"},
+        {"user_id": "17850", "item_id": "85123A", "timestamp": "1291548600"},
+        {"user_id": "13047", "item_id": "22752", "timestamp": "1291550400"}]
+    items = read_rows(os.path.join(dst, "items.csv"))
+    assert [(item["item_id"], item["title"]) for item in items] == [
+        ("85123A", "WHITE HANGING HEART T-LIGHT HOLDER"), ("71053", "WHITE METAL LANTERN"),
+        ("22752", "SET 7 BABUSHKA NESTING BOXES")]
+    dataset = read_dataset(dst)
+    assert len(dataset.interactions) == 4
 
 
 @pytest.mark.parametrize("name, file, column", [
@@ -228,6 +278,8 @@ SOURCE_MAKERS = {
     ("fashion-small", "products.csv", "colour"),
     ("home-depot", "train.csv", None),
     ("home-depot", "train.csv", "search_term"),
+    ("online-retail", "online_retail.csv", None),
+    ("online-retail", "online_retail.csv", "CustomerID"),
 ])
 def test_broken_source_names_what_is_missing(tmp_path, name, file, column):
     """Without the file (column None), or without the column of the file."""
@@ -343,3 +395,17 @@ def test_real_home_depot(tmp_path):
     assert len({row["query"] for row in interactions}) == 11_795
     assert all(not row["user_id"] and 1.0 <= float(row["rating"]) <= 3.0 for row in interactions)
     read_dataset(dst)
+
+
+@pytest.mark.real_data
+def test_real_online_retail(tmp_path):
+    src, dst = real_source("online-retail"), str(tmp_path)
+    summary = converters.convert("online-retail", src, dst)
+    # The counts of the data set's README: 406,829 rows, 8,905 cancellations.
+    assert summary["source_rows"] == 406_829
+    assert summary["skipped"]["online_retail.csv: cancellation"] == 8_905
+    assert summary["skipped"]["online_retail.csv: non-product StockCode"] == 1_554
+    assert summary["users"] == 4_335
+    assert 3_600 < summary["items"] < 3_665
+    assert summary["interactions"] == 406_829 - sum(summary["skipped"].values())
+    read_dataset(dst, check_images=False)

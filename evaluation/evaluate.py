@@ -20,6 +20,10 @@ max(k) of `ranker.recommend`.
   train: such an eval row is a repeat, which a list of unseen items can never
   contain, so it is left out of the means and counted in
   "repeat_rows_left_out" rather than scored as a certain miss.
+- Without `exclude_seen`, recall@k is also given apart for the repeat rows
+  (the held-out item is in the user's train items: buying again) as
+  "recall@k_repeat" and for the others as "recall@k_new", with their counts
+  "repeat_rows" and "new_rows".
 
 Search (eval rows with a query), under "search": rows are grouped by query text
 lower-cased (as the split groups them), and each query is asked once, without
@@ -84,9 +88,10 @@ def evaluate(dataset: Dataset, ranker: Ranker, split_method: str = "random",
     recommendation_rows = [row for row in eval_rows if not row.query]
     if recommendation_rows:
         if RECOMMEND in ranker.questions:
-            seen = _seen_items(train) if exclude_seen else None
+            seen = _seen_items(train)
             result.update(_recommendation_metrics(
-                dataset, ranker, recommendation_rows, seen, ks, attributes, min_rating))
+                dataset, ranker, recommendation_rows, seen if exclude_seen else None, ks,
+                attributes, min_rating, train_items=seen))
         else:
             unanswered.append(RECOMMEND)
     search_rows = [row for row in eval_rows if row.query]
@@ -113,8 +118,10 @@ def _is_relevant(row: Interaction, min_rating: Optional[float]) -> bool:
     return min_rating is None or row.rating is None or row.rating >= min_rating
 
 
-def _recommendation_metrics(dataset, ranker, rows, seen, ks, attributes, min_rating):
-    """`seen` is each user's train items when they are excluded, else None."""
+def _recommendation_metrics(dataset, ranker, rows, seen, ks, attributes, min_rating,
+                            train_items=None):
+    """`seen` is each user's train items when they are excluded, else None;
+    `train_items` each user's train items."""
     relevant = [row for row in rows if _is_relevant(row, min_rating)]
     scored = [row for row in relevant if row.item_id not in (seen or {}).get(row.user_id, ())]
     held_out: Dict[str, Set[str]] = collections.defaultdict(set)
@@ -133,8 +140,24 @@ def _recommendation_metrics(dataset, ranker, rows, seen, ks, attributes, min_rat
         result[f"ndcg@{k}"] = row_means.get(f"ndcg@{k}")
         result[f"hit@{k}"] = user_means.get(f"hit@{k}")
     result["mrr"] = row_means.get("rr")
+    if seen is None and train_items is not None:
+        result.update(_repeat_split(scored, per_row, train_items, ks))
     result.update(_list_metrics(dataset, list(lists.values()), ks, attributes))
     return result
+
+
+def _repeat_split(rows, per_row, train_items, ks) -> Dict[str, object]:
+    """recall@k of the repeat rows and of the new rows (module docstring)."""
+    parts: Dict[str, list] = {"repeat": [], "new": []}
+    for row, values in zip(rows, per_row):
+        parts["repeat" if row.item_id in train_items.get(row.user_id, ()) else "new"].append(values)
+    split: Dict[str, object] = {}
+    for name, values in parts.items():
+        split[f"{name}_rows"] = len(values)
+        means = metrics.mean_metrics(values)
+        for k in ks:
+            split[f"recall@{k}_{name}"] = means.get(f"recall@{k}")
+    return split
 
 
 def _recommendation_lists(ranker: Ranker, users: List[str], k: int,

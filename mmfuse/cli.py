@@ -17,6 +17,7 @@ from dataset.sample import write_sample_dataset
 from evaluation.metrics import DEFAULT_KS
 from mmfuse import progress
 from mmfuse.config import (
+    SPLIT_METHODS,
     ConfigError,
     PipelineSettings,
     config_hash,
@@ -29,7 +30,7 @@ from mmfuse.config import (
 # `mmfuse run`'s log file, in its run directory.
 LOG_FILE = "mmfuse.log"
 
-CONVERTERS = ("movielens-100k", "fashion-small", "home-depot")
+CONVERTERS = ("movielens-100k", "fashion-small", "home-depot", "online-retail")
 
 # Flags that are shorthands for configuration keys, by command.
 SHORTHANDS = {
@@ -127,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory (pipeline outputs, serving/)")
     _add_config_arguments(run)
     run.add_argument("--modalities", help="trainer.modalities, comma-separated: id,text,image")
-    run.add_argument("--split", help="pipeline.split: random or temporal")
+    run.add_argument("--split", help="pipeline.split: random, temporal or last")
     run.add_argument("--epochs", help="trainer.epochs (0 exports the untrained model)")
     run.add_argument("--seed", help="trainer.seed")
     run.add_argument("--rating-weight", help="trainer.rating_weight: also train a head "
@@ -166,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="dataset directory")
     evaluate.add_argument("--model", required=True,
                           help="pushed model: a version directory or the model base above it")
-    evaluate.add_argument("--split", choices=("random", "temporal"), default="random")
+    evaluate.add_argument("--split", choices=SPLIT_METHODS, default="random")
     evaluate.add_argument("--k", type=_cutoffs, default=DEFAULT_KS,
                           help="comma-separated cut-offs (default 10,20,100)")
     evaluate.add_argument("--exclude-seen", action="store_true",

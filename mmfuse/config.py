@@ -41,14 +41,15 @@ def setting(default: Any, help: str, *, choices: Sequence[Any] = (), minimum: Op
 
 
 MODALITIES = ("id", "text", "image")
-SPLIT_METHODS = ("random", "temporal")
+SPLIT_METHODS = ("random", "temporal", "last")
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSettings:
     """How a local run reads the data and what it re-uses."""
     split: str = setting("random", "how interactions are split into train and eval: `random` "
-                         "(80/20 by a hash; queries by their text) or `temporal` (each user's last 20%)",
+                         "(80/20 by a hash; queries by their text), `temporal` (each user's last 20%) or "
+                         "`last` (each user's last visit: the rows at their latest timestamp)",
                          choices=SPLIT_METHODS)
     cache: bool = setting(True, "re-use outputs of earlier runs into the same run directory whose "
                           "inputs, settings, data and code are unchanged")
@@ -136,6 +137,9 @@ class ExportSettings:
                                 "answers show titles beside ids", minimum=0)
     attributes_length: int = setting(60, "characters of each item's attributes (`colour=red, "
                                      "kind=mug`) kept in the model beside its title", minimum=0)
+    buy_again: bool = setting(True, "`recommend` mixes in the user's past items by their "
+                              "buy-again probability, learned from the training data "
+                              "(trainer/repeat_buying.py); false: the towers' ranking alone")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,19 @@ def item_counts(file_pattern: str, tft_output: tft.TFTransformOutput) -> np.ndar
     return counts
 
 
+def user_item_counts(file_pattern: str, tft_output: tft.TFTransformOutput) -> List[Dict[int, int]]:
+    """At each user index, how often each item index occurs in the user's
+    (training) interactions."""
+    size = vocabulary_sizes(tft_output)[f.USER_VOCABULARY]
+    counts: List[Dict[int, int]] = [{} for _ in range(size)]
+    for batch in _parsed_records(file_pattern, tft_output, 4096,
+                                 [f.USER_INDEX, f.ITEM_INDEX]).as_numpy_iterator():
+        for user, item in zip(batch[f.USER_INDEX].tolist(), batch[f.ITEM_INDEX].tolist()):
+            if user:
+                counts[user][item] = counts[user].get(item, 0) + 1
+    return counts
+
+
 def interaction_batches(file_pattern: str, tft_output: tft.TFTransformOutput, batch_size: int,
                         shuffle_seed=None) -> tf.data.Dataset:
     """Batches of the features the query tower and the tasks need."""

@@ -35,7 +35,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from mmfuse.config import ExportSettings
-from trainer import lexical
+from trainer import lexical, repeat_buying
 from trainer.data import CATALOG_FEATURES, QUERY_FEATURES, dense_embeddings, vocabulary_sizes
 from trainer.model import RetrievalModel, no_text_queries, ranks_of_items
 from transform import features as f
@@ -68,13 +68,18 @@ def display_tables(display: Dict[str, Sequence[bytes]], settings: ExportSettings
 
 class ServingModule(tf.Module):
     def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
-                 lexical_weight: float, display: Optional[Dict[str, Sequence[bytes]]] = None):
+                 lexical_weight: float, display: Optional[Dict[str, Sequence[bytes]]] = None,
+                 buy_again: Optional[repeat_buying.BuyAgainTables] = None):
         super().__init__()
+        # None: `recommend` is the towers' ranking alone.
+        self.buy_again = buy_again
         self.model = model
         self.tft_layer = tft_output.transform_features_layer()
         self._raw_spec = tft_output.raw_feature_spec()
         # Index -> item id; index 0 is "unknown" and is never returned.
         item_ids = [b"<unknown>"] + tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
+        # Fixed, unlike `item_ids`: what each item index of the towers names.
+        self.item_vocabulary = tf.constant(item_ids, tf.string)
         candidates = model.catalog_embeddings()
         # Variables of unknown length, so that a loaded model's catalogue can be
         # replaced by one of another size and re-saved without retraining.
@@ -139,14 +144,14 @@ class ServingModule(tf.Module):
     def _query_embeddings(self, transformed):
         return self.model.query_tower({name: transformed[name] for name in QUERY_FEATURES})
 
-    def _history_query_embeddings(self, user_index: tf.Tensor, recent_item_index: tf.Tensor):
-        """The recommend question of users whose newest items (`recent_item_index`
-        [batch, n], newest first, 0 = none) come before the history training saw."""
+    def _history(self, user_index: tf.Tensor, recent_item_index: tf.Tensor) -> tf.Tensor:
+        """[batch, RECENT_ITEMS_LENGTH] item indices, newest first (0 pads): a
+        request's recent items (`recent_item_index` [batch, n], 0 = none)
+        before the history training saw."""
         known = self.model.users.recent_items(user_index)
         merged = tf.concat([recent_item_index, known], axis=1)
         merged = tf.ragged.boolean_mask(merged, merged > 0)[:, :f.RECENT_ITEMS_LENGTH]
-        merged = merged.to_tensor(default_value=0, shape=[None, f.RECENT_ITEMS_LENGTH])
-        return self.model.query_tower(no_text_queries(user_index, merged))
+        return merged.to_tensor(default_value=0, shape=[None, f.RECENT_ITEMS_LENGTH])
 
     def _user_query_embeddings(self, transformed):
         """A request names its user; the user's recent items are the ones
@@ -188,10 +193,26 @@ class ServingModule(tf.Module):
             answer[output] = _rows(getattr(self, table), indices)
         return answer
 
+    def _with_buy_again(self, scores: tf.Tensor, past_items, k: tf.Tensor) -> tf.Tensor:
+        """The towers' scores with the user's past items (items, counts,
+        recency, lengths: repeat_buying.PastItems rows, by item index) mixed
+        in by their buy-again probability."""
+        items, counts, recency, lengths = past_items
+        # Item index -> catalogue row: they part after `mmfuse catalog` edits,
+        # and a removed item (row 0) must not come back as a past item.
+        rows = self.item_rows.lookup(tf.gather(self.item_vocabulary, items))
+        rows = tf.reshape(rows, tf.shape(items))
+        return repeat_buying.mix_scores(scores, rows,
+                                        self.buy_again.probabilities(items, counts, recency, lengths),
+                                        self.buy_again.new_item_rates, k)
+
     @tf.function(input_signature=[_STRINGS, _K])
     def recommend(self, user_id, k):
         user_index = self.user_index(user_id)
-        answer = self._top_k(self._scores(_rows(self.user_queries, user_index)), k)
+        scores = self._scores(_rows(self.user_queries, user_index))
+        if self.buy_again is not None:
+            scores = self._with_buy_again(scores, self.buy_again.user_past_items(user_index), k)
+        answer = self._top_k(scores, k)
         answer["known_user"] = user_index > 0
         return answer
 
@@ -203,8 +224,11 @@ class ServingModule(tf.Module):
         recent = self.item_index(recent_item_ids)
         unknown = tf.reduce_sum(tf.cast((recent == 0) & (recent_item_ids != ""), tf.int32), axis=1)
         user_index = self.user_index(user_id)
-        query = self._history_query_embeddings(user_index, recent)
-        return {**self._top_k(self._scores(query), k), "known_user": user_index > 0,
+        history = self._history(user_index, recent)
+        scores = self._scores(self.model.query_tower(no_text_queries(user_index, history)))
+        if self.buy_again is not None:
+            scores = self._with_buy_again(scores, repeat_buying.past_items_of_history(history), k)
+        return {**self._top_k(scores, k), "known_user": user_index > 0,
                 "unknown_recent_items": unknown}
 
     @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
@@ -286,10 +310,11 @@ def _rows(variable: tf.Variable, indices: tf.Tensor) -> tf.Tensor:
 
 def export_serving_model(model: RetrievalModel, tft_output: tft.TFTransformOutput, path: str,
                          lexical_weight: float,
-                         display: Optional[Dict[str, Sequence[bytes]]] = None) -> None:
+                         display: Optional[Dict[str, Sequence[bytes]]] = None,
+                         buy_again: Optional[repeat_buying.BuyAgainTables] = None) -> None:
     """Saves the serving model; `display` is `display_tables`' output (None:
-    empty titles and attributes)."""
-    module = ServingModule(model, tft_output, lexical_weight, display)
+    empty titles and attributes); `buy_again` None: `recommend` is the towers' alone."""
+    module = ServingModule(model, tft_output, lexical_weight, display, buy_again)
     signatures = {
         "recommend": module.recommend,
         "recommend_with_history": module.recommend_with_history,

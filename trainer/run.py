@@ -17,7 +17,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from evaluation.metrics import metrics_from_ranks
 from mmfuse import progress
 from mmfuse.config import Config, TrainerSettings, from_dict
-from trainer import data, export, lexical
+from trainer import data, export, lexical, repeat_buying
 from trainer.data import QUERY_FEATURES
 from trainer.model import Catalog, RetrievalModel, Users, ranks_of_items
 from transform import features as f
@@ -185,7 +185,23 @@ def run_fn(fn_args: FnArgs) -> None:
     ]
     model.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
               verbose=2)
+    buy_again = (_fit_buy_again(recent_items, train_files, tft_output, counts)
+                 if settings.export.buy_again else None)
     progress_log.info("exporting the serving model")
     export.export_serving_model(
         model, tft_output, fn_args.serving_model_dir, config.lexical_weight,
-        export.display_tables(data.load_display(catalog_files, tft_output), settings.export))
+        export.display_tables(data.load_display(catalog_files, tft_output), settings.export),
+        buy_again=buy_again)
+
+
+def _fit_buy_again(recent_items, train_files, tft_output, counts):
+    """The buy-again tables of the export, or None without users with 2+ rows."""
+    user_counts = data.user_item_counts(train_files, tft_output)
+    fitted = repeat_buying.fit(recent_items, user_counts, counts)
+    if fitted is None:
+        progress_log.info("buy-again: no user has two training rows; recommend is the towers' alone")
+        return None
+    progress_log.info("buy-again: %d past items fitted; weights %s, bias %.3f; shop repeat "
+                      "rate %.3f", fitted.examples, np.round(fitted.weights, 3), fitted.bias,
+                      fitted.shop_repeat_rate)
+    return repeat_buying.BuyAgainTables(fitted, repeat_buying.past_items(recent_items, user_counts))
