@@ -595,7 +595,7 @@ def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dat
             continue
         # The run's user key: the model knows users by their pseudonyms.
         key_file = load_config(options.config,
-                               run_overrides(options, variant, seed)).pipeline.user_key_file
+                               run_overrides(options, base, seed)).pipeline.user_key_file
         user_key = pseudonyms.load_key(key_file)
         ranker = (rankers.TowersRanker(model, user_key=user_key) if variant in TOWERS_OF
                   else rankers.SavedModelRanker(model, user_key=user_key))

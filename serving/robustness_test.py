@@ -4,7 +4,6 @@ generated malformed Predict requests, and under load across hot swaps."""
 import io
 import os
 import random
-import resource
 import select
 import shutil
 import struct
@@ -24,6 +23,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from mmfuse.config import ServingSettings
 from serving import client, model_store
 from serving.server import MAX_K, MAX_REQUEST_ROWS
+from tests.mmfuse_runs import under_memory_limit
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_REQUEST_BYTES = 1 << 20
@@ -48,17 +48,14 @@ class LiveServer:
                 f"peak {int(sizes['VmPeak'].split()[0]) >> 10} MiB (limit {ADDRESS_SPACE_LIMIT >> 20})")
 
 
-def _limit_address_space():
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-
-
 def start_server(model_base: str, log_path: str) -> LiveServer:
     log = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mmfuse", "serve", "--model-base", model_base, "--port", "0",
-         "--poll-seconds", "0.2", "--max-request-bytes", str(MAX_REQUEST_BYTES)],
+        under_memory_limit([sys.executable, "-m", "mmfuse", "serve", "--model-base", model_base,
+                            "--port", "0", "--poll-seconds", "0.2",
+                            "--max-request-bytes", str(MAX_REQUEST_BYTES)], ADDRESS_SPACE_LIMIT),
         cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=log, text=True,
-        env={**os.environ, "PYTHONPATH": REPOSITORY}, preexec_fn=_limit_address_space)
+        env={**os.environ, "PYTHONPATH": REPOSITORY})
     log.close()
     ready, _, _ = select.select([process.stdout], [], [], 180)
     line = process.stdout.readline() if ready else ""

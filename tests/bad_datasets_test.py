@@ -3,7 +3,6 @@ and a message naming the file, line and field, before TFX is imported; or be a
 counted, reported skip where the contract allows one."""
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ from dataset.contract import DatasetError, validate_for_run
 from mmfuse.config import load_config
 from tests import bad_datasets
 from tests.bad_datasets import CASES
+from tests.mmfuse_runs import under_memory_limit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Enough for Python, Pillow and the 10 MB cells; far too little to decode a
@@ -20,14 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMORY_LIMIT = 1 << 30
 
 
-def _limit_memory():
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-
 def _run(argv, timeout=120):
     env = {**os.environ, "PYTHONPATH": ROOT, "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=_limit_memory)
+    return subprocess.run(under_memory_limit([sys.executable, *argv], MEMORY_LIMIT), cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_there_are_at_least_25_kinds_of_bad_dataset():

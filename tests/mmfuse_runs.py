@@ -5,6 +5,14 @@ import subprocess
 import sys
 
 
+def under_memory_limit(argv, limit_bytes: int) -> list:
+    """`argv` run with its address space capped at `limit_bytes`, by the
+    shell's ulimit rather than a preexec_fn: a preexec_fn makes Python fork
+    (not vfork), and in a test process that has loaded gRPC its fork handlers
+    can abort the child before it runs."""
+    return ["sh", "-c", f'ulimit -v {limit_bytes >> 10} && exec "$@"', "sh", *argv]
+
+
 def user_key_file(out_dir) -> str:
     """The user key of runs into `out_dir`: beside it, never in the run's outputs."""
     return os.path.join(os.path.dirname(os.path.abspath(out_dir)), "user_key")
