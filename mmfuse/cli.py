@@ -216,6 +216,8 @@ def _run(args) -> int:
         "blessing": result.blessing_reason,
         "metrics": result.metrics,
         "change_vs_baseline": result.change_vs_baseline,
+        "feature_cache": result.feature_cache,
+        "warm_start": result.warm_start,
         "wall_time_s": round(time.time() - started, 1),
         "config_hash": config_hash(settings),
         "config": to_dict(settings),

@@ -1,7 +1,9 @@
 """Runs the pipeline here with LocalDagRunner (Beam's DirectRunner inside) and
 reads back what it produced: the blessing, the pushed model and the metrics."""
 import dataclasses
+import json
 import logging
+import os
 import sys
 from typing import Dict, Optional
 
@@ -26,6 +28,11 @@ class RunResult:
     metrics: Dict[str, float]
     change_vs_baseline: Dict[str, float]
     blessing_reason: str
+    # The Transform's encoder feature cache: hits, misses, refused shards
+    # (transform/cached_executor.py); None when Transform's outputs were reused.
+    feature_cache: Optional[Dict] = None
+    # The blessed model version this run's Trainer started from, or None.
+    warm_start: Optional[Dict] = None
 
 
 class _ProgressFilter(logging.Filter):
@@ -55,7 +62,41 @@ def run(config: PipelineConfig) -> RunResult:
         tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
     last_run = max((c.id for c in store.get_contexts_by_type("pipeline_run")), default=0)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
-    return _read_result(_outputs_of_run(store, after_context_id=last_run))
+    result = _read_result(_outputs_of_run(store, after_context_id=last_run))
+    graph = _executed_outputs(store, last_run, "Transform").get("TransformGraph")
+    cache = _read_json(graph and graph.uri, "feature_cache.json")
+    if cache:
+        result.feature_cache = {key: cache[key] for key in ("hits", "misses", "refused")}
+    model_run = _executed_outputs(store, last_run, "Trainer").get("ModelRun")
+    warm = _read_json(model_run and model_run.uri, "warm_start.json")
+    if warm:
+        result.warm_start = {"from_version": warm["version"], "ids_copied": warm["ids_copied"],
+                             "new_ids": warm["new_ids"]}
+    return result
+
+
+def _executed_outputs(store, after_context_id: int, component: str) -> Dict[str, metadata_store_pb2.Artifact]:
+    """Outputs of `component` in the run just finished if it executed (was
+    not taken from the pipeline cache), by artifact type."""
+    runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.id > after_context_id]
+    if not runs:
+        return {}
+    execution_types = {t.id: t.name for t in store.get_execution_types()}
+    executions = [e for e in store.get_executions_by_context(max(runs, key=lambda c: c.id).id)
+                  if execution_types[e.type_id].endswith("." + component)
+                  and e.last_known_state == metadata_store_pb2.Execution.COMPLETE]
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    output_ids = sorted({e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT})
+    artifact_types = {t.id: t.name for t in store.get_artifact_types()}
+    return {artifact_types[a.type_id]: a for a in store.get_artifacts_by_id(output_ids)}
+
+
+def _read_json(directory: Optional[str], name: str) -> Optional[Dict]:
+    path = directory and os.path.join(directory, name)
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def _outputs_of_run(store, after_context_id: int) -> Dict[str, metadata_store_pb2.Artifact]:

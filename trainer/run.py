@@ -16,7 +16,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from evaluation.metrics import metrics_from_ranks
 from mmfuse.config import Config, TrainerSettings, from_dict
-from trainer import data, export, lexical
+from trainer import data, export, lexical, warm_start
 from trainer.data import QUERY_FEATURES
 from trainer.model import Catalog, RetrievalModel, Users, ranks_of_items
 from transform import features as f
@@ -24,8 +24,9 @@ from transform import features as f
 progress_log = logging.getLogger("mmfuse")
 
 # custom_config entries that are not settings: the version of the Trainer's
-# code, there so that TFX re-trains when it changes (pipeline/fingerprint.py).
-CACHE_ONLY = ("trainer_code",)
+# code, there so that TFX re-trains when it changes (pipeline/fingerprint.py),
+# and the serving model base whose newest version a warm start begins from.
+CACHE_ONLY = ("trainer_code", "warm_start_from")
 
 
 def run_settings(custom_config: Dict) -> Config:
@@ -152,16 +153,31 @@ def run_fn(fn_args: FnArgs) -> None:
                                token_dropout=config.token_dropout,
                                photo_search_weight=config.photo_search_weight,
                                photo_item_weight=config.photo_item_weight)
+        base = (warm_start.latest_blessed(fn_args.custom_config.get("warm_start_from"))
+                if config.warm_start else None)
+        epochs = config.epochs
+        if base:
+            # The variables exist once the model has seen a batch.
+            model.compute_loss(next(iter(train)), training=True)
+            report = warm_start.warm_start(model, base, {
+                name: tft_output.vocabulary_by_name(name) for name in data.VOCABULARIES})
+            report["from"] = base
+            report["version"] = int(os.path.basename(base.rstrip("/")))
+            epochs = config.warm_start_epochs
+            warm_start.write_report(report, fn_args.model_run_dir)
+            progress_log.info("warm start from %s: %d variables copied, ids copied by id %s, "
+                              "%d fresh; %d epochs", base, report["copied"], report["ids_copied"],
+                              len(report["fresh"]), epochs)
         steps_per_epoch = -(-int(counts.sum()) // batch_size)
         model.compile(optimizer=tf.keras.optimizers.Adam(
-            learning_rate(config, config.epochs * steps_per_epoch)))
+            learning_rate(config, max(epochs, 1) * steps_per_epoch)))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         RetrievalEvaluation(evaluation, fn_args.model_run_dir, catalog_content[f.ITEM_TOKENS],
                             vocabulary_sizes[f.TOKEN_VOCABULARY],
                             config.lexical_weight),
     ]
-    model.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
+    model.fit(train, epochs=epochs, validation_data=evaluation, callbacks=callbacks,
               verbose=2)
     export.export_serving_model(model, tft_output, fn_args.serving_model_dir,
                                 config.lexical_weight)
