@@ -108,11 +108,12 @@ class TrainerSettings:
                                    "0: no head (needs interactions with a rating)", minimum=0)
     id_min_rows: int = setting(5, "training rows an item needs before its id embedding joins "
                                "its content (fewer would be memorised)", minimum=1)
-    warm_start: bool = setting(True, "start from the latest pushed (blessed) model when there "
-                               "is one: tower and attention weights carried over, id embeddings "
-                               "copied by id, new ids initialised fresh")
+    warm_start: bool = setting(True, "start from the latest pushed (blessed) model of the run "
+                               "directory when there is one: tower and attention weights carried "
+                               "over, id embeddings copied by id, new ids initialised fresh "
+                               "(not with `epochs` 0)")
     warm_start_epochs: int = setting(2, "passes over the training interactions when warm "
-                                     "started (instead of `epochs`)", minimum=0)
+                                     "started (at most `epochs`)", minimum=1)
     lexical_weight: float = setting(0.75, "weight of BM25 over item words beside the towers' "
                                     "score in `search`; 0: the towers alone", minimum=0)
 

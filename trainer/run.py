@@ -153,8 +153,9 @@ def run_fn(fn_args: FnArgs) -> None:
                                token_dropout=config.token_dropout,
                                photo_search_weight=config.photo_search_weight,
                                photo_item_weight=config.photo_item_weight)
+        # Zero epochs still means the untrained model.
         base = (warm_start.latest_blessed(fn_args.custom_config.get("warm_start_from"))
-                if config.warm_start else None)
+                if config.warm_start and config.epochs > 0 else None)
         epochs = config.epochs
         if base:
             # The variables exist once the model has seen a batch.
@@ -163,7 +164,7 @@ def run_fn(fn_args: FnArgs) -> None:
                 name: tft_output.vocabulary_by_name(name) for name in data.VOCABULARIES})
             report["from"] = base
             report["version"] = int(os.path.basename(base.rstrip("/")))
-            epochs = config.warm_start_epochs
+            epochs = min(config.epochs, config.warm_start_epochs)
             warm_start.write_report(report, fn_args.model_run_dir)
             progress_log.info("warm start from %s: %d variables copied, ids copied by id %s, "
                               "%d fresh; %d epochs", base, report["copied"], report["ids_copied"],
