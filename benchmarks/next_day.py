@@ -8,9 +8,9 @@ that day 2 has `--new-interactions` more of them than day 1. Then, each an
 
 1. `day1`: day 1 into OUT/next-day (a cold start: fills the feature cache and
    pushes the first blessed model);
-2. `full`: day 2 into a fresh OUT/full: what day 2 costs without anything kept;
-3. `next-day`: day 2 into OUT/next-day: the feature cache encodes only the new
-   items' text and photos, and the Trainer warm-starts from day 1's model.
+2. `next-day`: day 2 into OUT/next-day: the feature cache encodes only the new
+   items' text and photos, and the Trainer warm-starts from day 1's model;
+3. `full`: day 2 into a fresh OUT/full: what day 2 costs without anything kept.
 
 It prints and writes (benchmarks/RESULTS.md, section `next-day`) each run's
 wall time, the feature cache's hits and misses, the warm start, and the gate's
@@ -102,16 +102,16 @@ def _row(name: str, run: Dict) -> List[object]:
     metrics = run.get("metrics") or {}
     cache = run.get("feature_cache") or {}
     warm = run.get("warm_start")
-    return [name, f"{run['wall_s']:.0f}",
+    return [name, f"{run['wall_time_s']:.0f}" if run.get("wall_time_s") else None,
             cache.get("hits"), cache.get("misses"),
             f"version {warm['from_version']}" if warm else "no",
             f"{metrics['release_recall']:.4f}" if "release_recall" in metrics else None,
             f"recall@{int(metrics['release_k'])}" if "release_k" in metrics else None,
-            run.get("blessed"), run["exit"]]
+            run.get("blessed")]
 
 
 HEADER = ["run", "wall_s", "cache hits", "cache misses", "warm start", "gate recall", "at",
-          "blessed", "exit"]
+          "blessed"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,8 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--new-interactions", type=float, default=0.10)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="passed to every mmfuse run")
+    parser.add_argument("--runs", default="day1,next-day,full", type=lambda text: text.split(","),
+                        help="which of day1, next-day, full to run (a run whose log has its "
+                        "result is not run again)")
     parser.add_argument("--results", default=results.DEFAULT_RESULTS, metavar="FILE")
     return parser
+
+
+RUNS = (("day1", "day1", "next-day"), ("next-day", "day2", "next-day"), ("full", "day2", "full"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -134,17 +140,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = os.path.abspath(options.out)
     name = options.name or os.path.basename(os.path.abspath(options.data).rstrip("/"))
     started, date, machine, commit = time.time(), results.today(), results.machine(), results.commit()
-    sizes = make_days(options.data, out, options.new_items, options.new_interactions)
-    for directory in ("next-day", "full"):
-        shutil.rmtree(os.path.join(out, directory), ignore_errors=True)
+    logs = {run: os.path.join(out, f"{run}.log") for run, _, _ in RUNS}
+    fresh = not any(os.path.exists(path) for path in logs.values())
+    if fresh or not os.path.isdir(os.path.join(out, "day2")):
+        for directory in ("next-day", "full"):
+            shutil.rmtree(os.path.join(out, directory), ignore_errors=True)
+        make_days(options.data, out, options.new_items, options.new_interactions)
+    # A run whose log ends with its result is not run again: an interrupted
+    # benchmark resumes, and `--runs full` can run beside the others.
     runs = {}
-    for run_name, day, run_out in (("day1", "day1", "next-day"), ("full", "day2", "full"),
-                                   ("next-day", "day2", "next-day")):
-        runs[run_name] = mmfuse_run(os.path.join(out, day), os.path.join(out, run_out),
-                                    os.path.join(out, f"{run_name}.log"), options.overrides)
-        print(f"[next-day] {run_name}: {json.dumps(_row(run_name, runs[run_name]))}", flush=True)
-    ratio = runs["next-day"]["wall_s"] / runs["full"]["wall_s"]
-    table = results.markdown_table(HEADER, [_row(n, runs[n]) for n in ("day1", "full", "next-day")])
+    for run_name, day, run_out in RUNS:
+        if run_name in options.runs and not (os.path.exists(logs[run_name])
+                                             and _last_json_line(logs[run_name])):
+            if run_name == "next-day" and not _last_json_line(logs["day1"]):
+                print("[next-day] the next-day run needs day1's result first", file=sys.stderr)
+                return 1
+            runs[run_name] = mmfuse_run(os.path.join(out, day), os.path.join(out, run_out),
+                                        logs[run_name], options.overrides)
+        elif os.path.exists(logs[run_name]):
+            runs[run_name] = {"exit": None, **(_last_json_line(logs[run_name]) or {})}
+        if run_name in runs:
+            print(f"[next-day] {run_name}: {json.dumps(_row(run_name, runs[run_name]))}", flush=True)
+    if not all(runs.get(run, {}).get("wall_time_s") for run, _, _ in RUNS):
+        print("[next-day] not every run has finished; results not written", file=sys.stderr)
+        return 1
+    sizes = {"items": [_count_rows(os.path.join(out, day, "items.csv")) for day in ("day1", "day2")],
+             "interactions": [_count_rows(os.path.join(out, day, "interactions.csv"))
+                              for day in ("day1", "day2")]}
+    ratio = runs["next-day"]["wall_time_s"] / runs["full"]["wall_time_s"]
+    table = results.markdown_table(HEADER, [_row(n, runs[n]) for n, _, _ in RUNS])
     print(table)
     print(f"next-day / full wall time: {ratio:.2f}")
     command = shlex.join(["python", "-m", "benchmarks.next_day", "--data", options.data,
@@ -153,17 +177,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     notes = [f"{name}: day 1 {sizes['items'][0]} items, {sizes['interactions'][0]} interactions; "
              f"day 2 {sizes['items'][1]} items ({options.new_items:.0%} new), "
              f"{sizes['interactions'][1]} interactions ({options.new_interactions:.0%} more). "
-             f"`full`: day 2 into a fresh run directory; `next-day`: day 2 into day 1's, "
+             f"`day1`: day 1 into an empty run directory; `next-day`: day 2 into day 1's, "
              f"reusing its feature cache and warm-starting from its blessed model "
-             f"(`trainer.warm_start_epochs` instead of `trainer.epochs`). Next-day / full "
-             f"wall time: **{ratio:.2f}**. Wall times include each run's start-up; the "
-             "machine's cores were shared with other jobs (load average above)."]
+             f"(`trainer.warm_start_epochs` instead of `trainer.epochs`); `full`: day 2 into a "
+             f"fresh run directory. wall_s: the run's `wall_time_s`. Next-day / full: "
+             f"**{ratio:.2f}**. The machine's cores were shared with other jobs (load average "
+             f"above), so the times are inflated and noisy."]
     results.write_section(options.results, f"{SECTION}-{name}", results.render_section(
         f"Next-day run, {name} (benchmarks/next_day.py)", command, [table],
         measured=results.measured_line(date, commit, machine, time.time() - started), notes=notes))
     with open(os.path.join(out, "next_day.json"), "w") as handle:
         json.dump({"sizes": sizes, "runs": runs, "ratio": ratio}, handle, indent=1)
-    return 0 if all(run["exit"] in (0, 3) for run in runs.values()) else 1
+    return 0
+
+
+def _count_rows(path: str) -> int:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return sum(1 for _ in csv.reader(handle)) - 1
 
 
 if __name__ == "__main__":
