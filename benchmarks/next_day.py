@@ -181,8 +181,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"reusing its feature cache and warm-starting from its blessed model "
              f"(`trainer.warm_start_epochs` instead of `trainer.epochs`); `full`: day 2 into a "
              f"fresh run directory. wall_s: the run's `wall_time_s`. Next-day / full: "
-             f"**{ratio:.2f}**. The machine's cores were shared with other jobs (load average "
-             f"above), so the times are inflated and noisy."]
+             f"**{ratio:.2f}**. The runs ran one after another; other jobs on the machine (load "
+             f"average above, at the start) lengthen each by a different amount."]
     results.write_section(options.results, f"{SECTION}-{name}", results.render_section(
         f"Next-day run, {name} (benchmarks/next_day.py)", command, [table],
         measured=results.measured_line(date, commit, machine, time.time() - started), notes=notes))

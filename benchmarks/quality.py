@@ -1,7 +1,8 @@
 """Quality benchmark: the model's variants against the baselines on the real data sets.
 
-    .venv/bin/python -m benchmarks.quality [--datasets movielens,fashion,home-depot]
-        [--variants popularity,ease,bm25,id,text,image,fusion] [--epochs 5]
+    .venv/bin/python -m benchmarks.quality [--datasets movielens,fashion,home-depot,online-retail]
+        [--variants popularity,own-history,ease,ease+buy-again,bm25,id,text,image,fusion,
+                    fusion+buy-again,fusion-towers] [--epochs 5]
         [--config FILE.yaml] [--set section.key=value ...] [--seeds 42]
         [--out runs/benchmark] [--data-root ../shared/data] [--skip-runs]
         [--results benchmarks/RESULTS.md]
@@ -12,8 +13,11 @@ evaluating) and, last, the command that reproduces them; OUT/quality.json keeps
 the figures, and the data set's section of RESULTS.md (`--results`) is replaced
 by these tables with their command, date, commit and machine.
 
-Variants. Baselines, fitted on the train split of the pipeline's random split:
-`popularity`, `ease` (L2 500), `bm25` (search over item text). Models, each
+Variants. Baselines, fitted on the train split of the data set's split (random;
+online-retail: last): `popularity`, `own-history` (the user's own past items,
+latest first, then popularity), `ease` (L2 500), `ease+buy-again` (EASE with the
+user's past items mixed in as the exported `recommend` mixes them, the model
+fitted on the train rows), `bm25` (search over item text). Models, each
 `mmfuse run --data D --out OUT/<data set>/runs` in a subprocess (log in
 OUT/<data set>/<variant>.log) with the configuration of `--config` and `--set`
 (mmfuse/config.py; `--epochs E` is `--set trainer.epochs=E`) and the variant's
@@ -21,7 +25,12 @@ OUT/<data set>/<variant>.log) with the configuration of `--config` and `--set`
 `candidate_model`, blessed or not: the gate compares each variant with the one
 before it, which is not what a benchmark asks; `gate.min_recall` is 0 so that
 no run stops on it): `id` (modalities id: the plain TFRS two-tower model),
-`text`, `image`, `fusion` (id,text,image). The variants share one run
+`text`, `image`, `fusion` (id,text,image), each with `export.buy_again` false
+(the towers' ranking alone), and `fusion+buy-again` (fusion whose `recommend`
+mixes in the user's past items, trainer/repeat_buying.py); `fusion-towers` is
+the fusion+buy-again run's model ranked by its towers alone (`recommend`
+without the buy-again mix, as `export.buy_again` false serves it; no second
+run, and its train_s is that run's). The variants share one run
 directory, so TFX's cache runs ExampleGen and Transform (the encoders) once per
 data set.
 `--seeds 42,7` trains each model variant once per seed (`trainer.seed`: the
@@ -65,6 +74,11 @@ Protocols (all figures from evaluation/, see evaluation/evaluate.py):
   products judged relevance >= 2.5 as the relevant ones. Popularity is close to
   a random order here (most products are judged once), a reference point for
   the judged nDCG, whose floor is high with gains 1-3.
+- online-retail (UCI Online Retail, not in the default list; `pipeline.split`
+  last): each customer's last purchase (every line of their latest invoice
+  time) is held out; recall@k over the held-out lines with past items allowed
+  in the lists, also apart for the lines that repeat an item of the customer's
+  train rows (recall@20_repeat) and for the others (recall@20_new).
 - sample (the embedded sample dataset; not in the default list): the
   recommendation protocols and search, a quick smoke test of this script.
 """
@@ -78,6 +92,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -86,6 +101,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import results
+from dataset import pseudonyms
 from dataset.contract import Dataset, read_dataset
 from dataset.converters import FASHION_ATTRIBUTES, convert, write_dataset
 from dataset.sample import write_sample_dataset
@@ -95,9 +111,15 @@ from evaluation.metrics import DEFAULT_KS
 from mmfuse.config import Config, ConfigError, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASELINES = ("popularity", "ease", "bm25")
-MODEL_MODALITIES = {"id": "id", "text": "text", "image": "image", "fusion": "id,text,image"}
-VARIANTS = BASELINES + tuple(MODEL_MODALITIES)
+BASELINES = ("popularity", "own-history", "ease", "ease+buy-again", "bm25")
+MODEL_MODALITIES = {"id": "id", "text": "text", "image": "image", "fusion": "id,text,image",
+                    "fusion+buy-again": "id,text,image"}
+# Only this variant's `recommend` mixes in the user's past items (export.buy_again).
+BUY_AGAIN_VARIANTS = ("fusion+buy-again",)
+# The towers' own ranking of another variant's model (its `recommend` without
+# the buy-again mix: what export.buy_again=false serves), so one run gives both.
+TOWERS_OF = {"fusion-towers": "fusion+buy-again"}
+VARIANTS = BASELINES + tuple(MODEL_MODALITIES) + tuple(TOWERS_OF)
 EASE_L2 = 500.0
 HELD_OUT_FRACTION = 0.2
 FASHION_QUERIES = 50
@@ -153,6 +175,7 @@ class DataSpec:
     prepare: Callable[[argparse.Namespace], str]  # -> the dataset directory runs and evaluation use
     protocols: List[Protocol]
     not_applicable: Dict[str, str]  # variant -> why
+    split: str = "random"  # the runs' pipeline.split and the baselines' train rows
 
 
 # --- Data ---------------------------------------------------------------------------------
@@ -175,6 +198,10 @@ def _prepare_movielens(options) -> str:
     return _converted(options, "movielens", "movielens-100k", "movielens-100k")
 
 
+def _prepare_online_retail(options) -> str:
+    return _converted(options, "online-retail", "online-retail", "online-retail")
+
+
 def _prepare_home_depot(options) -> str:
     return _converted(options, "home-depot", "home-depot", "home-depot-search-relevance")
 
@@ -195,6 +222,15 @@ def is_held_out(item_id: str) -> bool:
     return md5_share(item_id) < HELD_OUT_FRACTION
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    if os.path.exists(dst):
+        return
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copyfile(src, dst)
+
+
 def _prepare_fashion(options) -> str:
     """The catalogue with the held-out products' text and attributes hidden
     (the module docstring); their images stay where the conversion put them."""
@@ -205,9 +241,14 @@ def _prepare_fashion(options) -> str:
         return dst
     os.makedirs(dst, exist_ok=True)
     rows = []
+    os.makedirs(os.path.join(dst, "images"), exist_ok=True)
     for item in read_dataset(original, check_images=False).items.values():
-        row = {"item_id": item.item_id, "title": item.title,
-               "image": os.path.relpath(item.image_path, dst) if item.image_path else "",
+        image = ""
+        if item.image_path:
+            # Hard links: image paths must stay inside the dataset directory.
+            image = "images/" + os.path.basename(item.image_path)
+            _link_or_copy(item.image_path, os.path.join(dst, image))
+        row = {"item_id": item.item_id, "title": item.title, "image": image,
                **dict(item.attributes)}
         if item.image_path and is_held_out(item.item_id):
             row.update({"title": "", **{name: "" for name in FASHION_ATTRIBUTES}})
@@ -227,6 +268,15 @@ def _recommendation(exclude_seen: bool) -> Callable:
         result = evaluate(dataset, ranker, "random", DEFAULT_KS, exclude_seen)
         return {name: result.get(name) for name in RECOMMENDATION_COLUMNS}
     return measure
+
+
+RETAIL_COLUMNS = ["recall@20", "recall@20_repeat", "recall@20_new", "recall@10", "recall@100",
+                  "ndcg@20", "repeat_rows", "new_rows"]
+
+
+def _last_purchase(dataset, ranker):
+    result = evaluate(dataset, ranker, "last", DEFAULT_KS)
+    return {name: result.get(name) for name in RETAIL_COLUMNS}
 
 
 def _search(dataset, ranker):
@@ -366,6 +416,10 @@ def _specs(options) -> Dict[str, DataSpec]:
     return {
         "movielens": DataSpec(_prepare_movielens, recommendation,
                               {"bm25": "no search rows"}),
+        "online-retail": DataSpec(_prepare_online_retail, [
+            Protocol("each customer's last purchase held out, past items allowed",
+                     rankers.RECOMMEND, RETAIL_COLUMNS, _last_purchase)],
+            {"bm25": "no search rows", "image": "no images"}, split="last"),
         "fashion": DataSpec(_prepare_fashion, [
             Protocol("text -> image over held-out products", rankers.SEARCH,
                      ["precision@10", "queries", "held_out"], _fashion_text_to_image(options),
@@ -373,14 +427,20 @@ def _specs(options) -> Dict[str, DataSpec]:
             Protocol("photo -> look-alikes over the whole catalogue", rankers.IMAGE_SEARCH,
                      ["precision@10", "queries"], _fashion_photo_to_look_alikes(options),
                      functools.partial(_fashion_photo_chance, options))],
-            {name: "no interactions" for name in ("popularity", "ease")}
+            {name: "no interactions" for name in ("popularity", "own-history", "ease",
+                                                  "ease+buy-again",
+                                                  "fusion+buy-again", "fusion-towers")}
             | {"bm25": "held-out products have no text"}),
         "home-depot": DataSpec(_prepare_home_depot, [
             Protocol(f"unseen queries (whole catalogue: relevant = relevance >= "
                      f"{HOME_DEPOT_RELEVANT})", rankers.SEARCH,
                      ["judged_ndcg@10", "recall@100", "ndcg@10", "queries", "judged_queries"],
                      _home_depot)],
-            {"ease": "anonymous queries, no users; 55k items", "image": "no images"}),
+            {"ease": "anonymous queries, no users; 55k items", "image": "no images",
+             "ease+buy-again": "anonymous queries, no users; 55k items",
+             "own-history": "anonymous queries, no users",
+             "fusion+buy-again": "anonymous queries, no users",
+             "fusion-towers": "anonymous queries, no users"}),
         "sample": DataSpec(_prepare_sample, recommendation + [
             Protocol("search", rankers.SEARCH, ["recall@10", "recall@100", "ndcg@10", "judged_ndcg@10"], _search)],
             {}),
@@ -389,16 +449,20 @@ def _specs(options) -> Dict[str, DataSpec]:
 
 # --- Variants -----------------------------------------------------------------------------
 
-def _baseline(variant: str, dataset: Dataset) -> rankers.Ranker:
+def _baseline(variant: str, dataset: Dataset, split: str = "random") -> rankers.Ranker:
     if variant == "bm25":
         return rankers.BM25(dataset.items)
-    train, _ = split_rows(dataset, "random")
+    train, _ = split_rows(dataset, split)
     if variant == "popularity":
         return rankers.Popularity(list(dataset.items), train)
+    if variant == "own-history":
+        return rankers.OwnHistory(list(dataset.items), train)
+    if variant == "ease+buy-again":
+        return rankers.BuyAgainMix(rankers.EASE(list(dataset.items), train, l2=EASE_L2), train)
     return rankers.EASE(list(dataset.items), train, l2=EASE_L2)
 
 
-def _model_run(options, name: str, data_dir: str, variant: str, seed: int):
+def _model_run(options, name: str, data_dir: str, variant: str, seed: int, split: str = "random"):
     """(the variant's trained model path or None, training seconds, note)."""
     out = os.path.join(options.out, name, "runs")
     suffix = "" if seed == DEFAULT_SEED else f"-seed{seed}"
@@ -408,7 +472,7 @@ def _model_run(options, name: str, data_dir: str, variant: str, seed: int):
         os.makedirs(out, exist_ok=True)
         command = [sys.executable, "-m", "mmfuse", "run", "--data", data_dir, "--out", out,
                    *(["--config", options.config] if options.config else []),
-                   *[argument for override in run_overrides(options, variant, seed)
+                   *[argument for override in run_overrides(options, variant, seed, split)
                      for argument in ("--set", override)]]
         _progress(f"{name}/{variant}: {shlex.join(command)} (log: {log_path})")
         started = time.time()
@@ -429,11 +493,15 @@ def user_overrides(options) -> List[str]:
         options.overrides)
 
 
-def run_overrides(options, variant: str, seed: int) -> List[str]:
+def run_overrides(options, variant: str, seed: int, split: str = "random") -> List[str]:
     """The `--set`s of one model run: the user's, then what the benchmark fixes
-    (the variant's modalities, the seed, no release floor), so those win."""
-    return user_overrides(options) + [f"trainer.modalities={MODEL_MODALITIES[variant]}",
-                                      f"trainer.seed={seed}", "gate.min_recall=0"]
+    (the variant's modalities and buy-again, the seed, no release floor, the
+    data set's split unless random), so those win."""
+    return user_overrides(options) + [
+        f"trainer.modalities={MODEL_MODALITIES[variant]}",
+        f"export.buy_again={str(variant in BUY_AGAIN_VARIANTS).lower()}",
+        f"trainer.seed={seed}", "gate.min_recall=0"] + (
+            [] if split == "random" else [f"pipeline.split={split}"])
 
 
 def _last_json_line(path: str) -> Optional[dict]:
@@ -492,6 +560,11 @@ def mean_over_seeds(rows_by_seed: Dict[int, Dict[str, object]], first_column: st
     return row
 
 
+# (data set, variant, seed) -> what `_model_run` gave, so that a run serves
+# both its variant and its towers' variant.
+_TRAINED: Dict[tuple, tuple] = {}
+
+
 def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dataset,
                  variant: str, tables: List[Table]) -> None:
     def add(values):
@@ -504,19 +577,28 @@ def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dat
     if variant in BASELINES:
         started = time.time()
         try:
-            ranker = _baseline(variant, dataset)
+            ranker = _baseline(variant, dataset, spec.split)
         except ValueError as error:
             add([{"note": f"n/a: {error}"}] * len(tables))
             return
         add(_measure(spec, dataset, ranker, time.time() - started, "", f"{name}/{variant}"))
         return
     rows_by_seed = {}
+    base = TOWERS_OF.get(variant, variant)
     for seed in options.seeds:
-        model, train_s, note = _model_run(options, name, data_dir, variant, seed)
+        key = (name, base, seed)
+        if key not in _TRAINED:
+            _TRAINED[key] = _model_run(options, name, data_dir, base, seed, spec.split)
+        model, train_s, note = _TRAINED[key]
         if model is None:
             rows_by_seed[seed] = [{"train_s": train_s, "note": note}] * len(tables)
             continue
-        ranker = rankers.SavedModelRanker(model)
+        # The run's user key: the model knows users by their pseudonyms.
+        key_file = load_config(options.config,
+                               run_overrides(options, variant, seed)).pipeline.user_key_file
+        user_key = pseudonyms.load_key(key_file)
+        ranker = (rankers.TowersRanker(model, user_key=user_key) if variant in TOWERS_OF
+                  else rankers.SavedModelRanker(model, user_key=user_key))
         label = f"{name}/{variant}" + ("" if len(options.seeds) == 1 else f" (seed {seed})")
         rows_by_seed[seed] = [{**row, "model": ranker.path}
                               for row in _measure(spec, dataset, ranker, train_s, "", label)]
@@ -552,7 +634,7 @@ def _seeds(text: str) -> List[int]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality",
                                      description=__doc__.split("\n")[0])
-    datasets = ("movielens", "fashion", "home-depot", "sample")
+    datasets = ("movielens", "fashion", "home-depot", "online-retail", "sample")
     parser.add_argument("--datasets", default="movielens,fashion,home-depot",
                         type=lambda text: _names(text, datasets, "--datasets"))
     parser.add_argument("--variants", default=",".join(VARIANTS),
@@ -584,7 +666,8 @@ def _parser() -> argparse.ArgumentParser:
 
 SECTION_TITLES = {"movielens": "MovieLens-100K: recommendation",
                   "fashion": "Fashion: text -> image and image search",
-                  "home-depot": "Home Depot: search", "sample": "The embedded sample"}
+                  "home-depot": "Home Depot: search",
+                  "online-retail": "Online Retail: buying again", "sample": "The embedded sample"}
 
 
 def reproduce_command(options, datasets: Sequence[str]) -> str:

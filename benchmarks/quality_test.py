@@ -78,7 +78,8 @@ def test_model_runs_take_the_configuration_and_the_variant_wins(tmp_path, monkey
     assert command[command.index("--config") + 1] == "shop.yaml"
     sets = [command[index + 1] for index, word in enumerate(command) if word == "--set"]
     assert sets == ["trainer.epochs=3", "trainer.epochs=4", "trainer.modalities=[id]",
-                    "trainer.modalities=text", "trainer.seed=7", "gate.min_recall=0"]
+                    "trainer.modalities=text", "export.buy_again=false", "trainer.seed=7",
+                    "gate.min_recall=0"]
     # What `mmfuse run` makes of them: the later --set wins.
     settings = quality.load_config(None, sets)
     assert (settings.trainer.epochs, settings.trainer.modalities) == (4, ["text"])

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Set
 
 import grpc
 import numpy as np
@@ -266,13 +266,14 @@ def benchmark(args) -> List[Result]:
     workdir = tempfile.mkdtemp(prefix="mmfuse-bench-")
     try:
         # All models first, so that a model that cannot be grown fails before any measuring.
-        if any(size is not None for size in args.sizes):
-            item_ids, candidates = model_store.read_catalogue(version_dir)
+        item_ids, candidates = model_store.read_catalogue(version_dir)
+        # similar_items refuses ids its vocabulary lacks, as grown rows' are.
+        known_items = {item.decode() for item in item_ids[1:]}
         bases = [(catalogue_rows(version_dir), args.model_base) if size is None else
                  (size, grown_model_base(version_dir, item_ids, candidates, size, workdir))
                  for size in args.sizes]
         for rows, base in bases:
-            results += _measure(args, base, rows - 1)
+            results += _measure(args, base, rows - 1, known_items)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return results
@@ -290,7 +291,7 @@ def _process_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def _measure(args, model_base: str, items: int) -> List[Result]:
+def _measure(args, model_base: str, items: int, known_items: Set[str]) -> List[Result]:
     results = []
     server = ServerProcess(model_base, shlex.split(args.serve_options))
     try:
@@ -301,7 +302,8 @@ def _measure(args, model_base: str, items: int) -> List[Result]:
         with client.connect(server.address) as channel:
             seeds = client.ask(channel, client.predict_request(
                 "recommend", {"user_id": ["u0001", "u0002"]}, 50, model_name))
-        seed_items = [item for row in seeds.item_ids for item in row]
+        seed_items = ([item for row in seeds.item_ids for item in row if item in known_items]
+                      or sorted(known_items)[:100])
         for signature in args.signatures:
             requests = requests_for(signature, args, seed_items, model_name)
             drive(server.address, requests, args.clients, args.warm_up_seconds)

@@ -20,7 +20,9 @@ uses it too.
 from __future__ import annotations
 
 import argparse
+import calendar
 import csv
+import datetime
 import json
 import os
 import shutil
@@ -149,13 +151,21 @@ def _genres(flags: Sequence[str]) -> str:
 
 
 def _movielens_items(src: str, skipped: Counter) -> dict[str, dict[str, str]]:
-    """Movies from the enriched items.csv, then any movie only u.item knows."""
+    """Movies from the enriched items.csv when it is there (plots, languages),
+    then every movie only u.item, GroupLens's own file, knows."""
+    movies: dict[str, dict[str, str]] = {}
+    if os.path.exists(os.path.join(src, "items.csv")):
+        _enriched_movies(src, movies, skipped)
+    _official_movies(src, movies, skipped)
+    return movies
+
+
+def _enriched_movies(src: str, movies: dict[str, dict[str, str]], skipped: Counter) -> None:
     enriched = _read_csv(
         src, "items.csv",
         ("movie_id", "title", "year", "overview", "original_language", *MOVIELENS_GENRE_COLUMNS),
     )
     # items.csv repeats some movies, each time with an identical row.
-    movies: dict[str, dict[str, str]] = {}
     for movie_id, row in _rows_by_id(enriched, "movie_id", "items.csv", skipped).items():
         year = row["year"].strip()
         movies[movie_id] = {
@@ -168,30 +178,35 @@ def _movielens_items(src: str, skipped: Counter) -> dict[str, dict[str, str]]:
             "language": row["original_language"].strip(),
         }
 
-    # u.item is the original MovieLens file, pipe separated and ISO-8859-1 encoded.
+
+def _official_movies(src: str, movies: dict[str, dict[str, str]], skipped: Counter) -> None:
+    # u.item: movie id|title|release date|video release date|IMDb URL|19 genre
+    # flags, pipe separated and ISO-8859-1 encoded.
     with open(_require_file(src, "u.item"), encoding="latin-1") as f:
         for line in f:
+            if not line.strip():
+                continue
             fields = line.rstrip("\r\n").split("|")
-            if len(fields) != 5 + len(MOVIELENS_GENRE_COLUMNS):
+            if len(fields) != 5 + len(MOVIELENS_GENRE_COLUMNS) or not fields[0].strip():
                 skipped["u.item: malformed line"] += 1
                 continue
-            movie_id, title, release_date = fields[0], fields[1], fields[2]
+            movie_id, title, release_date = fields[0].strip(), fields[1].strip(), fields[2]
             if movie_id in movies:
                 continue
+            year = release_date.strip()[-4:]  # "01-Jan-1995"; empty for a few movies
             movies[movie_id] = {
                 "item_id": movie_id,
-                "title": title,
+                # "unknown" is u.item's placeholder for a movie without a title.
+                "title": "" if title == "unknown" else title,
                 "genres": _genres(fields[5:]),
-                # release_date looks like "01-Jan-1995".
-                "year": release_date[-4:],
+                "year": year if year.isdigit() else "",
             }
-    return movies
 
 
 def _movielens_interactions(src: str, movie_ids: Mapping[str, object],
                             skipped: Counter) -> list[dict]:
     interactions = []
-    with open(_require_file(src, "u.data"), encoding="utf-8") as f:
+    with open(_require_file(src, "u.data"), encoding="latin-1") as f:
         for line in f:
             fields = line.split()
             try:
@@ -209,7 +224,10 @@ def _movielens_interactions(src: str, movie_ids: Mapping[str, object],
 
 
 def convert_movielens(src: str, dst: str) -> dict:
-    """MovieLens-100K with TMDB overviews and posters: ratings as interactions, no queries."""
+    """MovieLens-100K: GroupLens's ``u.data`` ratings as interactions (no
+    queries) and ``u.item`` movies (title, genres, year); plots from an
+    enriched ``items.csv`` and ``posters/<movie_id>.jpg`` are used when they sit
+    beside them (u.user and the other files are not needed)."""
     skipped: Counter = Counter()
     movies = _movielens_items(src, skipped)
     interactions = _movielens_interactions(src, movies, skipped)
@@ -277,10 +295,79 @@ def convert_home_depot(src: str, dst: str) -> dict:
     return {**summary, "skipped": dict(skipped)}
 
 
+# Online Retail (UCI): StockCodes that are charges, postage or adjustments, not products.
+ONLINE_RETAIL_NON_PRODUCTS = frozenset({
+    "POST", "DOT", "M", "C2", "D", "CRUK", "BANK CHARGES", "PADS", "AMAZONFEE", "B", "S"})
+ONLINE_RETAIL_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate",
+                         "CustomerID")
+
+
+def _online_retail_time(text: str) -> int | None:
+    """Unix seconds of an InvoiceDate, "2010-12-01 08:26:00" (this project's
+    copy) or "12/1/2010 8:26" (UCI's own layout), taken as UTC."""
+    for layout in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S"):
+        try:
+            return calendar.timegm(datetime.datetime.strptime(text.strip(), layout).timetuple())
+        except ValueError:
+            continue
+    return None
+
+
+def convert_online_retail(src: str, dst: str) -> dict:
+    """UCI Online Retail: one interaction per (customer, invoice time, StockCode)
+    purchase; StockCode is the item, its most frequent Description the title.
+
+    Cancellations (InvoiceNo "C..."), non-product codes, rows without a
+    CustomerID and lines that repeat an earlier line's (customer, time, item)
+    are counted under "skipped", by reason."""
+    lines = _read_csv(src, "online_retail.csv", ONLINE_RETAIL_COLUMNS)
+    skipped: Counter = Counter()
+    descriptions: dict[str, Counter] = {}
+    interactions: dict[tuple, dict] = {}
+    for line in lines:
+        customer = line["CustomerID"].strip()
+        customer = customer[:-2] if customer.endswith(".0") else customer  # UCI's float column
+        code = line["StockCode"].strip()
+        timestamp = _online_retail_time(line["InvoiceDate"])
+        try:
+            quantity = float(line["Quantity"])
+        except ValueError:
+            quantity = None
+        if not customer:
+            skipped["online_retail.csv: no CustomerID"] += 1
+        elif line["InvoiceNo"].strip().upper().startswith("C"):
+            skipped["online_retail.csv: cancellation"] += 1
+        elif code.upper() in ONLINE_RETAIL_NON_PRODUCTS:
+            skipped["online_retail.csv: non-product StockCode"] += 1
+        elif not code:
+            skipped["online_retail.csv: empty StockCode"] += 1
+        elif quantity is None or quantity <= 0:
+            skipped["online_retail.csv: Quantity not positive"] += 1
+        elif timestamp is None:
+            skipped["online_retail.csv: unreadable InvoiceDate"] += 1
+        elif (customer, timestamp, code) in interactions:
+            skipped["online_retail.csv: same customer, InvoiceDate and StockCode as an earlier line"] += 1
+        else:
+            interactions[(customer, timestamp, code)] = {
+                "user_id": customer, "item_id": code, "timestamp": timestamp}
+            description = line["Description"].strip()
+            if description:
+                descriptions.setdefault(code, Counter())[description] += 1
+            else:
+                descriptions.setdefault(code, Counter())
+    # Counter.most_common keeps first-seen order among ties.
+    items = [{"item_id": code, "title": names.most_common(1)[0][0] if names else ""}
+             for code, names in descriptions.items()]
+    summary = write_dataset(dst, items, (), list(interactions.values()),
+                            ("user_id", "item_id", "timestamp"))
+    return {**summary, "source_rows": len(lines), "skipped": dict(skipped)}
+
+
 CONVERTERS: dict[str, Callable[..., dict]] = {
     "movielens-100k": convert_movielens,
     "fashion-small": convert_fashion,
     "home-depot": convert_home_depot,
+    "online-retail": convert_online_retail,
 }
 
 

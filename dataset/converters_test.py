@@ -49,6 +49,63 @@ def make_movielens(src):
     write_jpeg(os.path.join(src, "posters", "1.jpg"))
 
 
+def make_official_movielens(src, users=True):
+    """The official GroupLens ml-100k layout alone: u.data (tab separated),
+    u.item (pipe separated, ISO-8859-1, with the placeholder movie 267) and
+    u.user; no items.csv, no posters."""
+    os.makedirs(src)
+    genres = converters.MOVIELENS_GENRE_COLUMNS
+
+    def flags(*names):
+        return "|".join("1" if genre in names else "0" for genre in genres)
+    with open(os.path.join(src, "u.item"), "w", encoding="latin-1", newline="") as f:
+        f.write(f"1|Toy Story (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)|"
+                f"{flags('Animation', 'Children', 'Comedy')}\n")
+        f.write(f"2|Dead Man Walking (1995)|01-Jan-1995||http://x|{flags('Drama')}\n")
+        f.write(f"3|Ma vie en rose (1997)|01-Jan-1997||http://y|{flags('Comedy', 'Drama')}\n")
+        f.write(f"4|Café au lait (1993)|01-Jan-1993||http://z|{flags('Comedy')}\n")
+        f.write(f"267|unknown||||{flags('genre_unknown')}\n")
+        f.write("5|too few fields|01-Jan-1995\n")
+    with open(os.path.join(src, "u.data"), "w", encoding="latin-1") as f:
+        f.write("196\t1\t3\t881250949\n186\t2\t3\t891717742\n22\t4\t1\t878887116\n"
+                "196\t267\t2\t880606923\n186\t1682\t5\t880606923\n")
+    if users:
+        with open(os.path.join(src, "u.user"), "w", encoding="latin-1") as f:
+            f.write("196|49|M|writer|55105\n186|39|F|executive|00000\n22|25|M|writer|40206\n")
+
+
+@pytest.mark.parametrize("users", [True, False])
+def test_movielens_from_the_official_folder_alone(tmp_path, users):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    make_official_movielens(src, users)
+    summary = converters.convert("movielens-100k", src, dst)
+    assert summary == {
+        "items": 5, "images": 0, "interactions": 4, "users": 3, "search_rows": 0,
+        "skipped": {"u.item: malformed line": 1, "u.data: unknown item_id": 1},
+    }
+    items = read_rows(os.path.join(dst, "items.csv"))
+    assert items[0] == {"item_id": "1", "title": "Toy Story (1995)", "description": "",
+                        "image": "", "genres": "Animation|Children|Comedy", "year": "1995",
+                        "language": ""}
+    assert items[3]["title"] == "Café au lait (1993)"  # decoded from ISO-8859-1
+    assert items[4] == {"item_id": "267", "title": "", "description": "", "image": "",
+                        "genres": "unknown", "year": "", "language": ""}
+    assert read_rows(os.path.join(dst, "interactions.csv"))[0] == {
+        "user_id": "196", "item_id": "1", "timestamp": "881250949", "rating": "3.0"}
+    dataset = read_dataset(dst)
+    assert len(dataset.items) == 5 and len(dataset.interactions) == 4
+
+
+def test_movielens_uses_posters_beside_the_official_files(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    make_official_movielens(src)
+    write_jpeg(os.path.join(src, "posters", "2.jpg"))
+    summary = converters.convert("movielens-100k", src, dst)
+    assert summary["images"] == 1
+    assert read_rows(os.path.join(dst, "items.csv"))[1]["image"] == "images/2.jpg"
+    assert read_dataset(dst).report["images skipped"] == 0
+
+
 def make_fashion(src):
     """Three products, the second repeated and the third without an image."""
     os.makedirs(src)
@@ -158,20 +215,71 @@ def drop_column(path, column):
     write_rows(path, header, [[row[c] for c in header] for row in rows])
 
 
+def make_online_retail(src):
+    """UCI's column layout and date format: a customer buying twice, a cancellation,
+    postage, a line without a customer and a line repeated within an invoice."""
+    os.makedirs(src)
+    header = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
+              "CustomerID", "Country"]
+    write_rows(os.path.join(src, "online_retail.csv"), header, [
+        ["536365", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", "6", "12/1/2010 8:26", "2.55",
+         "17850.0", "United Kingdom"],
+        ["536365", "71053", "WHITE METAL LANTERN", "6", "12/1/2010 8:26", "3.39", "17850.0",
+         "United Kingdom"],
+        ["536365", "71053", "WHITE METAL LANTERN", "2", "12/1/2010 8:26", "3.39", "17850.0",
+         "United Kingdom"],
+        ["536366", "POST", "POSTAGE", "1", "12/1/2010 8:28", "18.00", "17850.0", "United Kingdom"],
+        ["536367", "85123A", "CREAM HANGING HEART T-LIGHT HOLDER", "8", "12/2/2010 9:00", "2.55",
+         "", "United Kingdom"],
+        ["C536368", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", "-6", "12/3/2010 10:00",
+         "2.55", "17850.0", "United Kingdom"],
+        ["536369", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", "12", "12/5/2010 11:30",
+         "2.55", "17850.0", "United Kingdom"],
+        ["536370", "22752", "SET 7 BABUSHKA NESTING BOXES", "2", "12/5/2010 12:00", "7.65",
+         "13047.0", "United Kingdom"],
+    ])
+
+
 SOURCE_MAKERS = {
     "movielens-100k": make_movielens, "fashion-small": make_fashion, "home-depot": make_home_depot,
+    "online-retail": make_online_retail,
 }
+
+
+def test_online_retail(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    make_online_retail(src)
+    summary = converters.convert("online-retail", src, dst)
+    assert summary == {
+        "items": 3, "images": 0, "interactions": 4, "users": 2, "search_rows": 0,
+        "source_rows": 8, "skipped": {
+            "online_retail.csv: same customer, InvoiceDate and StockCode as an earlier line": 1,
+            "online_retail.csv: non-product StockCode": 1,
+            "online_retail.csv: no CustomerID": 1,
+            "online_retail.csv: cancellation": 1}}
+    assert read_rows(os.path.join(dst, "interactions.csv")) == [
+        {"user_id": "17850", "item_id": "85123A", "timestamp": "1291191960"},
+        {"user_id": "17850", "item_id": "71053", "timestamp": "1291191960"},
+        {"user_id": "17850", "item_id": "85123A", "timestamp": "1291548600"},
+        {"user_id": "13047", "item_id": "22752", "timestamp": "1291550400"}]
+    items = read_rows(os.path.join(dst, "items.csv"))
+    assert [(item["item_id"], item["title"]) for item in items] == [
+        ("85123A", "WHITE HANGING HEART T-LIGHT HOLDER"), ("71053", "WHITE METAL LANTERN"),
+        ("22752", "SET 7 BABUSHKA NESTING BOXES")]
+    dataset = read_dataset(dst)
+    assert len(dataset.interactions) == 4
 
 
 @pytest.mark.parametrize("name, file, column", [
     ("movielens-100k", "u.data", None),
     ("movielens-100k", "u.item", None),
-    ("movielens-100k", "items.csv", None),
     ("movielens-100k", "items.csv", "overview"),
     ("fashion-small", "products.csv", None),
     ("fashion-small", "products.csv", "colour"),
     ("home-depot", "train.csv", None),
     ("home-depot", "train.csv", "search_term"),
+    ("online-retail", "online_retail.csv", None),
+    ("online-retail", "online_retail.csv", "CustomerID"),
 ])
 def test_broken_source_names_what_is_missing(tmp_path, name, file, column):
     """Without the file (column None), or without the column of the file."""
@@ -228,6 +336,31 @@ def test_real_movielens(tmp_path):
     assert dataset.report["images skipped"] == 0
 
 
+OFFICIAL_ML_100K = ("u.data", "u.item", "u.user", "u.genre", "u.occupation", "u.info", "README")
+
+
+@pytest.mark.real_data
+def test_real_movielens_official_files_alone(tmp_path):
+    """The GroupLens ml-100k files without the TMDB extras (items.csv, posters)."""
+    real = real_source("movielens-100k")
+    src = tmp_path / "ml-100k"
+    src.mkdir()
+    for name in OFFICIAL_ML_100K:
+        if os.path.exists(os.path.join(real, name)):
+            os.symlink(os.path.join(real, name), src / name)
+    if not (src / "u.item").exists() or not (src / "u.data").exists():
+        pytest.skip("needs the official u.data and u.item")
+    dst = str(tmp_path / "dst")
+    summary = converters.convert("movielens-100k", str(src), dst)
+    assert (summary["items"], summary["interactions"], summary["users"]) == (1682, 100_000, 943)
+    assert (summary["images"], summary["skipped"]) == (0, {})
+    items = read_rows(os.path.join(dst, "items.csv"))
+    assert sum(1 for item in items if item["title"] and item["genres"] and item["year"]) >= 1680
+    assert not any(item["description"] for item in items)
+    dataset = read_dataset(dst)
+    assert len(dataset.items) == 1682 and len(dataset.interactions) == 100_000
+
+
 @pytest.mark.real_data
 def test_real_fashion_first_products(tmp_path):
     src, dst = real_source("fashion-product-images-small"), str(tmp_path)
@@ -262,3 +395,17 @@ def test_real_home_depot(tmp_path):
     assert len({row["query"] for row in interactions}) == 11_795
     assert all(not row["user_id"] and 1.0 <= float(row["rating"]) <= 3.0 for row in interactions)
     read_dataset(dst)
+
+
+@pytest.mark.real_data
+def test_real_online_retail(tmp_path):
+    src, dst = real_source("online-retail"), str(tmp_path)
+    summary = converters.convert("online-retail", src, dst)
+    # The counts of the data set's README: 406,829 rows, 8,905 cancellations.
+    assert summary["source_rows"] == 406_829
+    assert summary["skipped"]["online_retail.csv: cancellation"] == 8_905
+    assert summary["skipped"]["online_retail.csv: non-product StockCode"] == 1_554
+    assert summary["users"] == 4_335
+    assert 3_600 < summary["items"] < 3_665
+    assert summary["interactions"] == 406_829 - sum(summary["skipped"].values())
+    read_dataset(dst, check_images=False)

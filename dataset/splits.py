@@ -14,7 +14,7 @@ from dataset.contract import DatasetError, Interaction
 
 TRAIN = "train"
 EVAL = "eval"
-SPLIT_METHODS = ("random", "temporal")
+SPLIT_METHODS = ("random", "temporal", "last")
 EVAL_FRACTION = 0.2
 
 
@@ -24,6 +24,8 @@ def assign_splits(interactions: Sequence[Interaction], method: str = "random") -
         return [_hashed_split(_split_key(row)) for row in interactions]
     if method == "temporal":
         return _temporal_splits(interactions)
+    if method == "last":
+        return _last_visit_splits(interactions)
     raise ValueError(f"unknown split method {method!r}; expected one of {', '.join(SPLIT_METHODS)}")
 
 
@@ -45,20 +47,51 @@ def _temporal_splits(interactions: Sequence[Interaction]) -> List[str]:
     Anonymous rows have no history to order, so they fall back to the hashed
     split of their query.
     """
-    by_user: Dict[str, List[int]] = collections.defaultdict(list)
+    by_user = _rows_by_user(interactions, "temporal")
     splits = [TRAIN] * len(interactions)
-    for index, row in enumerate(interactions):
-        if not row.user_id:
-            splits[index] = _hashed_split(_split_key(row))
+    for user, indices in by_user.items():
+        if not user:
             continue
-        if row.timestamp is None:
-            raise DatasetError(
-                f"interactions.csv: line {row.row}: field timestamp is empty, "
-                "and the temporal split needs one on every row with a user")
-        by_user[row.user_id].append(index)
-    for indices in by_user.values():
         indices.sort(key=lambda i: (interactions[i].timestamp, interactions[i].row))
         num_eval = int(round(len(indices) * EVAL_FRACTION))
         for index in indices[len(indices) - num_eval:]:
             splits[index] = EVAL
+    return _anonymous_hashed(interactions, by_user, splits)
+
+
+def _last_visit_splits(interactions: Sequence[Interaction]) -> List[str]:
+    """Every row at each user's latest timestamp (their last visit or basket)
+    goes to eval, when the user has rows at an earlier timestamp too; a user
+    with a single visit stays in train. Anonymous rows as in `temporal`."""
+    by_user = _rows_by_user(interactions, "last")
+    splits = [TRAIN] * len(interactions)
+    for user, indices in by_user.items():
+        if not user:
+            continue
+        times = [interactions[i].timestamp for i in indices]
+        last = max(times)
+        if min(times) < last:
+            for index, timestamp in zip(indices, times):
+                if timestamp == last:
+                    splits[index] = EVAL
+    return _anonymous_hashed(interactions, by_user, splits)
+
+
+def _anonymous_hashed(interactions, by_user, splits: List[str]) -> List[str]:
+    for index in by_user.get("", ()):
+        splits[index] = _hashed_split(_split_key(interactions[index]))
     return splits
+
+
+def _rows_by_user(interactions: Sequence[Interaction], method: str) -> Dict[str, List[int]]:
+    """Row indices by user ("" for anonymous rows); a user's row without a
+    timestamp is an error."""
+    by_user: Dict[str, List[int]] = collections.defaultdict(list)
+    for index, row in enumerate(interactions):
+        if row.user_id and row.timestamp is None:
+            raise DatasetError(
+                f"interactions.csv: line {row.row}: field timestamp is empty, "
+                f"and the {method} split needs one on every row with a user")
+        by_user[row.user_id].append(index)
+    return by_user
+

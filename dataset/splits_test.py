@@ -168,3 +168,22 @@ def test_temporal_split_needs_timestamps_and_names_the_line():
 def test_unknown_method_raises():
     with pytest.raises(ValueError, match="'chronological'"):
         assign_splits(plain_rows(3), "chronological")
+
+
+# --- last ------------------------------------------------------------------------------------
+
+def test_last_split_holds_out_each_users_latest_visit():
+    rows = [Interaction(row=2, user_id="u1", item_id="i1", timestamp=5),
+            Interaction(row=3, user_id="u1", item_id="i2", timestamp=9),
+            Interaction(row=4, user_id="u1", item_id="i3", timestamp=9),  # the same basket
+            Interaction(row=5, user_id="u1", item_id="i1", timestamp=7),
+            Interaction(row=6, user_id="u2", item_id="i1", timestamp=3),  # one visit: all train
+            Interaction(row=7, user_id="u2", item_id="i2", timestamp=3)]
+    assert assign_splits(rows, "last") == [TRAIN, EVAL, EVAL, TRAIN, TRAIN, TRAIN]
+
+
+def test_last_split_needs_timestamps_and_hashes_anonymous_rows():
+    anonymous = [Interaction(row=n + 2, user_id="", item_id="i1", query=f"q{n}") for n in range(50)]
+    assert assign_splits(anonymous, "last") == assign_splits(anonymous, "random")
+    with pytest.raises(DatasetError, match="line 9.*last split"):
+        assign_splits([Interaction(row=9, user_id="u", item_id="i1")], "last")

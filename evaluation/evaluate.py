@@ -20,6 +20,10 @@ max(k) of `ranker.recommend`.
   train: such an eval row is a repeat, which a list of unseen items can never
   contain, so it is left out of the means and counted in
   "repeat_rows_left_out" rather than scored as a certain miss.
+- Without `exclude_seen`, recall@k is also given apart for the repeat rows
+  (the held-out item is in the user's train items: buying again) as
+  "recall@k_repeat" and for the others as "recall@k_new", with their counts
+  "repeat_rows" and "new_rows".
 
 Search (eval rows with a query), under "search": rows are grouped by query text
 lower-cased (as the split groups them), and each query is asked once, without
@@ -44,6 +48,7 @@ import hashlib
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from dataset import pseudonyms
 from dataset.contract import Dataset, Interaction, attribute_tokens, read_dataset, training_interactions
 from dataset.splits import EVAL, TRAIN, assign_splits
 from evaluation import metrics
@@ -83,9 +88,10 @@ def evaluate(dataset: Dataset, ranker: Ranker, split_method: str = "random",
     recommendation_rows = [row for row in eval_rows if not row.query]
     if recommendation_rows:
         if RECOMMEND in ranker.questions:
-            seen = _seen_items(train) if exclude_seen else None
+            seen = _seen_items(train)
             result.update(_recommendation_metrics(
-                dataset, ranker, recommendation_rows, seen, ks, attributes, min_rating))
+                dataset, ranker, recommendation_rows, seen if exclude_seen else None, ks,
+                attributes, min_rating, train_items=seen))
         else:
             unanswered.append(RECOMMEND)
     search_rows = [row for row in eval_rows if row.query]
@@ -112,8 +118,10 @@ def _is_relevant(row: Interaction, min_rating: Optional[float]) -> bool:
     return min_rating is None or row.rating is None or row.rating >= min_rating
 
 
-def _recommendation_metrics(dataset, ranker, rows, seen, ks, attributes, min_rating):
-    """`seen` is each user's train items when they are excluded, else None."""
+def _recommendation_metrics(dataset, ranker, rows, seen, ks, attributes, min_rating,
+                            train_items=None):
+    """`seen` is each user's train items when they are excluded, else None;
+    `train_items` each user's train items."""
     relevant = [row for row in rows if _is_relevant(row, min_rating)]
     scored = [row for row in relevant if row.item_id not in (seen or {}).get(row.user_id, ())]
     held_out: Dict[str, Set[str]] = collections.defaultdict(set)
@@ -132,8 +140,24 @@ def _recommendation_metrics(dataset, ranker, rows, seen, ks, attributes, min_rat
         result[f"ndcg@{k}"] = row_means.get(f"ndcg@{k}")
         result[f"hit@{k}"] = user_means.get(f"hit@{k}")
     result["mrr"] = row_means.get("rr")
+    if seen is None and train_items is not None:
+        result.update(_repeat_split(scored, per_row, train_items, ks))
     result.update(_list_metrics(dataset, list(lists.values()), ks, attributes))
     return result
+
+
+def _repeat_split(rows, per_row, train_items, ks) -> Dict[str, object]:
+    """recall@k of the repeat rows and of the new rows (module docstring)."""
+    parts: Dict[str, list] = {"repeat": [], "new": []}
+    for row, values in zip(rows, per_row):
+        parts["repeat" if row.item_id in train_items.get(row.user_id, ()) else "new"].append(values)
+    split: Dict[str, object] = {}
+    for name, values in parts.items():
+        split[f"{name}_rows"] = len(values)
+        means = metrics.mean_metrics(values)
+        for k in ks:
+            split[f"recall@{k}_{name}"] = means.get(f"recall@{k}")
+    return split
 
 
 def _recommendation_lists(ranker: Ranker, users: List[str], k: int,
@@ -213,12 +237,16 @@ def _tie_break(item_id: str) -> bytes:
 
 
 def evaluate_model(data_dir: str, model_path: str, split_method: str = "random",
-                   ks: Sequence[int] = DEFAULT_KS, exclude_seen: bool = False) -> Dict[str, object]:
+                   ks: Sequence[int] = DEFAULT_KS, exclude_seen: bool = False,
+                   user_key_file: Optional[str] = None) -> Dict[str, object]:
     """`mmfuse evaluate`: reads the dataset (DatasetError when it is bad), loads
-    the pushed model (FileNotFoundError when there is none) and evaluates it."""
+    the pushed model (FileNotFoundError when there is none) and evaluates it,
+    asking about users by their pseudonyms under the key in `user_key_file`
+    (UserKeyError when it cannot be read; None: users asked about as they are)."""
     started = time.time()
     dataset = read_dataset(data_dir, check_images=False)
-    ranker = SavedModelRanker(model_path)
+    user_key = pseudonyms.load_key(user_key_file) if user_key_file else None
+    ranker = SavedModelRanker(model_path, user_key=user_key)
     result = evaluate(dataset, ranker, split_method, ks, exclude_seen)
     result.update({"data": dataset.directory, "model": ranker.path,
                    "wall_time_s": round(time.time() - started, 1)})

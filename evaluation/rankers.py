@@ -10,8 +10,15 @@ back best first with their scores. Rankers that score the whole catalogue in
 numpy break ties by catalogue order.
 
 - `SavedModelRanker`: the pushed SavedModel, through its serving signatures.
+- `TowersRanker`: a SavedModel's towers alone for `recommend` (the user's
+  query vector against the catalogue, without the buy-again mix).
 - `Popularity`: items by their number of train interactions, the same list for
   everyone and every query.
+- `OwnHistory`: each user's own train items, most recently had first, then
+  the other items by popularity (the "buy it again" shelf).
+- `BuyAgainMix`: another ranker's `recommend` with the user's past items
+  mixed in as the exported `recommend` mixes them (trainer/repeat_buying.py),
+  the histories built from the train rows as the pipeline builds them.
 - `EASE`: Steck's closed-form item-item model (Embarrassingly Shallow
   Autoencoders, WWW 2019) on the binary user x item matrix of the train split.
 - `BM25`: Okapi BM25 over each item's text (title, description, attribute values).
@@ -26,11 +33,12 @@ import math
 import os
 import re
 import unicodedata
-from typing import Callable, Dict, FrozenSet, Iterator, List, Mapping, Sequence
+from typing import Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import sparse
 
+from dataset import pseudonyms
 from dataset.contract import Interaction, Item
 
 RECOMMEND = "recommend"
@@ -130,6 +138,84 @@ class Popularity(_CatalogueScorer):
 
     def _query_scores(self, queries, user_ids):
         return self._user_scores(user_ids)
+
+
+class OwnHistory(Popularity):
+    """A user's train items by when they last had them (latest first; items
+    of one visit, which share a timestamp, by popularity), then everything else
+    by popularity. Rows without a timestamp are ordered by their position."""
+    name = "own-history"
+    questions = frozenset({RECOMMEND})
+
+    def __init__(self, item_ids: Sequence[str], train: Sequence[Interaction]):
+        super().__init__(item_ids, train)
+        last: Dict[str, Dict[int, tuple]] = collections.defaultdict(dict)
+        for position, row in enumerate(train):
+            if row.user_id and row.item_id in self._item_index:
+                item = self._item_index[row.item_id]
+                when = position if row.timestamp is None else row.timestamp
+                last[row.user_id][item] = max(when, last[row.user_id].get(item, when))
+        # Per user: items latest first, scored above every popularity score.
+        self._history = {user: sorted(items, key=lambda item: (items[item], self.counts[item]),
+                                      reverse=True)
+                         for user, items in last.items()}
+        self._popularity = self.counts / (self.counts.max() + 1.0) if len(self.counts) else self.counts
+
+    def _user_scores(self, user_ids):
+        scores = np.tile(self._popularity, (len(user_ids), 1))
+        for row, user in enumerate(user_ids):
+            history = self._history.get(user, ())
+            scores[row, history] = 2.0 + np.arange(len(history), 0, -1, dtype=np.float32)
+        return scores
+
+
+class BuyAgainMix(_CatalogueScorer):
+    """`base`'s scores with the buy-again mix of trainer/repeat_buying.py, fitted
+    on `train`: each user's RECENT latest rows (by timestamp, then row) and
+    their item counts."""
+    questions = frozenset({RECOMMEND})
+
+    def __init__(self, base: _CatalogueScorer, train: Sequence[Interaction]):
+        import tensorflow as tf
+
+        from trainer import repeat_buying
+
+        super().__init__(base.item_ids)
+        self.name = f"{base.name}+buy-again"
+        self._tf, self._mix, self._base = tf, repeat_buying.mix_scores, base
+        self._user_row: Dict[str, int] = {}
+        rows: Dict[str, list] = collections.defaultdict(list)
+        for position, row in enumerate(train):
+            if row.user_id and row.item_id in self._item_index:
+                rows[row.user_id].append((row.timestamp or 0, position,
+                                          self._item_index[row.item_id] + 1))  # 0: unknown
+        recent = np.zeros((len(rows) + 1, repeat_buying.RECENT), np.int64)
+        counts: List[Dict[int, int]] = [{}]
+        item_counts = np.zeros(len(self.item_ids) + 1)
+        for user, entries in rows.items():
+            self._user_row[user] = len(counts)
+            items = [item for _, _, item in sorted(entries, reverse=True)]
+            recent[len(counts), :min(len(items), repeat_buying.RECENT)] = items[:repeat_buying.RECENT]
+            counts.append(dict(collections.Counter(items)))
+            np.add.at(item_counts, items, 1)
+        self.model = repeat_buying.fit(recent, counts, item_counts)
+        self.tables = (None if self.model is None else
+                       repeat_buying.BuyAgainTables(self.model, repeat_buying.past_items(recent, counts)))
+
+    def recommend(self, user_ids, k):
+        return self._top_k(lambda rows: self._mixed(user_ids[rows], k), len(user_ids), k)
+
+    def _mixed(self, user_ids, k):
+        tf = self._tf
+        scores = np.asarray(self._base._user_scores(user_ids), np.float32)
+        if self.tables is None:
+            return scores
+        # Column 0 is the unknown item of the exported model's catalogue.
+        scores = tf.concat([tf.zeros([len(user_ids), 1]), scores], axis=1)
+        past = self.tables.user_past_items(tf.constant([self._user_row.get(u, 0) for u in user_ids]))
+        mixed = self._mix(scores, past[0], self.tables.probabilities(*past),
+                          self.tables.new_item_rates, tf.constant(k))
+        return mixed.numpy()[:, 1:]
 
 
 class EASE(_CatalogueScorer):
@@ -243,14 +329,16 @@ class BM25(_CatalogueScorer):
 
 class SavedModelRanker(Ranker):
     """The pushed model: `path` is a version directory (with saved_model.pb) or a
-    TF Serving model base, whose newest version is used."""
+    TF Serving model base, whose newest version is used. The model knows users
+    by their pseudonyms: with `user_key` (the run's, dataset/pseudonyms.py)
+    raw user ids are hashed before they are asked about."""
     name = "model"
     questions = frozenset({RECOMMEND, SEARCH, IMAGE_SEARCH})
     # score_search asks for the whole catalogue per query, so it sends fewer rows per call.
     SCORE_BATCH_SIZE = 32
     _EVERY_ITEM = 2**31 - 1  # the signatures clip k to the catalogue
 
-    def __init__(self, path: str, batch_size: int = BATCH_SIZE):
+    def __init__(self, path: str, batch_size: int = BATCH_SIZE, user_key: Optional[bytes] = None):
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         import tensorflow as tf
 
@@ -264,6 +352,12 @@ class SavedModelRanker(Ranker):
             version, self.model = model_store.load_newest(path)
             self.path = os.path.join(path, str(version))
         self.batch_size = batch_size
+        self.user_key = user_key
+
+    def _users(self, user_ids: Sequence[str]) -> np.ndarray:
+        if self.user_key is None:
+            return np.asarray(user_ids, dtype=object)
+        return np.array([pseudonyms.pseudonym(user, self.user_key) for user in user_ids], dtype=object)
 
     def _call(self, signature: str, k: int, **inputs: Sequence[str]):
         tf = self._tf
@@ -283,16 +377,17 @@ class SavedModelRanker(Ranker):
         return ranked
 
     def recommend(self, user_ids, k):
-        return self._ranked("recommend", k, user_id=user_ids)
+        return self._ranked("recommend", k, user_id=self._users(user_ids))
 
     def search(self, queries, user_ids, k):
-        return self._ranked("search", k, query=queries, user_id=user_ids)
+        return self._ranked("search", k, query=queries, user_id=self._users(user_ids))
 
     def image_search(self, images, k):
         return self._ranked("image_search", k, image=images)
 
     def score_search(self, queries, user_ids, candidates):
         result = []
+        user_ids = self._users(user_ids)
         for rows in _batches(len(queries), self.SCORE_BATCH_SIZE):
             item_ids, scores = self._call("search", self._EVERY_ITEM, query=queries[rows],
                                           user_id=user_ids[rows])
@@ -300,3 +395,34 @@ class SavedModelRanker(Ranker):
                 score_of = dict(zip(row_ids.tolist(), row_scores.tolist()))
                 result.append([score_of.get(item.encode(), -math.inf) for item in items])
         return result
+
+
+class TowersRanker(SavedModelRanker):
+    """`recommend` from the model's tables: each user's query vector (from the
+    export) times the catalogue, index 0 (unknown) left out; no buy-again mix."""
+    name = "towers"
+    questions = frozenset({RECOMMEND})
+
+    def recommend(self, user_ids, k):
+        tf = self._tf
+        queries, candidates = self.model.user_queries.numpy(), self.model.candidates.numpy()
+        item_ids = self.model.item_ids.numpy()
+        ranked = Ranked([], [])
+        for rows in _batches(len(user_ids), self.batch_size):
+            users = self._user_indices(list(self._users(user_ids[rows])))
+            scores = queries[users] @ candidates.T
+            scores[:, 0] = -np.inf
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            ranked.item_ids.extend([[item.decode() for item in row] for row in item_ids[order]])
+            ranked.scores.extend(np.take_along_axis(scores, order, axis=1).tolist())
+        return ranked
+
+    def _user_indices(self, user_ids):
+        """The export's user lookup (transform/preprocessing.py IdLookup: line + 1, 0 unknown),
+        through its restored table."""
+        tf = self._tf
+        table = self.model.user_index._table
+        found = tf.raw_ops.LookupTableFindV2(
+            table_handle=table.resource_handle, keys=tf.constant(user_ids, tf.string),
+            default_value=tf.constant(-1, tf.int64))
+        return found.numpy() + 1

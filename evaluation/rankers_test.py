@@ -22,6 +22,17 @@ def test_popularity_counts_train_rows_and_keeps_catalogue_order_on_ties():
     assert ranker.score_search(["q"], [""], [["d", "zzz"]]) == [[1.0, -math.inf]]
 
 
+def test_own_history_puts_the_users_latest_items_first_then_popularity():
+    train = [Interaction(row=2, user_id="u1", item_id="a", timestamp=10),
+             Interaction(row=3, user_id="u1", item_id="c", timestamp=30),
+             Interaction(row=4, user_id="u1", item_id="a", timestamp=40),  # a again, latest
+             Interaction(row=5, user_id="u2", item_id="b", timestamp=5),
+             Interaction(row=6, user_id="u3", item_id="b", timestamp=5)]
+    ranker = rankers.OwnHistory(["a", "b", "c", "d"], train)
+    # Popularity: a and b twice each (catalogue order breaks the tie), c once.
+    assert ranker.recommend(["u1", "nobody"], k=3).item_ids == [["a", "c", "b"], ["a", "b", "c"]]
+
+
 def test_ease_weights_are_the_closed_form_of_its_objective():
     pairs = [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c"), ("u3", "a"), ("u3", "c"),
              ("u3", "d"), ("u4", "d"), ("u4", "a"), ("u1", "a")]  # the repeat counts once
@@ -101,3 +112,24 @@ def test_bm25_score_by_hand():
 def test_bm25_does_not_recommend():
     with pytest.raises(NotImplementedError, match="bm25 does not recommend"):
         rankers.BM25(_catalogue()).recommend(["u1"], k=1)
+
+
+def test_buy_again_mix_brings_back_what_users_rebuy_and_keeps_out_what_they_do_not():
+    def shop(rebuy):
+        rows, line = [], 2
+        for user in range(40):
+            for visit in range(6):
+                item = f"s{user % 5}" if rebuy else f"i{(user + visit) % 30}"
+                rows.append(Interaction(row=line, user_id=f"u{user}", item_id=item, timestamp=visit))
+                line += 1
+        return rows
+
+    catalogue = [f"s{n}" for n in range(5)] + [f"i{n}" for n in range(30)]
+    rebuying = shop(rebuy=True)
+    mix = rankers.BuyAgainMix(rankers.Popularity(catalogue, rebuying), rebuying)
+    assert mix.name == "popularity+buy-again"
+    assert mix.recommend(["u3"], k=3).item_ids[0][0] == "s3"
+    once = shop(rebuy=False)
+    mix = rankers.BuyAgainMix(rankers.Popularity(catalogue, once), once)
+    had = {row.item_id for row in once if row.user_id == "u3"}
+    assert not had & set(mix.recommend(["u3"], k=5).item_ids[0])

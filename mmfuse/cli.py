@@ -2,21 +2,35 @@
 package that owns it (pipeline/, serving/). Heavy imports happen inside the
 subcommands so that `mmfuse --help` and input errors answer at once."""
 import argparse
+import dataclasses
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 
-from dataset.contract import DatasetError, read_dataset
+from dataset import pseudonyms
+from dataset.contract import DatasetError, validate_for_run
 from dataset.converters import convert
 from dataset.sample import write_sample_dataset
 from evaluation.metrics import DEFAULT_KS
-from mmfuse.config import ConfigError, config_hash, load_config, reference, to_dict, to_yaml
+from mmfuse import progress
+from mmfuse.config import (
+    SPLIT_METHODS,
+    ConfigError,
+    PipelineSettings,
+    config_hash,
+    load_config,
+    reference,
+    to_dict,
+    to_yaml,
+)
 
-# TensorFlow's C++ start-up chatter hides the progress lines a person reads.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `mmfuse run`'s log file, in its run directory.
+LOG_FILE = "mmfuse.log"
 
-CONVERTERS = ("movielens-100k", "fashion-small", "home-depot")
+CONVERTERS = ("movielens-100k", "fashion-small", "home-depot", "online-retail")
 
 # Flags that are shorthands for configuration keys, by command.
 SHORTHANDS = {
@@ -29,7 +43,9 @@ SHORTHANDS = {
               "max_request_bytes": "serving.max_request_bytes",
               "batching_parameters_file": "serving.batching_parameters_file",
               "tensorflow_intra_op_parallelism": "serving.intra_op_threads",
-              "tensorflow_inter_op_parallelism": "serving.inter_op_threads"},
+              "tensorflow_inter_op_parallelism": "serving.inter_op_threads",
+              "tls_cert": "serving.tls_cert", "tls_key": "serving.tls_key",
+              "tls_client_ca": "serving.tls_client_ca"},
 }
 
 
@@ -67,6 +83,11 @@ def _cutoffs(text: str):
     return ks
 
 
+def _item_list(text: str):
+    """"a, b,,c" -> ["a", "b", "c"]; "" is an empty history."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _at_least(minimum, kind=int, what: str = "a whole number"):
     """An argparse type: a finite `kind` (int or float) of at least `minimum`."""
     def parse(text: str):
@@ -80,6 +101,23 @@ def _at_least(minimum, kind=int, what: str = "a whole number"):
     return parse
 
 
+def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
+    """The four questions, as `mmfuse query` and `mmfuse predict` both ask them."""
+    parser.add_argument("--user", help="recommend for this user, or personalise --text")
+    asked = parser.add_mutually_exclusive_group()
+    asked.add_argument("--text", help="search by text")
+    asked.add_argument("--image", help="search by an image file (JPEG or PNG)")
+    asked.add_argument("--item", help="items similar to this item")
+    asked.add_argument("--recent", type=_item_list, metavar="ID,ID,...",
+                       help="recommend from the items the user (or, without --user, an "
+                            "anonymous visitor) just interacted with, newest first")
+    parser.add_argument("--k", type=_at_least(1), default=10)
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
+                        help="the key users were pseudonymised with (pipeline.user_key_file "
+                             "of the run; default %(default)s), needed with --user")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfuse", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,12 +128,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory (pipeline outputs, serving/)")
     _add_config_arguments(run)
     run.add_argument("--modalities", help="trainer.modalities, comma-separated: id,text,image")
-    run.add_argument("--split", help="pipeline.split: random or temporal")
+    run.add_argument("--split", help="pipeline.split: random, temporal or last")
     run.add_argument("--epochs", help="trainer.epochs (0 exports the untrained model)")
     run.add_argument("--seed", help="trainer.seed")
     run.add_argument("--rating-weight", help="trainer.rating_weight: also train a head "
                                              "predicting ratings, its loss weighted by this")
     run.add_argument("--min-recall", help="gate.min_recall: the release floor on recall@k")
+    run.add_argument("--verbose", action="store_true",
+                     help=f"also show TensorFlow's, TFX's and Beam's logs, which always go to "
+                          f"OUT/{LOG_FILE}")
     run.add_argument("--no-cache", action="store_true",
                      help="run every component, even those whose inputs, settings, data and "
                           "code are unchanged since an earlier run into OUT (pipeline.cache=false)")
@@ -119,19 +160,21 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="ask the newest pushed SavedModel directly (no server)")
     predict.add_argument("--model-base", required=True, help="TF Serving model base directory")
-    predict.add_argument("--user", required=True)
-    predict.add_argument("--k", type=int, default=10)
+    _add_question_arguments(predict)
 
     evaluate = commands.add_parser(
         "evaluate", help="offline metrics of a pushed model on a dataset's eval split")
     evaluate.add_argument("--data", required=True, help="dataset directory")
     evaluate.add_argument("--model", required=True,
                           help="pushed model: a version directory or the model base above it")
-    evaluate.add_argument("--split", choices=("random", "temporal"), default="random")
+    evaluate.add_argument("--split", choices=SPLIT_METHODS, default="random")
     evaluate.add_argument("--k", type=_cutoffs, default=DEFAULT_KS,
                           help="comma-separated cut-offs (default 10,20,100)")
     evaluate.add_argument("--exclude-seen", action="store_true",
                           help="leave each user's train items out of their recommendations")
+    evaluate.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
+                          help="the key users were pseudonymised with (pipeline.user_key_file "
+                               "of the run; default %(default)s)")
 
     serve = commands.add_parser(
         "serve", help="serve the pushed models over TF Serving's gRPC API (a local stand-in "
@@ -149,18 +192,35 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--batching-parameters-file", help="serving.batching_parameters_file")
     serve.add_argument("--tensorflow-intra-op-parallelism", help="serving.intra_op_threads")
     serve.add_argument("--tensorflow-inter-op-parallelism", help="serving.inter_op_threads")
+    serve.add_argument("--tls-cert", help="serving.tls_cert: PEM certificate chain; serves TLS")
+    serve.add_argument("--tls-key", help="serving.tls_key: PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="serving.tls_client_ca: PEM CA that client "
+                                               "certificates must be signed by (mutual TLS)")
 
     query = commands.add_parser("query", help="ask a TF Serving gRPC server one question")
     query.add_argument("--server", required=True, help="HOST:PORT")
-    query.add_argument("--user", help="recommend for this user, or personalise --text")
-    asked = query.add_mutually_exclusive_group()
-    asked.add_argument("--text", help="search by text")
-    asked.add_argument("--image", help="search by an image file (JPEG or PNG)")
-    asked.add_argument("--item", help="items similar to this item")
-    query.add_argument("--k", type=_at_least(1), default=10)
-    query.add_argument("--json", action="store_true", help="print one JSON line")
+    _add_question_arguments(query)
     query.add_argument("--model-name", default="mmfuse")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    query.add_argument("--tls", action="store_true", help="connect over TLS (implied by the "
+                                                          "--tls-* options)")
+    query.add_argument("--tls-ca", help="PEM CA certificate(s) to trust (default: the system's)")
+    query.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
+    query.add_argument("--tls-key", help="PEM private key of --tls-cert")
+
+    catalog = commands.add_parser(
+        "catalog", help="add or remove products in the pushed model without retraining")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    add = catalog_commands.add_parser(
+        "add", help="embed an items.csv's products and write them as a new version")
+    add.add_argument("--model-base", required=True, help="TF Serving model base directory")
+    add.add_argument("--items", required=True, metavar="FILE.csv",
+                     help="items in the dataset contract's items.csv form (image paths "
+                          "relative to the file)")
+    remove = catalog_commands.add_parser(
+        "remove", help="take products out, as a new version")
+    remove.add_argument("--model-base", required=True, help="TF Serving model base directory")
+    remove.add_argument("item_ids", nargs="+", metavar="ID")
 
     kubeflow = commands.add_parser("kubeflow", help="Kubeflow Pipelines v2")
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
@@ -179,36 +239,31 @@ def _run(args) -> int:
     if args.no_cache:
         args.overrides.append("pipeline.cache=false")
     settings = _settings(args, "run")
-    from pipeline import local_runner
-    from pipeline.fingerprint import DATA_CODE, TRAINER_CODE, code_fingerprint, dataset_fingerprint
-    from pipeline.pipeline import MODEL_NAME, PipelineConfig
-
-    local_runner.show_progress()
     out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
     data_dir = args.data
     if data_dir is None:
         data_dir = os.path.join(out, "sample-data")
         write_sample_dataset(data_dir)
-        local_runner.progress_log.info("wrote the embedded sample dataset to %s", data_dir)
-    # Validate before starting TFX, so bad input is a message, not a Beam trace.
-    dataset = read_dataset(data_dir)
-    local_runner.progress_log.info(dataset.summary())
-    if settings.trainer.rating_weight > 0 and all(row.rating is None for row in dataset.interactions):
-        raise DatasetError(f"trainer.rating_weight needs interactions with a rating, and {data_dir} "
-                           "has none")
-    config = PipelineConfig(
-        data_dir=os.path.abspath(data_dir),
-        pipeline_root=os.path.join(out, "pipeline"),
-        serving_dir=os.path.join(out, "serving", MODEL_NAME),
-        settings=settings,
-        metadata_path=os.path.join(out, "metadata.sqlite"),
-        beam_pipeline_args=tuple(settings.pipeline.beam_args),
-        enable_cache=settings.pipeline.cache,
-        cache_key=f"data={dataset_fingerprint(data_dir)} code={code_fingerprint(DATA_CODE)}",
-        trainer_cache_key=code_fingerprint(TRAINER_CODE))
+    # Validate before importing TFX: bad input fails at once, as a message.
+    dataset = validate_for_run(data_dir, settings)
+    key_file = os.path.abspath(os.path.expanduser(settings.pipeline.user_key_file))
+    # Absolute, as ExampleGen's Beam workers may not share this directory.
+    settings = dataclasses.replace(settings, pipeline=dataclasses.replace(
+        settings.pipeline, user_key_file=key_file))
+    user_key = pseudonyms.load_key(key_file, create=True)
+    os.makedirs(out, exist_ok=True)
+    log_path = os.path.join(out, LOG_FILE)
     started = time.time()
-    result = local_runner.run(config)
+    try:
+        with progress.logging_to(log_path, verbose=args.verbose) as terminal, \
+                progress.install(progress.Progress(terminal)) as shown:
+            shown.line(f"log: {log_path}" + ("" if args.verbose else " (--verbose shows it here)"))
+            result = _run_pipeline(args, settings, out, data_dir, dataset, user_key, shown)
+    except (DatasetError, ConfigError):
+        raise
+    except BaseException:
+        print(f"mmfuse run: failed; the whole log is {log_path}", file=sys.stderr)
+        raise
     print(json.dumps({
         "blessed": result.blessed,
         "candidate_model": result.candidate_model,
@@ -225,6 +280,31 @@ def _run(args) -> int:
     return 0 if result.blessed else 3
 
 
+def _run_pipeline(args, settings, out: str, data_dir: str, dataset, user_key: bytes,
+                  shown: progress.Progress):
+    """Runs the pipeline on the checked dataset (output redirected by `_run`)."""
+    from pipeline import local_runner
+    from pipeline.fingerprint import DATA_CODE, TRAINER_CODE, code_fingerprint, dataset_fingerprint
+    from pipeline.pipeline import MODEL_NAME, PipelineConfig
+
+    if args.data is None:
+        shown.line(f"wrote the embedded sample dataset to {data_dir}")
+    shown.line(dataset.summary())
+    config = PipelineConfig(
+        data_dir=os.path.abspath(data_dir),
+        pipeline_root=os.path.join(out, "pipeline"),
+        serving_dir=os.path.join(out, "serving", MODEL_NAME),
+        settings=settings,
+        metadata_path=os.path.join(out, "metadata.sqlite"),
+        beam_pipeline_args=tuple(settings.pipeline.beam_args),
+        enable_cache=settings.pipeline.cache,
+        cache_key=(f"data={dataset_fingerprint(data_dir)} code={code_fingerprint(DATA_CODE)} "
+                   f"user_key={pseudonyms.key_fingerprint(user_key)}"),
+        trainer_cache_key=code_fingerprint(TRAINER_CODE))
+    local_runner.plan_progress(dataset, settings.pipeline.split)
+    return local_runner.run(config)
+
+
 def _config_show(args) -> int:
     if args.reference:
         print(reference(), end="")
@@ -233,16 +313,63 @@ def _config_show(args) -> int:
     return 0
 
 
-def _predict(args) -> int:
-    from serving.model_store import load_newest
+def _question(args):
+    """The signature and inputs `args` ask for (the user as its pseudonym);
+    ValueError (or UserKeyError) saying what is wrong with them."""
+    image = None
+    if args.image is not None:
+        try:
+            with open(args.image, "rb") as handle:
+                image = handle.read()
+        except OSError as error:
+            raise ValueError(f"cannot read image {args.image}: {error.strerror}") from None
+    from serving import client
 
-    version, model = load_newest(args.model_base)
+    asked = dict(user=args.user, text=args.text, image=image, item=args.item, recent=args.recent)
+    client.question(**asked)  # a malformed question is told before a missing key
+    user_key = pseudonyms.load_key(args.user_key_file) if args.user is not None else None
+    return client.question(**asked, user_key=user_key)
+
+
+def _show(args, answer, source: str) -> None:
+    from serving import client
+
+    if args.json:
+        print(client.as_json(answer))
+        return
+    asked = client.subject(answer.signature, user=args.user, text=args.text, image=args.image,
+                           item=args.item, recent=args.recent)
+    print("\n".join(client.show(answer, asked, source, args.user)))
+
+
+def _predict(args) -> int:
+    try:
+        signature, inputs = _question(args)
+    except ValueError as error:
+        print(f"mmfuse predict: error: {error}", file=sys.stderr)
+        return 2
     import tensorflow as tf
 
-    answer = model.signatures["recommend"](user_id=tf.constant([args.user]), k=tf.constant(args.k))
-    print(f"top {args.k} items for user {args.user} (model version {version}):")
-    for item_id, score in zip(answer["item_ids"].numpy()[0], answer["scores"].numpy()[0]):
-        print(f"  {item_id.decode()}  {score:.4f}")
+    from serving import client, model_store
+    from serving.server import graph_error_text
+
+    try:
+        version, model = model_store.load_newest(args.model_base)
+    except (OSError, ValueError, tf.errors.OpError) as error:  # no base, no version, bad files
+        print(f"mmfuse predict: error: {graph_error_text(error)}", file=sys.stderr)
+        return 2
+    try:
+        outputs = model.signatures[signature](
+            k=tf.constant(args.k, tf.int32),
+            **{name: tf.constant(rows, tf.string) for name, rows in inputs.items()})
+    except tf.errors.OpError as error:  # as the server answers it: code and message
+        from tensorflow.core.protobuf.error_codes_pb2 import Code
+
+        print(f"mmfuse predict: {Code.Name(error.error_code)}: {graph_error_text(error)}",
+              file=sys.stderr)
+        return 1
+    _show(args, client.answer_from_outputs(signature, version, outputs),
+          f"model {os.path.basename(os.path.normpath(args.model_base))}")
     return 0
 
 
@@ -250,7 +377,8 @@ def _evaluate(args) -> int:
     from evaluation.evaluate import evaluate_model
 
     try:
-        result = evaluate_model(args.data, args.model, args.split, args.k, args.exclude_seen)
+        result = evaluate_model(args.data, args.model, args.split, args.k, args.exclude_seen,
+                                user_key_file=args.user_key_file)
     except FileNotFoundError as error:  # no model at --model
         print(f"mmfuse evaluate: error: {error}", file=sys.stderr)
         return 2
@@ -259,17 +387,12 @@ def _evaluate(args) -> int:
 
 
 def _serve(args) -> int:
-    from serving.batching import DEFAULT_PARAMETERS_FILE
     from serving.server import serve
 
     settings = _settings(args, "serve").serving
     try:
-        serve(args.model_base, port=settings.port, host=settings.host, model_name=args.model_name,
-              poll_seconds=settings.poll_seconds, max_request_bytes=settings.max_request_bytes,
-              batching_parameters_file=settings.batching_parameters_file or DEFAULT_PARAMETERS_FILE,
-              intra_op_threads=settings.intra_op_threads,
-              inter_op_threads=settings.inter_op_threads)
-    except (OSError, ValueError) as error:  # no model base, port taken, bad batching file
+        serve(args.model_base, settings, model_name=args.model_name)
+    except (OSError, ValueError) as error:  # no model base, port taken, bad batching or TLS file
         print(f"mmfuse serve: error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -281,21 +404,16 @@ def _query(args) -> int:
     from serving import client
 
     try:
-        image = None
-        if args.image is not None:
-            try:
-                with open(args.image, "rb") as handle:
-                    image = handle.read()
-            except OSError as error:
-                raise ValueError(f"cannot read image {args.image}: {error.strerror}") from None
-        signature, inputs = client.question(user=args.user, text=args.text, image=image,
-                                            item=args.item)
+        signature, inputs = _question(args)
+        credentials = None
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+            credentials = client.tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     except ValueError as error:
         print(f"mmfuse query: error: {error}", file=sys.stderr)
         return 2
     request = client.predict_request(signature, inputs, args.k, args.model_name)
     try:
-        with client.connect(args.server, args.timeout) as channel:
+        with client.connect(args.server, args.timeout, credentials) as channel:
             answer = client.ask(channel, request, args.timeout)
     except ConnectionError as error:
         print(f"mmfuse query: {error}", file=sys.stderr)
@@ -303,17 +421,22 @@ def _query(args) -> int:
     except grpc.RpcError as error:
         print(f"mmfuse query: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps({"signature": answer.signature, "model_version": answer.model_version,
-                          "item_ids": answer.item_ids[0], "scores": answer.scores[0]}))
-        return 0
-    subject = {"recommend": f"user {args.user}", "search": f"{args.text!r}",
-               "image_search": f"image {args.image}", "similar_items": f"item {args.item}"}
-    personal = f" for user {args.user}" if signature == "search" and args.user else ""
-    print(f"{signature} {subject[signature]}{personal} (model {args.model_name} version "
-          f"{answer.model_version}):")
-    for rank, (item_id, score) in enumerate(zip(answer.item_ids[0], answer.scores[0]), start=1):
-        print(f"  {rank:2d}. {item_id}  {score:.4f}")
+    _show(args, answer, f"model {args.model_name}")
+    return 0
+
+
+def _catalog(args) -> int:
+    from serving import catalog
+
+    try:
+        if args.catalog_command == "add":
+            result = catalog.add_items(args.model_base, args.items)
+        else:
+            result = catalog.remove_items(args.model_base, args.item_ids)
+    except (ValueError, OSError) as error:  # CatalogError, a manifest mismatch, no model base
+        print(f"mmfuse catalog {args.catalog_command}: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
     return 0
 
 
@@ -326,8 +449,22 @@ def _kubeflow_compile(args) -> int:
     return 0
 
 
+def _quiet_libraries(command: str) -> None:
+    """Before TensorFlow is imported: its logs (native and Python) hold
+    warnings and errors for `mmfuse run`'s log file and only errors elsewhere
+    (no CUDA registration errors on machines without a GPU, no deprecation
+    notices); a user's own TF_CPP_MIN_LOG_LEVEL wins. Libraries' FutureWarnings
+    (google-cloud on Python 3.10, ...) speak to their developers, not to the
+    person running mmfuse."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if command == "run" else "3")
+    if command != "run":
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_libraries(args.command)
     try:
         if args.command == "run":
             return _run(args)
@@ -350,8 +487,10 @@ def main(argv=None) -> int:
             return _serve(args)
         if args.command == "query":
             return _query(args)
+        if args.command == "catalog":
+            return _catalog(args)
         return _kubeflow_compile(args)
-    except (DatasetError, ConfigError) as error:
+    except (DatasetError, ConfigError, pseudonyms.UserKeyError) as error:
         print(f"mmfuse {args.command}: error: {error}", file=sys.stderr)
         return 2
 

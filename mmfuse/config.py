@@ -41,19 +41,32 @@ def setting(default: Any, help: str, *, choices: Sequence[Any] = (), minimum: Op
 
 
 MODALITIES = ("id", "text", "image")
-SPLIT_METHODS = ("random", "temporal")
+SPLIT_METHODS = ("random", "temporal", "last")
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSettings:
     """How a local run reads the data and what it re-uses."""
     split: str = setting("random", "how interactions are split into train and eval: `random` "
-                         "(80/20 by a hash; queries by their text) or `temporal` (each user's last 20%)",
+                         "(80/20 by a hash; queries by their text), `temporal` (each user's last 20%) or "
+                         "`last` (each user's last visit: the rows at their latest timestamp)",
                          choices=SPLIT_METHODS)
     cache: bool = setting(True, "re-use outputs of earlier runs into the same run directory whose "
                           "inputs, settings, data and code are unchanged")
     beam_args: List[str] = setting([], "Apache Beam options of the data steps in a local run, "
                                    "e.g. `[--direct_running_mode=multi_processing]`")
+    max_image_bytes: int = setting(20 << 20, "larger image files are skipped like unreadable "
+                                   "ones (counted and reported)", minimum=1)
+    max_image_pixels: int = setting(40_000_000, "images whose header declares more pixels are "
+                                    "skipped before decoding", minimum=1)
+    max_text_chars: int = setting(100_000, "longer cells of items.csv or interactions.csv "
+                                  "(a title, a description, ...) are an error", minimum=1)
+    min_items: int = setting(10, "`mmfuse run` refuses a smaller catalogue: retrieval over it "
+                             "would measure nothing", minimum=1)
+    user_key_file: str = setting("~/.config/mmfuse/user_key", "key of the hash that replaces "
+                                 "user ids as the data is read (created, mode 0600, if missing); "
+                                 "clients asking about a user need the same file "
+                                 "(docs/privacy.md)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +148,11 @@ class ExportSettings:
     """What the pushed SavedModel carries besides the towers."""
     title_length: int = setting(80, "characters of each item's title kept in the model, so that "
                                 "answers show titles beside ids", minimum=0)
+    attributes_length: int = setting(60, "characters of each item's attributes (`colour=red, "
+                                     "kind=mug`) kept in the model beside its title", minimum=0)
+    buy_again: bool = setting(True, "`recommend` mixes in the user's past items by their "
+                              "buy-again probability, learned from the training data "
+                              "(trainer/repeat_buying.py); false: the towers' ranking alone")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +186,19 @@ class ServingSettings:
     intra_op_threads: int = setting(0, "threads one op may use (0: one per core)", minimum=0)
     inter_op_threads: int = setting(0, "threads running a batch's ops (0: the batch thread)",
                                     minimum=0)
+    max_encoder_rows: int = setting(8, "rows one `search` or `image_search` request may have "
+                                    "(they run the text and image encoders); more is refused "
+                                    "(INVALID_ARGUMENT)", minimum=1)
+    max_text_bytes: int = setting(4096, "bytes of one query, user or item id; longer is refused "
+                                  "(INVALID_ARGUMENT)", minimum=1)
+    max_image_pixels: int = setting(4096 * 4096, "pixels (width x height, read from the header "
+                                    "before decoding) of one `image_search` image; more is "
+                                    "refused (INVALID_ARGUMENT)", minimum=1)
+    tls_cert: Optional[str] = setting(None, "PEM certificate chain to serve TLS with (with "
+                                      "`tls_key`); `null`: plaintext")
+    tls_key: Optional[str] = setting(None, "PEM private key of `tls_cert`")
+    tls_client_ca: Optional[str] = setting(None, "PEM CA certificates; when set, clients must "
+                                           "present a certificate they signed (mutual TLS)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,11 @@ writes three splits of tf.Examples under the curated schema:
 - `users`: one example per user with training interactions: the user's recent
   items, which the serving model looks up by user id.
 
+User ids are replaced by their pseudonyms (dataset/pseudonyms.py, keyed by
+the file `pipeline.user_key_file`) before any example is written, so no raw
+user id reaches Transform or the model. Splits are assigned on the raw rows,
+as `mmfuse evaluate` assigns them.
+
 Every interaction row carries its user's recent items: the most recent
 training interactions of that user other than the row itself, most recent
 first. The same rule holds for train and eval rows and for the `users` split,
@@ -23,8 +28,10 @@ few attribute values of each item, as search queries for their own items, the
 pairing that teaches text-to-image search.
 """
 import collections
+import dataclasses
+import json
 import logging
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -35,7 +42,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
-from dataset import splits
+from dataset import pseudonyms, splits
 from dataset.contract import (
     Interaction,
     Item,
@@ -44,6 +51,7 @@ from dataset.contract import (
     read_dataset,
     training_interactions,
 )
+from mmfuse.config import PipelineSettings
 from transform import features as f
 
 CATALOG = "catalog"
@@ -51,13 +59,20 @@ USERS = "users"
 SPLIT_NAMES = (splits.TRAIN, splits.EVAL, CATALOG, USERS)
 
 
-def dataset_example_gen(data_dir: str, split_method: str, cache_key: str = "") -> FileBasedExampleGen:
-    """The ExampleGen component over dataset directory `data_dir`. `cache_key`
-    stands for what the driver cannot see (pipeline/fingerprint.py); the
-    executor ignores it."""
+def dataset_example_gen(data_dir: str, split_method: str, user_key_file: str,
+                        cache_key: str = "", limits: Optional[Dict[str, int]] = None
+                        ) -> FileBasedExampleGen:
+    """The ExampleGen component over dataset directory `data_dir`, with user
+    ids hashed by the key in `user_key_file` (which must exist when it runs;
+    only its path is recorded). `cache_key` stands for what the driver cannot
+    see (pipeline/fingerprint.py, the key's fingerprint); the executor ignores it.
+    `limits`: `dataset.contract.limits_of` the run's settings."""
     custom = any_pb2.Any()
     custom.Pack(struct_pb2.Struct(fields={"split": struct_pb2.Value(string_value=split_method),
-                                          "cache_key": struct_pb2.Value(string_value=cache_key)}))
+                                          "user_key_file": struct_pb2.Value(string_value=user_key_file),
+                                          "cache_key": struct_pb2.Value(string_value=cache_key),
+                                          "limits": struct_pb2.Value(
+                                              string_value=json.dumps(limits or {}))}))
     # Every split names the CSV files so the driver fingerprints them; the
     # executor assigns rows to splits itself (a temporal split needs each
     # user's whole history at once).
@@ -82,13 +97,17 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
         data_dir = exec_properties["input_base"]
-        dataset = read_dataset(data_dir)  # fails here, before Beam starts, on bad input
+        # Fails here, before Beam starts, on bad input; under the run's caps.
+        limits = _limits(exec_properties)
+        dataset = read_dataset(data_dir, limits=limits)
         logging.info(dataset.summary())
         records = (
             pipeline
             | "Dataset" >> beam.Create([data_dir])
             | "ToExamples" >> beam.FlatMap(interaction_and_user_records,
-                                           _split_method(exec_properties))
+                                           _split_method(exec_properties),
+                                           _custom_config(exec_properties)["user_key_file"],
+                                           limits)
             .with_outputs(splits.TRAIN, splits.EVAL, USERS))
         result = {name: records[name] for name in (splits.TRAIN, splits.EVAL, USERS)}
         result[CATALOG] = (
@@ -98,15 +117,20 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         return result
 
 
-def interaction_and_user_records(data_dir: str, split_method: str) -> Iterable[beam.pvalue.TaggedOutput]:
-    """Every interaction's and user's serialized example, tagged with its split.
+def interaction_and_user_records(data_dir: str, split_method: str,
+                                 user_key_file: str, limits: Optional[PipelineSettings] = None
+                                 ) -> Iterable[beam.pvalue.TaggedOutput]:
+    """Every interaction's and user's serialized example, tagged with its
+    split, user ids replaced by their pseudonyms.
 
     Runs in a Beam worker, which reads the dataset itself: handing 100k
     interactions to beam.Create pickles and bz2-compresses them into the
     pipeline graph, two thirds of this component's time on MovieLens.
     """
-    rows = training_interactions(read_dataset(data_dir, check_images=False))
+    rows = training_interactions(read_dataset(data_dir, check_images=False, limits=limits))
     assigned = splits.assign_splits(rows, split_method)
+    key = pseudonyms.load_key(user_key_file)
+    rows = [dataclasses.replace(row, user_id=pseudonyms.pseudonym(row.user_id, key)) for row in rows]
     histories = UserHistories(rows, assigned)
     for index, (row, split) in enumerate(zip(rows, assigned)):
         example = interaction_example(row, histories.recent_items(row.user_id, leave_out=index))
@@ -116,12 +140,20 @@ def interaction_and_user_records(data_dir: str, split_method: str) -> Iterable[b
                                        .SerializeToString())
 
 
-def _split_method(exec_properties: Dict[str, Any]) -> str:
+def _custom_config(exec_properties: Dict[str, Any]) -> Dict[str, str]:
     config = example_gen_pb2.CustomConfig()
     proto_utils.json_to_proto(exec_properties["custom_config"], config)
     struct = struct_pb2.Struct()
     config.custom_config.Unpack(struct)
-    return struct.fields["split"].string_value
+    return {name: value.string_value for name, value in struct.fields.items()}
+
+
+def _split_method(exec_properties: Dict[str, Any]) -> str:
+    return _custom_config(exec_properties)["split"]
+
+
+def _limits(exec_properties: Dict[str, Any]) -> PipelineSettings:
+    return PipelineSettings(**json.loads(_custom_config(exec_properties).get("limits") or "{}"))
 
 
 class UserHistories:

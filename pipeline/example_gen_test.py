@@ -14,6 +14,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils
 
+from dataset import pseudonyms
 from dataset import sample as sample_data
 from dataset import splits
 from dataset.contract import (
@@ -32,6 +33,18 @@ SCHEMA = io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())
 FEATURE_SPEC = schema_utils.schema_as_feature_spec(SCHEMA).feature_spec
 KIND_OF_TYPE = {schema_pb2.BYTES: "bytes_list", schema_pb2.INT: "int64_list",
                 schema_pb2.FLOAT: "float_list"}
+KEY = b"example-gen test key, 32 bytes.."
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("key") / "user_key"
+    path.write_bytes(KEY)
+    return str(path)
+
+
+def hashed(user_id: str) -> str:
+    return pseudonyms.pseudonym(user_id, KEY)
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +85,11 @@ def assert_conforms_to_schema(example):
             assert expected.name in features, f"required {expected.name} missing"
 
 
-def generated_examples(executor, pipeline, data_dir, method):
+def generated_examples(executor, pipeline, data_dir, method, key_file):
     """The executor's splits, parsed back into tf.Examples."""
     return {name: records | f"Parse[{name}]" >> beam.Map(tf.train.Example.FromString)
             for name, records in executor.GenerateExamplesByBeam(
-                pipeline, exec_properties(data_dir, method)).items()}
+                pipeline, exec_properties(data_dir, method, key_file)).items()}
 
 
 def parse_with_schema(examples):
@@ -256,9 +269,9 @@ def test_an_attribute_search_is_the_same_in_every_run_and_takes_multi_valued_cel
 # --- the executor ----------------------------------------------------------------------------
 
 
-def exec_properties(data_dir, method):
+def exec_properties(data_dir, method, key_file="unused"):
     """The component's own exec properties, as the launcher hands them to the executor."""
-    component = example_gen.dataset_example_gen(data_dir, method)
+    component = example_gen.dataset_example_gen(data_dir, method, key_file)
     properties = {k: v for k, v in component.exec_properties.items() if v is not None}
     assert properties["input_base"] == data_dir
     return properties
@@ -272,12 +285,12 @@ def interaction_key(example):
 
 
 def row_key(row):
-    return (row.user_id.encode() or None, row.item_id.encode(), row.timestamp,
+    return (hashed(row.user_id).encode() or None, row.item_id.encode(), row.timestamp,
             row.query.encode() or None)
 
 
 @pytest.mark.parametrize("method", ["random", "temporal"])
-def test_generate_examples_by_beam_matches_assign_splits(sample_dir, method):
+def test_generate_examples_by_beam_matches_assign_splits(sample_dir, method, key_file):
     dataset = read_dataset(sample_dir)
     assigned = splits.assign_splits(dataset.interactions, method)
     expected = {name: [row_key(row) for row, split in zip(dataset.interactions, assigned)
@@ -286,7 +299,7 @@ def test_generate_examples_by_beam_matches_assign_splits(sample_dir, method):
 
     executor = example_gen.Executor()
     with beam.Pipeline() as pipeline:
-        result = generated_examples(executor, pipeline, sample_dir, method)
+        result = generated_examples(executor, pipeline, sample_dir, method, key_file)
         assert set(result) == set(example_gen.SPLIT_NAMES)
         for name in (splits.TRAIN, splits.EVAL):
             beam_util.assert_that(result[name] | f"Key[{name}]" >> beam.Map(interaction_key),
@@ -304,19 +317,19 @@ def read_split(artifact, split):
             for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
-def write_examples(data_dir, tmp_path):
+def write_examples(data_dir, tmp_path, key_file):
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / "examples")
     executor = example_gen.Executor(base_beam_executor.BaseBeamExecutor.Context(
         beam_pipeline_args=["--direct_running_mode=in_memory"], tmp_dir=str(tmp_path / "tmp")))
-    executor.Do({}, {"examples": [examples]}, exec_properties(data_dir, "random"))
+    executor.Do({}, {"examples": [examples]}, exec_properties(data_dir, "random", key_file))
     return examples
 
 
-def test_executor_writes_every_split(sample_dir, tmp_path):
+def test_executor_writes_every_split(sample_dir, tmp_path, key_file):
     dataset = read_dataset(sample_dir)
     assigned = splits.assign_splits(dataset.interactions, "random")
-    examples = write_examples(sample_dir, tmp_path)
+    examples = write_examples(sample_dir, tmp_path, key_file)
 
     assert artifact_utils.decode_split_names(examples.split_names) == list(
         example_gen.SPLIT_NAMES)
@@ -329,7 +342,7 @@ def test_executor_writes_every_split(sample_dir, tmp_path):
     assert sorted(catalog_ids) == sorted(dataset.items)
     assert all("user_id" not in e.features.feature for e in written[example_gen.CATALOG])
     assert all("title" not in e.features.feature for e in written[splits.TRAIN])
-    train_users = {row.user_id for row, split in zip(dataset.interactions, assigned)
+    train_users = {hashed(row.user_id) for row, split in zip(dataset.interactions, assigned)
                    if split == splits.TRAIN and row.user_id}
     assert sorted(values(e, "user_id")[0].decode() for e in written[example_gen.USERS]) == sorted(train_users)
     for example in written[example_gen.USERS]:
@@ -337,9 +350,30 @@ def test_executor_writes_every_split(sample_dir, tmp_path):
         assert 0 < len(values(example, "recent_items")) <= f.RECENT_ITEMS_LENGTH
     assert examples.get_string_custom_property(
         example_gen_utils.PAYLOAD_FORMAT_PROPERTY_NAME) == "FORMAT_TF_EXAMPLE"
+    # No raw user id is written anywhere: every user id is its keyed pseudonym.
+    raw_users = {row.user_id.encode() for row in dataset.interactions if row.user_id}
+    written_bytes = b"".join(open(path, "rb").read() for path in glob.glob(
+        os.path.join(examples.uri, "**", "*"), recursive=True) if os.path.isfile(path))
+    assert written_bytes and not [user for user in raw_users if user in written_bytes]
 
 
-def test_executor_on_a_catalogue_only_dataset(catalogue_only_dir):
+def test_without_its_key_file_example_gen_stops_naming_the_setting(sample_dir, tmp_path):
+    with pytest.raises(pseudonyms.UserKeyError, match="pipeline.user_key_file"):
+        list(example_gen.interaction_and_user_records(sample_dir, "random",
+                                                      str(tmp_path / "missing")))
+
+
+def test_the_key_file_is_made_once_readable_by_its_owner_only(tmp_path):
+    path = tmp_path / "config" / "user_key"
+    key = pseudonyms.load_key(str(path), create=True)
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and len(key) == 2 * pseudonyms.KEY_BYTES
+    assert pseudonyms.load_key(str(path), create=True) == key
+    assert pseudonyms.pseudonym("u1", key) != pseudonyms.pseudonym("u1", b"another key of 16+ b")
+    assert len(pseudonyms.pseudonym("u1", key)) == pseudonyms.PSEUDONYM_CHARS
+    assert pseudonyms.pseudonym("", key) == ""
+
+
+def test_executor_on_a_catalogue_only_dataset(catalogue_only_dir, key_file):
     dataset = read_dataset(catalogue_only_dir)
     rows = training_interactions(dataset)
     assigned = splits.assign_splits(rows, "random")
@@ -349,7 +383,8 @@ def test_executor_on_a_catalogue_only_dataset(catalogue_only_dir):
         return pcoll | f"Count[{label}]" >> beam.combiners.Count.Globally()
 
     with beam.Pipeline() as pipeline:
-        result = generated_examples(example_gen.Executor(), pipeline, catalogue_only_dir, "random")
+        result = generated_examples(example_gen.Executor(), pipeline, catalogue_only_dir, "random",
+                                    key_file)
         for name in (splits.TRAIN, splits.EVAL):
             beam_util.assert_that(count(result[name], name), beam_util.equal_to([expected[name]]),
                                   label=f"Check[{name}]")
@@ -363,8 +398,9 @@ def test_executor_on_a_catalogue_only_dataset(catalogue_only_dir):
                               label="CheckNoUsers")
 
 
-def test_a_catalogue_only_dataset_still_writes_a_readable_users_split(catalogue_only_dir, tmp_path):
-    examples = write_examples(catalogue_only_dir, tmp_path)
+def test_a_catalogue_only_dataset_still_writes_a_readable_users_split(catalogue_only_dir, tmp_path,
+                                                                     key_file):
+    examples = write_examples(catalogue_only_dir, tmp_path, key_file)
     assert read_split(examples, example_gen.USERS) == []
 
 
@@ -398,3 +434,10 @@ def test_split_method_comes_from_custom_config(sample_dir):
     assert example_gen._split_method(properties) == "temporal"
     properties = exec_properties(sample_dir, "random")
     assert example_gen._split_method(properties) == "random"
+
+
+def test_the_runs_caps_reach_the_executor(sample_dir):
+    component = example_gen.dataset_example_gen(sample_dir, "random", "unused", limits={"max_text_chars": 7})
+    properties = {k: v for k, v in component.exec_properties.items() if v is not None}
+    assert example_gen._limits(properties).max_text_chars == 7
+    assert example_gen._limits(exec_properties(sample_dir, "random")).max_text_chars == 100_000

@@ -26,10 +26,11 @@ import tensorflow as tf
 # outputs: exactly what ExampleGen and Transform import (and the schema they
 # read), and what the Trainer imports besides (a test holds both lists to the
 # imports).
-DATA_CODE = ("dataset/__init__.py", "dataset/contract.py", "dataset/splits.py", "schema/schema.pbtxt",
+DATA_CODE = ("dataset/__init__.py", "dataset/contract.py", "dataset/pseudonyms.py", "dataset/splits.py",
+             "schema/schema.pbtxt",
              "pipeline/__init__.py", "pipeline/example_gen.py", "transform", "mmfuse/__init__.py",
-             "mmfuse/config.py")
-TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py")
+             "mmfuse/config.py", "mmfuse/progress.py")
+TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py", "mmfuse/progress.py")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,6 +39,18 @@ def files_state(directory: str) -> Tuple[Tuple[str, int, int], ...]:
     when a file is added, removed, resized or rewritten, e.g. while a copy is
     still being written."""
     state = []
+    if "://" not in directory:
+        # os.walk does not follow directory symlinks: a link out of the dataset
+        # must not make the fingerprint walk (or hang on) the rest of the disk.
+        for root, _, names in os.walk(directory):
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    info = os.stat(path)  # the file a link names; never opened
+                except OSError:  # removed while we looked, or a dangling link
+                    continue
+                state.append((os.path.relpath(path, directory), info.st_size, info.st_mtime_ns))
+        return tuple(sorted(state))
     for root, _, names in tf.io.gfile.walk(directory):
         for name in names:
             path = os.path.join(root, name)

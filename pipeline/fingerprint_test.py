@@ -33,6 +33,22 @@ def test_dataset_fingerprint_changes_with_any_file_not_only_the_csvs(tmp_path):
     assert dataset_fingerprint(str(tmp_path)) != changed
 
 
+def test_dataset_fingerprint_does_not_follow_directory_links_out_of_the_dataset(tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "x.png").write_bytes(b"x")
+    (data / "items.csv").write_text("item_id\na\n")
+    (data / "all").symlink_to(outside, target_is_directory=True)
+    (data / "fifo").symlink_to("/dev/zero")
+    os.mkfifo(data / "pipe")
+    names = [path for path, _, _ in files_state(str(data))]
+    assert "items.csv" in names and not any(name.startswith("all/") for name in names)
+    before = dataset_fingerprint(str(data))  # a FIFO or device is stat'ed, never read
+    (outside / "deep" / "y.png").write_bytes(b"y")
+    assert dataset_fingerprint(str(data)) == before
+
+
 def _checkout(root):
     for path, text in {"transform/preprocessing.py": "fn = 1", "transform/preprocessing_test.py": "t = 1",
                        "transform/text_encoder.py": "encoder = 1", "trainer/__init__.py": "",

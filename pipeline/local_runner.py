@@ -1,23 +1,33 @@
 """Runs the pipeline here with LocalDagRunner (Beam's DirectRunner inside) and
 reads back what it produced: the blessing, the pushed model and the metrics."""
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-import sys
 from typing import Dict, Optional
 
+import numpy as np
 import tensorflow_model_analysis as tfma
 from absl import logging as absl_logging
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from tensorflow_transform.beam import impl as tft_beam_impl
 from tfx import v1 as tfx
 from tfx.utils import path_utils
 
+from dataset import splits
+from dataset.contract import Dataset, training_interactions
+from mmfuse import progress
 from pipeline import release_gate
 from pipeline.pipeline import PipelineConfig, create_pipeline
+from transform import features as f
+from transform.cached_executor import ENCODING
 
-progress_log = logging.getLogger("mmfuse")
+# Raw features the Transform's encoders read, each with the feature that the
+# feature cache attaches in its place (transform/cached_executor.py).
+ENCODED_INPUTS = ((f.TITLE, f.ENCODED_ITEM_TEXT), (f.DESCRIPTION, f.ENCODED_ITEM_TEXT),
+                  (f.IMAGE, f.ENCODED_IMAGE), (f.QUERY, f.ENCODED_QUERY))
 
 
 @dataclasses.dataclass
@@ -35,60 +45,102 @@ class RunResult:
     warm_start: Optional[Dict] = None
 
 
-class _ProgressFilter(logging.Filter):
-    """Lets through mmfuse's own messages, TFX's per-component start/finish,
-    and TFX's note when a component's outputs come from the cache."""
+class _ComponentSteps(logging.Handler):
+    """Turns LocalDagRunner's log records of each component's start and end
+    (and the launcher's note that it reused a cached execution) into
+    progress steps (mmfuse/progress.py)."""
 
-    def filter(self, record):
-        return record.name == "mmfuse" or record.getMessage().startswith(
-            ("Component ", "A cached execution"))
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.cached = False
+
+    def emit(self, record):
+        if record.msg == "Component %s is running.":
+            self.cached = False
+            progress.step_started(record.args[0])
+        elif record.msg == "Component %s is finished.":
+            progress.step_finished(record.args[0], " (cached)" if self.cached else "")
+        elif str(record.msg).startswith("A cached execution"):
+            self.cached = True
 
 
-def show_progress() -> None:
-    """Prints which component runs, and mmfuse's messages, to stdout; the rest
-    of TFX/Beam's INFO chatter stays quiet."""
-    absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logging.get_absl_handler().setLevel(logging.WARNING)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setLevel(logging.INFO)
-    handler.addFilter(_ProgressFilter())
-    handler.setFormatter(logging.Formatter("[mmfuse] %(message)s"))
-    logging.getLogger().addHandler(handler)
-    progress_log.setLevel(logging.INFO)
+def _is_encoding(dofn) -> bool:
+    """Whether a tf.Transform graph runner is the transform phase's (its
+    outputs include the encoders'), not an analysis phase's."""
+    return f.ITEM_TEXT_EMBEDDING in getattr(dofn._graph_state, "outputs_tensor_keys", ())
+
+
+def _encoded_rows(batch) -> int:
+    """Rows of a raw Arrow batch that carry text or an image for the encoders
+    and not the feature cache's features of it (those the graph encodes)."""
+    def has(name):
+        index = batch.schema.get_field_index(name)
+        return (batch.column(index).is_valid().to_numpy(zero_copy_only=False) if index >= 0
+                else np.zeros(batch.num_rows, bool))
+
+    present = np.zeros(batch.num_rows, bool)
+    for name, encoded in ENCODED_INPUTS:
+        present |= has(name) & ~has(encoded)
+    return int(present.sum())
+
+
+@contextlib.contextmanager
+def _counting_encoded_rows():
+    """Counts the rows tf.Transform's Beam DoFn feeds the encoders, for the
+    Transform's bar. The encoders are TF graph ops embedded in the serving
+    model, so the count is taken around the Python batch loop that runs them,
+    which in a local run (Beam's in-process DirectRunner) is this process."""
+    handle_batch = tft_beam_impl._RunMetaGraphDoFn._handle_batch
+
+    def counted(dofn, batch):
+        result = handle_batch(dofn, batch)
+        if _is_encoding(dofn):
+            progress.advance(ENCODING, _encoded_rows(batch))
+        return result
+
+    tft_beam_impl._RunMetaGraphDoFn._handle_batch = counted
+    try:
+        yield
+    finally:
+        tft_beam_impl._RunMetaGraphDoFn._handle_batch = handle_batch
+
+
+def plan_progress(dataset: Dataset, split_method: str) -> None:
+    """Plans the bars of a run on `dataset`: the Transform's rows with text or
+    an image (the catalogue's items and the searches), the Evaluator's eval rows."""
+    rows = training_interactions(dataset)
+    progress.plan("Transform", ENCODING, len(dataset.items) + sum(1 for row in rows if row.query),
+                  "encoding items and searches")
+    progress.plan("Evaluator", release_gate.EVALUATED,
+                  splits.assign_splits(rows, split_method).count(splits.EVAL), "ranking eval rows")
 
 
 def run(config: PipelineConfig) -> RunResult:
+    """Runs the pipeline. With a Progress installed (mmfuse/progress.py), it
+    reports each component's start and end, and counts the rows encoded."""
     store = metadata_store.MetadataStore(
         tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
     last_run = max((c.id for c in store.get_contexts_by_type("pipeline_run")), default=0)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    absl_logging.set_verbosity(absl_logging.INFO)  # into the log file
+    steps = _ComponentSteps()
+    logging.getLogger().addHandler(steps)
+    try:
+        with _counting_encoded_rows():
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    finally:
+        logging.getLogger().removeHandler(steps)
     result = _read_result(_outputs_of_run(store, after_context_id=last_run))
-    graph = _executed_outputs(store, last_run, "Transform").get("TransformGraph")
+    executed = _outputs_of_run(store, last_run, ("Transform", "Trainer"), executed_only=True)
+    graph = executed.get("TransformGraph")
     cache = _read_json(graph and graph.uri, "feature_cache.json")
     if cache:
         result.feature_cache = {key: cache[key] for key in ("hits", "misses", "refused")}
-    model_run = _executed_outputs(store, last_run, "Trainer").get("ModelRun")
+    model_run = executed.get("ModelRun")
     warm = _read_json(model_run and model_run.uri, "warm_start.json")
     if warm:
         result.warm_start = {"from_version": warm["version"], "ids_copied": warm["ids_copied"],
                              "new_ids": warm["new_ids"]}
     return result
-
-
-def _executed_outputs(store, after_context_id: int, component: str) -> Dict[str, metadata_store_pb2.Artifact]:
-    """Outputs of `component` in the run just finished if it executed (was
-    not taken from the pipeline cache), by artifact type."""
-    runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.id > after_context_id]
-    if not runs:
-        return {}
-    execution_types = {t.id: t.name for t in store.get_execution_types()}
-    executions = [e for e in store.get_executions_by_context(max(runs, key=lambda c: c.id).id)
-                  if execution_types[e.type_id].endswith("." + component)
-                  and e.last_known_state == metadata_store_pb2.Execution.COMPLETE]
-    events = store.get_events_by_execution_ids([e.id for e in executions])
-    output_ids = sorted({e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT})
-    artifact_types = {t.id: t.name for t in store.get_artifact_types()}
-    return {artifact_types[a.type_id]: a for a in store.get_artifacts_by_id(output_ids)}
 
 
 def _read_json(directory: Optional[str], name: str) -> Optional[Dict]:
@@ -99,16 +151,21 @@ def _read_json(directory: Optional[str], name: str) -> Optional[Dict]:
         return json.load(handle)
 
 
-def _outputs_of_run(store, after_context_id: int) -> Dict[str, metadata_store_pb2.Artifact]:
-    """The Trainer's, the Evaluator's and the Pusher's outputs in the run just finished, by
-    artifact type. A component whose result came from the cache published the
-    earlier artifact again, so it counts as this run's output too."""
+def _outputs_of_run(store, after_context_id: int,
+                    components=("Trainer", "Evaluator", "Pusher"),
+                    executed_only: bool = False) -> Dict[str, metadata_store_pb2.Artifact]:
+    """The outputs of `components` in the run just finished, by artifact type.
+    A component whose result came from the cache published the earlier
+    artifact again, so it counts as this run's output too, unless
+    `executed_only`."""
     runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.id > after_context_id]
     if not runs:
         return {}
     execution_types = {t.id: t.name for t in store.get_execution_types()}
     executions = [e for e in store.get_executions_by_context(max(runs, key=lambda c: c.id).id)
-                  if execution_types[e.type_id].endswith((".Trainer", ".Evaluator", ".Pusher"))]
+                  if execution_types[e.type_id].endswith(tuple("." + c for c in components))
+                  and (not executed_only
+                       or e.last_known_state == metadata_store_pb2.Execution.COMPLETE)]
     events = store.get_events_by_execution_ids([e.id for e in executions])
     output_ids = sorted({e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT})
     artifact_types = {t.id: t.name for t in store.get_artifact_types()}

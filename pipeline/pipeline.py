@@ -11,6 +11,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import transform_pb2
 
+from dataset.contract import limits_of
 from dataset.splits import EVAL, TRAIN
 from mmfuse.config import Config, settings_of
 from pipeline import release_gate
@@ -62,7 +63,9 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     components: List = []
 
     # Reads the dataset directory into train/eval interactions and the catalog.
-    example_gen = dataset_example_gen(config.data_dir, settings.pipeline.split, config.cache_key)
+    example_gen = dataset_example_gen(config.data_dir, settings.pipeline.split,
+                                      settings.pipeline.user_key_file, config.cache_key,
+                                      limits_of(settings.pipeline))
     components.append(example_gen)
     # Statistics of every split, for validation and for people (TFDV).
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])

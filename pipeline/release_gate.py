@@ -32,6 +32,7 @@ import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 
 from evaluation.metrics import DEFAULT_KS, rank_contributions
+from mmfuse import progress
 from mmfuse.config import GateSettings
 
 GATE_K = GateSettings().k
@@ -51,6 +52,8 @@ RECALL = "release_recall"
 CUTOFF = "release_k"
 FLOOR = "release_floor"
 REFUSED = -1.0  # the margin of a catalogue too small to gate
+# The progress bar of eval rows ranked (mmfuse/progress.py).
+EVALUATED = "evaluated"
 
 
 def release_cutoff(k: int, catalogue_size: int) -> int:
@@ -225,6 +228,8 @@ class _ReleaseCombiner(beam.CombineFn):
         cutoff = release_cutoff(self._k, catalogue_size)
         accumulator[1] += int(np.sum(ranks <= cutoff))
         accumulator[2] += len(ranks)
+        if self._model_name == self._candidate:
+            progress.advance(EVALUATED, len(ranks))
         return accumulator
 
     def merge_accumulators(self, accumulators):

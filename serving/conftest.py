@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dataset import pseudonyms
 from serving.batching import BatchingParameters
 from serving.server import ModelServer
 
 ITEMS = [f"p{index:04d}" for index in range(1, 13)]
+TITLES = {item: f"Title of {item}" for item in ITEMS}
+ATTRIBUTES = {item: f"kind=k{index % 3}" for index, item in enumerate(ITEMS)}
+# The tests' user key, and the users the tiny model knows (by their pseudonyms).
+USER_KEY = b"0123456789abcdef" * 4
+KNOWN_USERS = ("u0001", "u0002")
 DIM = 4
 TEST_MAX_REQUEST_BYTES = 1 << 20
 _STRINGS = tf.TensorSpec([None], tf.string)
@@ -20,8 +26,9 @@ _K = tf.TensorSpec([], tf.int32)
 
 class TinyRecommender(tf.Module):
     """The signatures of trainer/export.py (names, inputs, outputs, the
-    catalogue as variables of unknown length) over a toy scoring: a user, a
-    query or an image's mean brightness hashes to one of DIM directions."""
+    catalogue as variables of unknown length, the in-graph refusal of an
+    unknown similar item) over a toy scoring: a user, a query or an image's
+    mean brightness hashes to one of DIM directions."""
 
     def __init__(self):
         super().__init__()
@@ -31,6 +38,11 @@ class TinyRecommender(tf.Module):
                                     shape=[None], trainable=False)
         self.candidates = tf.Variable(embeddings.astype(np.float32), shape=[None, DIM],
                                       trainable=False)
+        self.item_titles = tf.Variable([b""] + [TITLES[item].encode() for item in ITEMS],
+                                       shape=[None], trainable=False)
+        self.item_attributes = tf.Variable([b""] + [ATTRIBUTES[item].encode() for item in ITEMS],
+                                           shape=[None], trainable=False)
+        self.known_users = tf.constant([pseudonyms.pseudonym(user, USER_KEY) for user in KNOWN_USERS])
 
     @staticmethod
     def _direction(strings):
@@ -44,20 +56,38 @@ class TinyRecommender(tf.Module):
             banned |= tf.one_hot(exclude, tf.shape(scores)[1], on_value=True, off_value=False)
         scores = tf.where(banned, tf.fill(tf.shape(scores), -1e9), scores)
         top = tf.math.top_k(scores, k=tf.minimum(tf.maximum(k, 1), tf.shape(scores)[1] - 1))
-        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
+        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values,
+                "titles": tf.gather(self.item_titles, top.indices),
+                "attributes": tf.gather(self.item_attributes, top.indices)}
+
+    def _known(self, user_id):
+        return tf.reduce_any(tf.equal(user_id[:, None], self.known_users[None, :]), axis=1)
 
     @tf.function(input_signature=[_STRINGS, _K])
     def recommend(self, user_id, k):
-        return self._top_k(self._direction(user_id), k)
+        return {**self._top_k(self._direction(user_id), k), "known_user": self._known(user_id)}
+
+    @tf.function(input_signature=[_STRINGS, tf.TensorSpec([None, None], tf.string), _K])
+    def recommend_with_history(self, user_id, recent_item_ids, k):
+        known = tf.reduce_any(tf.equal(recent_item_ids[:, :, None], self.item_ids[1:]), axis=2)
+        unknown = tf.reduce_sum(tf.cast(~known & (recent_item_ids != ""), tf.int32), axis=1)
+        recent = tf.reduce_sum(self._direction(recent_item_ids) * tf.cast(known, tf.float32)[:, :, None],
+                               axis=1)
+        return {**self._top_k(self._direction(user_id) + recent, k), "unknown_recent_items": unknown}
 
     @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
     def search(self, query, user_id, k):
-        return self._top_k(self._direction(query) + 0.5 * self._direction(user_id), k)
+        return {**self._top_k(self._direction(query) + 0.5 * self._direction(user_id), k),
+                "known_user": self._known(user_id)}
 
     @tf.function(input_signature=[_STRINGS, _K])
     def similar_items(self, item_id, k):
-        index = tf.argmax(tf.cast(tf.equal(item_id[:, None], self.item_ids[None, :]), tf.int64),
-                          axis=1)
+        matches = tf.equal(item_id[:, None], self.item_ids[None, 1:])
+        known = tf.reduce_any(matches, axis=1)
+        check = tf.debugging.Assert(tf.reduce_all(known), [
+            "similar_items: item id(s) unknown to the model:", tf.boolean_mask(item_id, ~known)])
+        with tf.control_dependencies([check]):
+            index = tf.argmax(tf.cast(matches, tf.int64), axis=1) + 1
         return self._top_k(tf.gather(self.candidates, index), k, exclude=index)
 
     @tf.function(input_signature=[_STRINGS, _K])
@@ -77,9 +107,18 @@ class TinyRecommender(tf.Module):
 def save_tiny_model(path: str) -> None:
     module = TinyRecommender()
     tf.saved_model.save(module, path, signatures={
-        "recommend": module.recommend, "search": module.search,
-        "similar_items": module.similar_items, "image_search": module.image_search,
+        "recommend": module.recommend, "recommend_with_history": module.recommend_with_history,
+        "search": module.search, "similar_items": module.similar_items, "image_search": module.image_search,
         "serving_default": module.rank_examples})
+
+
+@pytest.fixture(scope="session")
+def user_key_file(tmp_path_factory) -> str:
+    """A key file holding USER_KEY, as a pipeline run leaves one."""
+    path = tmp_path_factory.mktemp("key") / "user_key"
+    path.write_bytes(USER_KEY)
+    path.chmod(0o600)
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,11 @@ def test_compose_runs_tf_serving_on_the_mounted_configs():
     [compose] = _yaml("docker-compose.yml")
     service = compose["services"]["tfserving"]
     assert service["image"] == IMAGE
-    assert {"8500:8500", "8501:8501"} <= set(service["ports"])
+    # Published on this machine only unless BIND_ADDRESS says otherwise.
+    bindings = [port.rsplit(":", 2) for port in service["ports"]]
+    assert {host for host, _, _ in bindings} == {"${BIND_ADDRESS:-127.0.0.1}"}
+    assert {f"{outside}:{inside}" for _, outside, inside in bindings} == {"8500:8500", "8501:8501"}
+    assert service["user"].split(":")[0] not in ("0", "root")
     flags = _flags(service["command"])
     assert flags["enable_batching"] == "true"
     assert int(flags["file_system_poll_wait_seconds"]) > 0
@@ -78,3 +82,12 @@ def test_kubernetes_deployment_service_and_config_fit_together():
     config_volume = volumes[mounts[os.path.dirname(flags["model_config_file"])]]
     assert config_volume["configMap"]["name"] == kustomization["configMapGenerator"][0]["name"]
     assert "persistentVolumeClaim" in volumes[mounts["/models/mmfuse"]]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_pipeline_image_runs_as_a_user_not_root():
+    with open(os.path.join(DEPLOY, "..", "..", "Dockerfile")) as handle:
+        users = [line.split()[1] for line in handle if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")

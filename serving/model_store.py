@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -173,14 +173,18 @@ def _write_text(path: str, text: str) -> None:
 
 
 def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
-                      embeddings: np.ndarray) -> None:
+                      embeddings: np.ndarray, titles: Optional[Sequence[bytes]] = None,
+                      attributes: Optional[Sequence[bytes]] = None) -> None:
     """Writes to `out_dir` the model at `version_dir` with another catalogue:
     the same graph and signatures, `item_ids` [n] and unit `embeddings`
     [n, dim] in place of its own. Row 0 is the "unknown" item, never returned.
+    `titles` and `attributes` [n] are what answers show of each item; left
+    out, the rows that stay keep theirs and appended rows show none.
 
-    The item vocabulary (the Transform's) is not changed: `similar_items`
-    finds a seed item by its index there, so existing items keep their rows
-    and new ones are appended after them.
+    `similar_items` finds a seed by the model's id -> row table, which is
+    rebuilt here when the model has one (`set_item_rows`; older exports look
+    seeds up in the item vocabulary, so there existing items must keep their
+    rows and new ones be appended after them).
     """
     model = _with_replaceable_catalogue(version_dir)
     embeddings = np.asarray(embeddings, np.float32)
@@ -190,12 +194,28 @@ def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
                          f"got shape {embeddings.shape}")
     model.candidates.assign(embeddings)
     model.item_ids.assign(np.asarray(item_ids, dtype=object))
+    for table, given in (("item_titles", titles), ("item_attributes", attributes)):
+        variable = getattr(model, table, None)
+        if not isinstance(variable, tf.Variable):  # exported before answers had them
+            continue
+        if given is None:
+            kept = list(variable.numpy()[:len(item_ids)])
+            given = kept + [b""] * (len(item_ids) - len(kept))
+        if len(given) != len(item_ids):
+            raise ValueError(f"expected {len(item_ids)} {table[5:]}, got {len(given)}")
+        variable.assign(np.asarray(given, dtype=object))
+    if hasattr(model, "set_item_rows"):
+        model.set_item_rows(tf.constant(np.asarray(item_ids, dtype=object)))
     if isinstance(getattr(model, "lexical_entries", None), tf.Variable):
         # Search's lexical table (trainer/lexical.py) keeps the words of the
         # rows that stay; appended items have none.
         kept = model.lexical_entries.numpy()[:, 0] < len(item_ids)
         model.lexical_weights.assign(model.lexical_weights.numpy()[kept])
         model.lexical_entries.assign(model.lexical_entries.numpy()[kept])
+        if isinstance(getattr(model, "lexical_counts", None), tf.Variable):
+            model.lexical_counts.assign(model.lexical_counts.numpy()[kept])
+            lengths = model.item_lengths.numpy()[:len(item_ids)]
+            model.item_lengths.assign(np.pad(lengths, (0, len(item_ids) - len(lengths))))
     tf.saved_model.save(model, out_dir, signatures=model.signatures)
 
 

@@ -163,6 +163,13 @@ def test_a_larger_catalogue_is_searched_whole(tiny_model, tmp_path):
     item_ids, scores = _recommend(str(tmp_path / "grown"), ["u1"])
     assert item_ids[0][0] == b"new00999"
     assert scores[0][0] == pytest.approx(1.0)
+    # Display fields stay aligned: kept rows keep theirs, appended ones have none.
+    titles = grown.item_titles.numpy()
+    assert list(titles[:len(ids)]) == list(model.item_titles.numpy()) and titles[-1] == b""
+    answer = grown.signatures["recommend"](user_id=tf.constant(["u1"]), k=tf.constant(len(ids) + 5))
+    title_of = dict(zip(grown.item_ids.numpy(), titles))
+    assert [title_of[item] for item in answer["item_ids"].numpy()[0]] == list(
+        answer["titles"].numpy()[0])
 
 
 def test_a_catalogue_that_does_not_fit_is_refused(tiny_model, tmp_path):

@@ -14,13 +14,19 @@ started with. A version that does not load, or whose files do not match its
 manifest (serving/model_store.py), is logged and skipped, and tried again only
 once its files change; one without a manifest loads with a warning.
 """
+import ctypes
+import ctypes.util
+import dataclasses
 import functools
+import gc
 import logging
+import math
 import os
 import signal
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -34,16 +40,27 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from mmfuse.config import ServingSettings
 from pipeline.fingerprint import files_state
 from serving import model_store
-from serving.batching import DEFAULT_PARAMETERS_FILE, Batcher, QueueFullError, read_batching_parameters
+from serving.batching import (DEFAULT_PARAMETERS_FILE, QueueFullError, QueuePerName,
+                              read_batching_parameters)
 from serving.client import DEFAULT_K
+from serving.image_header import ImageHeaderError, frame_count, image_size
 
 DEFAULT_SIGNATURE = "serving_default"
 # Bounds on one request, so that its answer fits in memory: rows, and items
 # per row (TF Serving has neither; k clamps to the catalogue size anyway).
 MAX_REQUEST_ROWS = 1024
 MAX_K = 1000
+# Declared elements of one input tensor, checked before it is materialised
+# (a 64-byte TensorProto can declare [200000000] and carry one string).
+MAX_INPUT_ELEMENTS = 1 << 20
+# Signatures that run the text/image encoders: rows capped by
+# serving.max_encoder_rows. Inputs that are not text (serving.max_text_bytes).
+ENCODER_SIGNATURES = ("search", "image_search")
+IMAGE_INPUTS = ("image",)
+UNLIMITED_TEXT_INPUTS = IMAGE_INPUTS + ("examples",)
 DEFAULT_MAX_REQUEST_BYTES = 16 << 20
 # gRPC handler threads mostly wait for their batch; TF Serving recommends
 # about twice the batch size in concurrent callers for batching to fill up.
@@ -78,7 +95,7 @@ def _ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """tf.make_ndarray, with a fast path for the strings and scalars every
     request carries (tf.make_ndarray costs tens of microseconds each)."""
     shape = [dim.size for dim in proto.tensor_shape.dim]
-    if proto.dtype == types_pb2.DT_STRING and len(proto.string_val) == np.prod(shape):
+    if proto.dtype == types_pb2.DT_STRING and len(proto.string_val) == math.prod(shape):
         return np.array(list(proto.string_val), dtype=object).reshape(shape)
     if proto.dtype == types_pb2.DT_INT32 and not shape and len(proto.int_val) == 1:
         return np.array(proto.int_val[0], np.int32)
@@ -129,14 +146,19 @@ class Signature:
                              for name, spec in sorted(self.inputs.items()))
         return f'Signature "{self.name}" takes {expected}.'
 
-    def prepare(self, request_inputs) -> Tuple[Arrays, int]:
+    def prepare(self, request_inputs, limits: ServingSettings = ServingSettings()
+                ) -> Tuple[Arrays, int]:
         """The request's TensorProtos -> numpy arrays, defaults filled in, and
         the number of rows; RequestError(INVALID_ARGUMENT) naming what this
-        signature expects when they do not fit."""
+        signature expects when they do not fit, or what limit they exceed.
+        Declared shapes are checked before anything is materialised."""
         extra = sorted(set(request_inputs) - set(self.inputs))
         if extra:
             raise self._invalid(f"input tensor alias not found in signature: {', '.join(extra)}.")
-        arrays = {name: self._parse(name, proto) for name, proto in request_inputs.items()}
+        max_rows = (min(limits.max_encoder_rows, MAX_REQUEST_ROWS)
+                    if self.name in ENCODER_SIGNATURES else MAX_REQUEST_ROWS)
+        arrays = {name: self._parse(name, proto, max_rows) for name, proto in request_inputs.items()}
+        self._check_contents(arrays, limits)
         self._fill_defaults(arrays)
         missing = sorted(set(self.inputs) - set(arrays))
         if missing:
@@ -148,12 +170,9 @@ class Signature:
                                 + ".")
         if "k" in arrays and arrays["k"].ndim == 0 and arrays["k"] > MAX_K:
             raise self._invalid(f"k may be at most {MAX_K}, not {arrays['k']}.")
-        batch_size = next(iter(rows.values()), 1)
-        if batch_size > MAX_REQUEST_ROWS:
-            raise RequestError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"a request may have at most {MAX_REQUEST_ROWS} rows, not {batch_size}")
-        return arrays, batch_size
+        if "k" in arrays and arrays["k"].ndim == 0 and arrays["k"] < 1:
+            raise self._invalid(f"k must be at least 1, not {arrays['k']}.")
+        return arrays, next(iter(rows.values()), 1)
 
     def output_names(self, output_filter: Iterable[str]) -> list:
         chosen = list(output_filter)
@@ -180,7 +199,7 @@ class Signature:
                             b"" if spec.dtype == tf.string else 1, spec.dtype.as_numpy_dtype)
               for name, spec in self.inputs.items()})
 
-    def _parse(self, name: str, proto) -> np.ndarray:
+    def _parse(self, name: str, proto, max_rows: int) -> np.ndarray:
         spec = self.inputs[name]
         try:
             dtype = tf.dtypes.as_dtype(proto.dtype)
@@ -189,14 +208,57 @@ class Signature:
         if dtype != spec.dtype:
             raise self._invalid(f"input {name} has dtype {dtype.name if dtype else proto.dtype}, "
                                 f"expected {spec.dtype.name}.")
-        shape = tf.TensorShape([dim.size for dim in proto.tensor_shape.dim])
+        sizes = [dim.size for dim in proto.tensor_shape.dim]
+        if any(size < 0 for size in sizes):
+            raise self._invalid(f"input {name} has shape {sizes}: a dimension may not be "
+                                "negative.")
+        shape = tf.TensorShape(sizes)
         if proto.tensor_shape.unknown_rank or not spec.shape.is_compatible_with(shape):
             raise self._invalid(f"input {name} has shape {_shape_text(shape)}, expected "
                                 f"{_shape_text(spec.shape)}.")
+        if sizes and sizes[0] > max_rows:
+            setting = " (serving.max_encoder_rows)" if max_rows < MAX_REQUEST_ROWS else ""
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f'signature "{self.name}" takes at most {max_rows} rows a '
+                               f"request{setting}, not {sizes[0]}")
+        if math.prod(sizes) > MAX_INPUT_ELEMENTS:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name} declares {math.prod(sizes)} elements, more than "
+                               f"the {MAX_INPUT_ELEMENTS} one input may have")
         try:
             return _ndarray(proto)
         except (ValueError, TypeError) as error:
             raise self._invalid(f"tensor parsing error: {name}: {error}.") from None
+
+    def _check_contents(self, arrays: Arrays, limits: ServingSettings) -> None:
+        """Text lengths, and image sizes from their headers (before the graph decodes them)."""
+        for name, value in arrays.items():
+            if value.dtype != object:
+                continue
+            if name in IMAGE_INPUTS:
+                for image in value.ravel():
+                    self._check_image(name, image, limits.max_image_pixels)
+            elif name not in UNLIMITED_TEXT_INPUTS:
+                longest = max((len(text) for text in value.ravel()), default=0)
+                if longest > limits.max_text_bytes:
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"input {name} has a value of {longest} bytes, more than "
+                                       f"the {limits.max_text_bytes} allowed "
+                                       "(serving.max_text_bytes)")
+
+    @staticmethod
+    def _check_image(name: str, image: bytes, max_pixels: int) -> None:
+        try:
+            kind, width, height = image_size(image)
+        except ImageHeaderError as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name}: {error}") from None
+        frames = frame_count(image)
+        if width * height * frames > max_pixels:
+            of_frames = f" in {frames} frames" if frames > 1 else ""
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name} is a {kind} of {width}x{height} pixels{of_frames}, "
+                               f"more than the {max_pixels} allowed (serving.max_image_pixels)")
 
     def _fill_defaults(self, arrays: Arrays) -> None:
         if "k" in self.inputs and "k" not in arrays:
@@ -252,6 +314,25 @@ class Servable:
         return self.signatures[name]
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def release_memory() -> None:
+    """Gives back what replaced versions held: a graph is a web of reference
+    cycles (freed by gc, not when the last request lets go), and glibc keeps
+    freed heap pages in its arenas unless asked to return them."""
+    gc.collect()
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
 class VersionWatcher:
     """Keeps `servable` on the newest version under `model_base` that loads."""
 
@@ -263,16 +344,22 @@ class VersionWatcher:
         self.servable: Optional[Servable] = None
         self._failed: Dict[int, tuple] = {}
         self._incomplete = set()
+        # Replaced versions, until the last request holding one has let it go.
+        self._retired: List[weakref.ref] = []
 
     def poll(self) -> bool:
         """Loads a version newer than the served one, if there is one that
         loads; True when it switched."""
+        if any(retired() is None for retired in self._retired):
+            self._retired = [retired for retired in self._retired if retired() is not None]
+            release_memory()
         try:
             found = model_store.version_dirs(self.model_base)
         except FileNotFoundError as error:
             log.warning("%s", error)
             return False
         served = self.servable.version if self.servable else -1
+        failed = False
         for version in reversed(found):
             if version <= served:
                 break
@@ -306,10 +393,17 @@ class VersionWatcher:
                           f"still serving version {served}" if served >= 0 else "nothing served",
                           graph_error_text(error))
                 self._failed[version] = state
+                failed = True
                 continue
             self._failed.pop(version, None)
+            if self.servable is not None:
+                self._retired.append(weakref.ref(self.servable))
             self.servable = servable
+            del servable
+            release_memory()
             return True
+        if failed:  # what the failed load had built
+            release_memory()
         return False
 
     def find(self, model_spec) -> Servable:
@@ -359,17 +453,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata; Classify, Regress and MultiInference are
     left to the base class, which answers UNIMPLEMENTED."""
 
-    def __init__(self, watcher: VersionWatcher, batcher: Batcher):
+    def __init__(self, watcher: VersionWatcher, batcher: QueuePerName,
+                 limits: ServingSettings = ServingSettings()):
         self._watcher = watcher
         self._batcher = batcher
+        self._limits = limits
 
     @_answers_errors
     def Predict(self, request):
         servable = self._watcher.find(request.model_spec)
         signature = servable.signature(request.model_spec.signature_name or DEFAULT_SIGNATURE)
         outputs = signature.output_names(request.output_filter)
-        inputs, rows = signature.prepare(request.inputs)
-        answer = self._batcher.run(signature.batch_key(inputs), signature, inputs, rows)
+        inputs, rows = signature.prepare(request.inputs, self._limits)
+        answer = self._batcher.run(signature.name, signature.batch_key(inputs), signature, inputs,
+                                   rows)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -419,30 +516,64 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-class ModelServer:
-    """The gRPC server over one model base directory, with its version poller."""
+def server_credentials(settings: ServingSettings) -> Optional[grpc.ServerCredentials]:
+    """TLS credentials from serving.tls_* (what TF Serving's --ssl_config_file
+    holds), or None for plaintext; ValueError or OSError naming the problem."""
+    if not (settings.tls_cert or settings.tls_key or settings.tls_client_ca):
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("TLS needs both serving.tls_cert and serving.tls_key")
+    key, cert = _read_pem(settings.tls_key), _read_pem(settings.tls_cert)
+    client_ca = _read_pem(settings.tls_client_ca) if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
 
-    def __init__(self, model_base: str, *, model_name: Optional[str] = None,
-                 host: str = "127.0.0.1", port: int = 8500, poll_seconds: float = 2.0,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, batching_parameters=None,
+
+def _read_pem(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise OSError(f"cannot read {path}: {error.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{path} is not PEM (no -----BEGIN line)")
+    return data
+
+
+class ModelServer:
+    """The gRPC server over one model base directory, with its version poller.
+
+    `settings` are serving's (mmfuse/config.py); keyword overrides replace
+    single ones, e.g. ModelServer(base, port=0)."""
+
+    def __init__(self, model_base: str, settings: Optional[ServingSettings] = None, *,
+                 model_name: Optional[str] = None, batching_parameters=None,
                  config: Optional[tf.compat.v1.ConfigProto] = None,
-                 announce: Callable[[str], None] = functools.partial(print, flush=True)):
-        if poll_seconds <= 0 or max_request_bytes <= 0:
+                 announce: Callable[[str], None] = functools.partial(print, flush=True),
+                 **overrides):
+        settings = dataclasses.replace(settings or ServingSettings(), **overrides)
+        if settings.poll_seconds <= 0 or settings.max_request_bytes <= 0:
             raise ValueError("the poll interval and the request size limit must be positive")
+        self.settings = settings
         self.model_base = model_base
         self.model_name = model_name or os.path.basename(os.path.normpath(model_base))
-        self.host = host
-        self.port = port
-        self.poll_seconds = poll_seconds
+        self.host = settings.host
+        self.port = settings.port
+        self.poll_seconds = settings.poll_seconds
         self.announce = announce
-        self.watcher = VersionWatcher(model_base, self.model_name, config)
-        self.batcher = Batcher(batching_parameters if batching_parameters is not None
-                               else read_batching_parameters(DEFAULT_PARAMETERS_FILE))
+        self._credentials = server_credentials(settings)
+        self.watcher = VersionWatcher(
+            model_base, self.model_name,
+            config or session_config(settings.intra_op_threads, settings.inter_op_threads))
+        if batching_parameters is None:
+            batching_parameters = read_batching_parameters(
+                settings.batching_parameters_file or DEFAULT_PARAMETERS_FILE)
+        self.batcher = QueuePerName(batching_parameters)
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="grpc"),
-            options=[("grpc.max_receive_message_length", max_request_bytes)])
+            options=[("grpc.max_receive_message_length", settings.max_request_bytes)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.watcher, self.batcher), self._server)
+            PredictionServicer(self.watcher, self.batcher, settings), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.watcher), self._server)
         self._stopping = threading.Event()
@@ -459,13 +590,16 @@ class ModelServer:
             raise FileNotFoundError(f"model base directory {self.model_base} does not exist")
         self.watcher.poll()
         try:
-            self.port = self._server.add_insecure_port(self.address)
+            if self._credentials is None:
+                self.port = self._server.add_insecure_port(self.address)
+            else:
+                self.port = self._server.add_secure_port(self.address, self._credentials)
         except RuntimeError as error:
             raise OSError(f"cannot listen on {self.address}: {error}") from None
         self._server.start()
         if self.watcher.servable is None:
             self.announce(f"no model version under {self.model_base} loads yet; waiting for one "
-                          f"(listening on {self.address})")
+                          f"(listening on {self.address}{self._transport()})")
         else:
             self._announce_serving()
         self._poller.start()
@@ -476,11 +610,16 @@ class ModelServer:
         self._server.stop(grace).wait()
         self.batcher.stop()
 
+    def _transport(self) -> str:
+        if self._credentials is None:
+            return ""
+        return " with mutual TLS" if self.settings.tls_client_ca else " with TLS"
+
     def _announce_serving(self, previous: Optional[int] = None) -> None:
         servable = self.watcher.servable
         was = "" if previous is None else f" (was version {previous})"
         self.announce(f"serving model {servable.name} version {servable.version} on "
-                      f"{self.address}{was}")
+                      f"{self.address}{self._transport()}{was}")
 
     def _poll(self) -> None:
         while not self._stopping.wait(self.poll_seconds):
@@ -494,16 +633,10 @@ class ModelServer:
                 self._announce_serving(previous)
 
 
-def serve(model_base: str, *, port: int, host: str, model_name: Optional[str],
-          poll_seconds: float, max_request_bytes: int, batching_parameters_file: str,
-          intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
-    """Serves until SIGTERM or SIGINT, then drains the requests in flight.
-    The thread counts are those of `session_config`."""
+def serve(model_base: str, settings: ServingSettings, model_name: Optional[str] = None) -> None:
+    """Serves until SIGTERM or SIGINT, then drains the requests in flight."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = ModelServer(model_base, model_name=model_name, host=host, port=port,
-                         poll_seconds=poll_seconds, max_request_bytes=max_request_bytes,
-                         batching_parameters=read_batching_parameters(batching_parameters_file),
-                         config=session_config(intra_op_threads, inter_op_threads))
+    server = ModelServer(model_base, settings, model_name=model_name)
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())

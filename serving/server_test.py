@@ -89,7 +89,7 @@ def test_response_names_the_model_and_honours_the_output_filter(channel):
     request.output_filter[:] = ["ranking"]
     refusal = _refusal(channel, request)
     assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "item_ids,scores" in refusal.details()
+    assert "attributes,item_ids,known_user,scores,titles" in refusal.details()
 
 
 def test_serving_default_is_the_default_signature(channel):
@@ -204,7 +204,7 @@ def test_model_metadata_is_the_saved_signature_defs(channel):
             "serving_default"} <= set(signature_defs.signature_def)
     search = signature_defs.signature_def["search"]
     assert set(search.inputs) == {"query", "user_id", "k"}
-    assert set(search.outputs) == {"item_ids", "scores"}
+    assert set(search.outputs) == {"item_ids", "scores", "titles", "attributes", "known_user"}
     assert response.model_spec.version.value == 1
     request.metadata_field[:] = ["everything"]
     with pytest.raises(grpc.RpcError) as raised:
@@ -368,3 +368,40 @@ def test_without_a_loadable_version_the_server_waits_and_says_so(tmp_path, tiny_
 def test_a_missing_base_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ModelServer(str(tmp_path / "nowhere"), port=0).start()
+
+
+def test_an_unknown_similar_item_is_invalid_argument_naming_it_and_harms_no_other_request(channel):
+    """The model refuses it in the graph (tf.debugging.Assert), as TF Serving
+    would report it; batched with a good request, only the bad one fails."""
+    bad = client.predict_request("similar_items", {"item_id": ["p0001", "no-such-item"]})
+    good = client.predict_request("similar_items", {"item_id": ["p0002"]})
+    results = {}
+
+    def ask(name, request):
+        try:
+            results[name] = client.ask(channel, request)
+        except grpc.RpcError as error:
+            results[name] = error
+
+    threads = [threading.Thread(target=ask, args=(name, request))
+               for name, request in (("bad", bad), ("good", good))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    refusal = results["bad"]
+    assert isinstance(refusal, grpc.RpcError), refusal
+    assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown to the model" in refusal.details() and "no-such-item" in refusal.details()
+    assert "[[{{node" not in refusal.details() and "Graph execution" not in refusal.details()
+    assert results["good"].item_ids and "p0002" not in results["good"].item_ids[0]
+
+
+def test_answers_carry_the_titles_and_attributes_of_their_items(channel):
+    from serving.conftest import ATTRIBUTES, TITLES
+
+    answer = client.ask(channel, client.predict_request("recommend", {"user_id": ["x", "y"]}, k=3))
+    for ids, titles, attributes in zip(answer.item_ids, answer.titles, answer.attributes):
+        assert titles == [TITLES[item] for item in ids]
+        assert attributes == [ATTRIBUTES[item] for item in ids]
+    assert answer.known_user == [False, False]

@@ -2,6 +2,8 @@
 field, given before any pipeline component starts."""
 import csv
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -31,7 +33,7 @@ def _rewrite(path, change):
 def _run(capsys, data, out):
     code = main(["run", "--data", str(data), "--out", str(out)])
     captured = capsys.readouterr()
-    assert "Component" not in captured.out  # stopped before the pipeline
+    assert "ExampleGen" not in captured.out  # stopped before the pipeline
     return code, captured.err
 
 
@@ -137,3 +139,49 @@ def test_rating_weight_without_ratings_is_an_error(sample, tmp_path, capsys):
     code = main(["run", "--data", str(sample), "--out", str(tmp_path / "out"), "--rating-weight", "1"])
     assert code == 2
     assert "trainer.rating_weight needs interactions with a rating" in capsys.readouterr().err
+
+
+# `mmfuse run` with the pipeline replaced by one that talks as TensorFlow and
+# TFX do: natively on fd 2, on stdout, and through warnings.
+_CHATTY_RUN = """
+import os, sys, types, warnings
+from types import SimpleNamespace
+from mmfuse import cli, progress
+
+def run(config):
+    progress.step_started("Trainer")
+    os.write(2, b"E cuda_fft.cc:479] Unable to register cuFFT factory\\n")
+    print("INFO:absl:Component Trainer is running.")
+    warnings.warn("old google-cloud-storage", FutureWarning)
+    progress.step_finished("Trainer")
+    return SimpleNamespace(blessed=True, candidate_model="", pushed_model="",
+                           blessing_reason="ok", metrics={}, change_vs_baseline={})
+
+stubs = {"pipeline.local_runner": dict(run=run, plan_progress=lambda *args: None),
+         "pipeline.pipeline": dict(MODEL_NAME="mmfuse", PipelineConfig=SimpleNamespace),
+         "pipeline.fingerprint": dict(DATA_CODE=(), TRAINER_CODE=(),
+                                      code_fingerprint=str, dataset_fingerprint=str)}
+for name, attributes in stubs.items():
+    sys.modules[name] = types.ModuleType(name)
+    vars(sys.modules[name]).update(attributes)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_run_sends_library_output_to_its_log_and_verbose_shows_it_too(sample, tmp_path, verbose):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", _CHATTY_RUN, "run", "--data", str(sample),
+                           "--out", str(out)] + (["--verbose"] if verbose else []),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = (done.stdout + done.stderr).splitlines()
+    log = (out / "mmfuse.log").read_text()
+    assert shown[0] == f"[mmfuse] log: {out / 'mmfuse.log'}" + ("" if verbose else
+                                                              " (--verbose shows it here)")
+    assert "[mmfuse] Trainer ..." in shown and "[mmfuse] Trainer done in 0:00" in shown
+    assert json.loads(done.stdout.splitlines()[-1])["blessed"] is True
+    assert "Unable to register cuFFT factory" in log and "INFO:absl:Component Trainer" in log
+    chatter = [line for line in shown if "cuFFT" in line or "INFO:absl" in line]
+    assert len(chatter) == (2 if verbose else 0), shown
+    assert not any("FutureWarning" in line for line in shown + log.splitlines())

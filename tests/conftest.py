@@ -4,7 +4,7 @@ import csv
 import pytest
 
 from dataset.sample import write_sample_dataset
-from tests.mmfuse_runs import run_pipeline
+from tests.mmfuse_runs import run_pipeline, user_key_file
 
 
 @pytest.fixture(scope="session")
@@ -22,4 +22,4 @@ def sample_run(tmp_path_factory):
     (data / corrupt["image"]).write_bytes(b"\xff\xd8 truncated jpeg")
     stdout, result = run_pipeline(data, root / "out", epochs=3)
     return {"root": root, "data": data, "items": items, "stdout": stdout, "result": result,
-            "corrupt": corrupt}
+            "corrupt": corrupt, "user_key_file": user_key_file(root / "out")}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dataset import pseudonyms
 from dataset.contract import read_dataset
 from evaluation import evaluate as evaluation
 from evaluation import rankers
@@ -22,7 +23,8 @@ def sample_model(sample_run):
 
 
 def test_saved_model_ranker_on_the_sample_model(sample_run, sample_model):
-    ranker = rankers.SavedModelRanker(sample_model, batch_size=2)
+    ranker = rankers.SavedModelRanker(sample_model, batch_size=2,
+                                      user_key=pseudonyms.load_key(sample_run["user_key_file"]))
     assert os.path.exists(os.path.join(ranker.path, "saved_model.pb"))
     # Three rows in batches of two: the second call returns the rest.
     ranked = ranker.recommend(["u0001", "u0002", "u0003"], k=5)
@@ -43,7 +45,8 @@ def test_saved_model_ranker_on_the_sample_model(sample_run, sample_model):
 
 def test_model_figures_are_the_evaluators_on_the_sample(sample_run, sample_model):
     """evaluate() on the pushed sample model gives the figures of the ranks its
-    `serving_default` gives the pipeline's own eval examples (what the Evaluator scores)."""
+    `serving_default` gives the pipeline's own eval examples (what the Evaluator scores):
+    the ranker hashes the dataset's user ids with the run's key, as ExampleGen did."""
     examples_dir = sample_run["root"] / "out" / "pipeline" / "FileBasedExampleGen" / "examples"
     newest = max(os.listdir(examples_dir), key=int)
     files = tf.io.gfile.glob(str(examples_dir / newest / "Split-eval" / "*"))
@@ -52,7 +55,8 @@ def test_model_figures_are_the_evaluators_on_the_sample(sample_run, sample_model
         example for example in examples
         if features.QUERY not in tf.train.Example.FromString(example).features.feature]
     dataset = read_dataset(str(sample_run["data"]), check_images=False)
-    ranker = rankers.SavedModelRanker(sample_model)
+    ranker = rankers.SavedModelRanker(sample_model,
+                                      user_key=pseudonyms.load_key(sample_run["user_key_file"]))
     ks = (10, 20, 100)
     result = evaluation.evaluate(dataset, ranker, ks=ks)
     ranks = ranker.model.signatures["serving_default"](

@@ -3,6 +3,7 @@ then the pushed SavedModel's signatures. The run (tests/conftest.py, a few
 minutes) serves every test here and the serving tests after them."""
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -30,8 +31,13 @@ def _ask(model, signature, k=10, **inputs):
 
 
 def test_run_reports_progress_and_a_blessed_pushed_model(run):
+    lines = run["stdout"].splitlines()
     for component in COMPONENTS:
-        assert f"Component {component} is running." in run["stdout"]
+        assert f"[mmfuse] {component} ..." in lines
+        assert any(line.startswith(f"[mmfuse] {component} done in ") for line in lines)
+    # A bar for each long step, printed at each quarter (not a terminal).
+    for bar in ("encoding items and searches", "training steps (3 epochs)", "ranking eval rows"):
+        assert any(line.startswith(f"[mmfuse]   {bar}: 100% (") for line in lines), bar
     result = run["result"]
     assert result["blessed"] is True
     assert os.path.exists(os.path.join(result["pushed_model"], "saved_model.pb"))
@@ -51,13 +57,50 @@ def test_the_gate_took_its_cutoff_and_floor_from_the_catalogue_and_the_push_its_
     assert model_store.check_manifest(run["result"]["pushed_model"])
 
 
+def test_run_prints_a_few_lines_and_sends_the_libraries_output_to_its_log(run):
+    lines = run["stdout"].splitlines()
+    log_file = run["root"] / "out" / "mmfuse.log"
+    assert len(lines) <= 58, run["stdout"]
+    assert lines[0] == f"[mmfuse] log: {log_file} (--verbose shows it here)"
+    for noise in ("INFO:absl", "FutureWarning", "cuda", "cuDNN", "cuFFT", "Traceback"):
+        assert not [line for line in lines if noise in line], noise
+    log = log_file.read_text()
+    # TFX's logs through absl, and TensorFlow's native ones ("2026-... E external/...").
+    assert "INFO:absl:Component Transform is running." in log
+    assert re.search(r"^\d{4}-\d\d-\d\d [\d:.]+: [IWE] ", log, flags=re.M)
+
+
+def test_no_raw_user_id_nor_the_key_is_in_the_pushed_model_or_the_runs_outputs(run):
+    """User ids are pseudonymised at ExampleGen (docs/privacy.md): the pushed
+    model's files hold none of the sample's user ids, and no output of the run
+    holds the key."""
+    import csv
+
+    with open(run["data"] / "interactions.csv", newline="") as handle:
+        users = {row["user_id"].encode() for row in csv.DictReader(handle) if row["user_id"]}
+    key = open(run["user_key_file"], "rb").read().strip()
+    out = run["root"] / "out"
+    serving_files = [path for path in (out / "serving").rglob("*") if path.is_file()]
+    assert any(path.name == "saved_model.pb" for path in serving_files) and len(users) > 100
+    for path in serving_files:
+        content = path.read_bytes()
+        found = [user for user in users if user in content]
+        assert not found, (path, found[:5])
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert key not in path.read_bytes(), path
+
+
 def test_corrupt_image_is_skipped_and_reported(run):
     assert "images skipped: 1" in run["stdout"]
     assert run["corrupt"]["image"] in run["stdout"]
 
 
 def test_recommend_returns_k_catalogue_items_for_a_known_user(run):
-    (ids,), scores = _ask(run["model"], "recommend", k=7, user_id=["u0001"])
+    from dataset import pseudonyms
+
+    user = pseudonyms.pseudonym("u0001", pseudonyms.load_key(run["user_key_file"]))
+    (ids,), scores = _ask(run["model"], "recommend", k=7, user_id=[user])
     assert len(ids) == len(set(ids)) == 7
     assert set(ids) <= set(run["items"])
     assert list(scores[0]) == sorted(scores[0], reverse=True)
@@ -67,7 +110,10 @@ def test_recommend_asks_what_search_without_words_asks(run):
     """recommend reads each user's query from a table made at export; search
     runs the query tower on the request. For users, unknown users and no user
     alike, both must give the same answer."""
-    users = ["u0001", "u0002", "nobody", ""]
+    from dataset import pseudonyms
+
+    key = pseudonyms.load_key(run["user_key_file"])
+    users = [pseudonyms.pseudonym("u0001", key), pseudonyms.pseudonym("u0002", key), "nobody", ""]
     recommended, recommend_scores = _ask(run["model"], "recommend", user_id=users)
     searched, search_scores = _ask(run["model"], "search", query=[""] * len(users), user_id=users)
     assert recommended == searched

@@ -67,9 +67,19 @@ RUN_BY: Dict[str, Tuple[str, ...]] = {
         "tests/serving_e2e_test.py::test_recommend_over_grpc"),
     "mmfuse query --server --user": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
-        "serving/client_test.py::test_query_prints_the_items"),
+        "serving/client_test.py::test_query_prints_each_item_with_its_title_and_attributes"),
     "mmfuse query --server --text --user": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",),
+    "mmfuse query --recent --server --user": (
+        "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
+        "serving/client_test.py::test_query_with_recent_items_asks_recommend_with_history"),
+    "mmfuse query --recent --server": (
+        "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",),
+    # On a copy of the sample run's model base, so that they add no version to it.
+    "mmfuse catalog add --items --model-base": (
+        "tests/live_test.py::test_the_readme_catalog_commands_run_as_written",),
+    "mmfuse catalog remove --model-base": (
+        "tests/live_test.py::test_the_readme_catalog_commands_run_as_written",),
     "mmfuse query --image --server": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
         "serving/client_test.py::test_query_by_image_file"),
@@ -102,6 +112,10 @@ NEEDS_OUTSIDE: Dict[str, Tuple[str, ...]] = {
     "python -m benchmarks.quality --data-root --datasets --variants": (
         "the real data sets",
         "benchmarks/quality_test.py::test_the_baselines_on_the_sample_write_their_section"),
+    "python -m benchmarks.live --data-root --datasets --out": (
+        "the real data sets",
+        "benchmarks/live_test.py::test_the_live_split_gives_each_user_a_recent_history",
+        "tests/live_test.py::test_recent_items_move_the_answer_for_users_and_visitors"),
     "python -m benchmarks.fashion_validation --out --seeds --variant": (
         "a fashion benchmark run",
         "benchmarks/fashion_validation_test.py::"
@@ -142,7 +156,7 @@ def command_key(command: str) -> str:
     if program.startswith("python"):
         head, rest = ["python", "-m", words[2]], words[3:]
     elif program == "mmfuse":
-        depth = 3 if words[1] in ("config", "kubeflow") else 2
+        depth = 3 if words[1] in ("config", "kubeflow", "catalog") else 2
         head, rest = ["mmfuse", *words[1:depth]], words[depth:]
         if words[1] == "convert":
             head, rest = head + [words[2]], words[3:]
@@ -259,6 +273,12 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
         (tmp_path / "runs" / "sample" / name).symlink_to(out / name)
     (tmp_path / "runs" / "sample" / "sample-data").symlink_to(sample_run["data"])
     monkeypatch.chdir(tmp_path)
+    # The README's commands use the default user key file, under the home directory.
+    home = tmp_path / "home"
+    (home / ".config" / "mmfuse").mkdir(parents=True)
+    (home / ".config" / "mmfuse" / "user_key").write_bytes(
+        open(sample_run["user_key_file"], "rb").read())
+    monkeypatch.setenv("HOME", str(home))
     # Subprocesses (mmfuse serve) import this checkout from another directory.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [REPOSITORY, *filter(None, [os.environ.get("PYTHONPATH")])]))
@@ -269,7 +289,9 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
         "python -m benchmarks.serving --model-base"))
     assert main(commands["mmfuse predict --k --model-base --user"][1:]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("top 5 items for user u0001") and len(printed) == 6
+    assert printed[0].startswith("recommend user u0001 (model mmfuse version") and len(printed) == 6
+    assert all(line.split()[1] in sample_run["items"] and
+               sample_run["items"][line.split()[1]]["title"] in line for line in printed[1:])
     assert main(commands["mmfuse evaluate --data --exclude-seen --model"][1:]) == 0
     evaluation = json.loads(capsys.readouterr().out)
     assert evaluation["rows"] > 0 and 0 < evaluation["recall@100"] <= 1
@@ -291,6 +313,7 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
         threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True).start()
         queries = _readme_commands(
             "mmfuse query --server --user", "mmfuse query --server --text --user",
+            "mmfuse query --recent --server --user", "mmfuse query --recent --server",
             "mmfuse query --image --server", "mmfuse query --item --json --server")
         for key, words in queries:
             words = [word.replace("localhost:8500", f"127.0.0.1:{port}") for word in words]

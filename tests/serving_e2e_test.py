@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
+from dataset import pseudonyms
 from serving import client, model_store
 from tests.mmfuse_runs import run_pipeline
 
@@ -38,14 +39,16 @@ def server(sample_run):
     # Keep reading the server's output, so that it never blocks on a full pipe.
     threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
     channel = client.connect(address)
-    yield {"channel": channel, "model_base": str(model_base), **sample_run}
+    yield {"channel": channel, "model_base": str(model_base),
+           "user_key": pseudonyms.load_key(sample_run["user_key_file"]), **sample_run}
     channel.close()
     process.terminate()
     process.wait(timeout=30)
 
 
-def _ask(server, k=10, **question):
-    signature, inputs = client.question(**question)
+def _ask(server, k=10, key=True, **question):
+    """Asks as `mmfuse query` does: a user by its pseudonym under the run's key."""
+    signature, inputs = client.question(**question, user_key=server["user_key"] if key else None)
     return client.ask(server["channel"], client.predict_request(signature, inputs, k=k))
 
 
@@ -55,6 +58,41 @@ def test_recommend_over_grpc(server):
     (ids,) = answer.item_ids
     assert len(ids) == len(set(ids)) == 7 and set(ids) <= set(server["items"])
     assert answer.model_version == model_store.versions(server["model_base"])[-1]
+    assert answer.known_user == [True]
+
+
+def test_answers_over_grpc_show_each_items_title_and_attributes(server):
+    items = server["items"]
+    for question in ({"user": "u0002"}, {"text": "blue lamp"}, {"item": "p0005"}):
+        answer = _ask(server, k=5, **question)
+        (ids,), (titles,), (attributes,) = answer.item_ids, answer.titles, answer.attributes
+        assert titles == [items[item]["title"][:80] for item in ids], question
+        # The sample's attribute columns, as `column=value` (export.attributes_length: 60).
+        for item, shown in zip(ids, attributes):
+            assert (f"colour={items[item]['colour']}" in shown) == bool(items[item]["colour"]), (
+                item, shown)
+
+
+def test_a_user_is_known_by_the_pseudonym_of_the_runs_key_only(server):
+    """The model holds no raw user id: asked as is, u0001 is unknown and gets
+    the cold-start answer; hashed with the run's key, it gets its own, the
+    same answer the model gives its pseudonym directly."""
+    raw = _ask(server, key=False, user="u0001")
+    keyed = _ask(server, user="u0001")
+    assert raw.known_user == [False] and keyed.known_user == [True]
+    assert raw.item_ids == _ask(server, key=False, user="nobody-at-all").item_ids
+    _, model = model_store.load_newest(server["model_base"])
+    direct = model.signatures["recommend"](
+        user_id=tf.constant([pseudonyms.pseudonym("u0001", server["user_key"])]), k=tf.constant(10))
+    assert keyed.item_ids == [[item.decode() for item in direct["item_ids"].numpy()[0]]]
+
+
+def test_an_unknown_similar_item_is_invalid_argument_naming_it(server):
+    with pytest.raises(grpc.RpcError) as error:
+        _ask(server, item="no-such-item")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no-such-item" in error.value.details() and "unknown" in error.value.details()
+    assert _ask(server, item="p0001").item_ids
 
 
 def test_search_over_grpc_finds_matching_items(server):
@@ -113,7 +151,7 @@ def test_a_new_version_is_served_while_queries_flow_and_a_crippled_model_is_not_
         assert second["blessed"] and second["pushed_model"]
         newest = model_store.versions(server["model_base"])[-1]
         assert newest not in first
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # loading and warming up a version is slow on a busy machine
         while newest not in versions_seen and time.time() < deadline and not failures:
             time.sleep(0.5)
     finally:

@@ -58,6 +58,19 @@ def item_counts(file_pattern: str, tft_output: tft.TFTransformOutput) -> np.ndar
     return counts
 
 
+def user_item_counts(file_pattern: str, tft_output: tft.TFTransformOutput) -> List[Dict[int, int]]:
+    """At each user index, how often each item index occurs in the user's
+    (training) interactions."""
+    size = vocabulary_sizes(tft_output)[f.USER_VOCABULARY]
+    counts: List[Dict[int, int]] = [{} for _ in range(size)]
+    for batch in _parsed_records(file_pattern, tft_output, 4096,
+                                 [f.USER_INDEX, f.ITEM_INDEX]).as_numpy_iterator():
+        for user, item in zip(batch[f.USER_INDEX].tolist(), batch[f.ITEM_INDEX].tolist()):
+            if user:
+                counts[user][item] = counts[user].get(item, 0) + 1
+    return counts
+
+
 def interaction_batches(file_pattern: str, tft_output: tft.TFTransformOutput, batch_size: int,
                         shuffle_seed=None) -> tf.data.Dataset:
     """Batches of the features the query tower and the tasks need."""
@@ -118,3 +131,16 @@ def load_recent_items(file_pattern: str, tft_output: tft.TFTransformOutput) -> n
     for batch in batches.as_numpy_iterator():
         recent[batch[f.USER_INDEX]] = batch[f.RECENT_ITEM_INDICES]
     return recent
+
+
+def load_display(file_pattern: str, tft_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
+    """Each catalogue item's title and attributes as written (bytes), at its
+    item index (row 0: ""), for answers to show (trainer/export.py)."""
+    size = vocabulary_sizes(tft_output)[f.ITEM_VOCABULARY]
+    display = {name: np.full(size, b"", dtype=object)
+               for name in (f.DISPLAY_TITLE, f.DISPLAY_ATTRIBUTES)}
+    batches = _parsed_records(file_pattern, tft_output, 1024, tuple(display) + (f.ITEM_INDEX,))
+    for batch in batches.as_numpy_iterator():
+        for name in display:
+            display[name][batch[f.ITEM_INDEX]] = batch[name]
+    return display

@@ -9,6 +9,19 @@ catalogue with one matrix product and `tf.math.top_k`: ops that stock TF
 Serving has.
 `search` adds to the towers' scores the lexical ones (trainer/lexical.py), a
 sparse product with the catalogue's BM25 table, also computed at export.
+`recommend_with_history` runs the query tower per request on the recent items
+a request names (merged with the user's known history), so a click a second
+ago counts. `embed_items` and `set_item_rows` are for `mmfuse catalog`
+(serving/catalog.py): new items embedded by this model's own Transform graph
+and item tower, and the id -> catalogue row table rebuilt after an edit.
+
+Every top-k answer also carries what a person reads of each item, `titles`
+and `attributes` (strings aligned with `item_ids`, cut to the `export`
+settings' lengths), so that any client of TF Serving can show them without a
+catalogue. `recommend` and `search` say whether each user is known
+(`known_user`): an unknown one gets the cold-start answer, that of a user
+with no history. `similar_items` refuses an item id the model does not know
+(INVALID_ARGUMENT naming it, raised in the graph as TF Serving reports it).
 
 Signatures take `k` as an input. TF Serving requires every signature input in a
 request, so clients send it; `mmfuse serve` fills in k=10 (and an empty
@@ -16,34 +29,70 @@ request, so clients send it; `mmfuse serve` fills in k=10 (and an empty
 """
 
 
+from typing import Dict, Optional, Sequence
+
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import lexical
-from trainer.data import QUERY_FEATURES, dense_embeddings, vocabulary_sizes
-from trainer.model import RetrievalModel, ranks_of_items
+from mmfuse.config import ExportSettings
+from trainer import lexical, repeat_buying
+from trainer.data import CATALOG_FEATURES, QUERY_FEATURES, dense_embeddings, vocabulary_sizes
+from trainer.model import RetrievalModel, no_text_queries, ranks_of_items
 from transform import features as f
 from transform.preprocessing import IdLookup
 
 _STRINGS = tf.TensorSpec([None], tf.string)
+_STRING_ROWS = tf.TensorSpec([None, None], tf.string)
 _K = tf.TensorSpec([], tf.int32)
+# Answer outputs shown beside each item id -> the variable holding them per item index.
+DISPLAY_TABLES = {"titles": "item_titles", "attributes": "item_attributes"}
+
+
+def shortened(texts: Sequence[bytes], length: int) -> list:
+    """UTF-8 `texts` cut to `length` characters, "…" marking a cut."""
+    kept = []
+    for text in texts:
+        text = text.decode("utf-8")
+        if len(text) > length:
+            text = text[:length - 1] + "…" if length > 1 else text[:length]
+        kept.append(text.encode("utf-8"))
+    return kept
+
+
+def display_tables(display: Dict[str, Sequence[bytes]], settings: ExportSettings) -> Dict[str, list]:
+    """trainer/data.py `load_display`'s titles and attributes, shortened as
+    `settings` say, under their answers' output names."""
+    return {"titles": shortened(display[f.DISPLAY_TITLE], settings.title_length),
+            "attributes": shortened(display[f.DISPLAY_ATTRIBUTES], settings.attributes_length)}
 
 
 class ServingModule(tf.Module):
     def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
-                 lexical_weight: float):
+                 lexical_weight: float, display: Optional[Dict[str, Sequence[bytes]]] = None,
+                 buy_again: Optional[repeat_buying.BuyAgainTables] = None):
         super().__init__()
+        # None: `recommend` is the towers' ranking alone.
+        self.buy_again = buy_again
         self.model = model
         self.tft_layer = tft_output.transform_features_layer()
         self._raw_spec = tft_output.raw_feature_spec()
         # Index -> item id; index 0 is "unknown" and is never returned.
         item_ids = [b"<unknown>"] + tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
+        # Fixed, unlike `item_ids`: what each item index of the towers names.
+        self.item_vocabulary = tf.constant(item_ids, tf.string)
         candidates = model.catalog_embeddings()
         # Variables of unknown length, so that a loaded model's catalogue can be
         # replaced by one of another size and re-saved without retraining.
         self.item_ids = tf.Variable(item_ids, trainable=False, shape=[None], name="item_ids")
         self.candidates = tf.Variable(candidates, trainable=False, shape=[None, candidates.shape[1]],
                                       name="candidates")
+        # What answers show of each item, by item index (`display_tables`; row 0 empty).
+        for output, table in DISPLAY_TABLES.items():
+            rows = (display or {}).get(output)
+            rows = [b""] * len(item_ids) if rows is None else list(rows)
+            if len(rows) != len(item_ids):
+                raise ValueError(f"{len(rows)} {output} for a catalogue of {len(item_ids)} rows")
+            setattr(self, table, tf.Variable(rows, trainable=False, shape=[None], name=table))
         # A user's recommend query depends on nothing but the user (id and
         # training history), so it is computed once here instead of per request.
         self.user_queries = tf.Variable(model.user_embeddings(), trainable=False, name="user_queries")
@@ -58,8 +107,23 @@ class ServingModule(tf.Module):
             self.lexical_weights = tf.Variable(weights, trainable=False, shape=[None],
                                                name="lexical_weights")
             self.token_vocabulary_size = vocabulary_sizes(tft_output)[f.TOKEN_VOCABULARY]
+            # What BM25 is computed from, so that `mmfuse catalog` can
+            # recompute the table over an edited catalogue.
+            pairs, counts, lengths = lexical.term_counts(model.catalog.content[f.ITEM_TOKENS].numpy())
+            self.lexical_counts = tf.Variable(counts, trainable=False, shape=[None],
+                                              name="lexical_counts")
+            self.item_lengths = tf.Variable(lengths, trainable=False, shape=[None],
+                                            name="item_lengths")
         self.user_index = IdLookup(tft_output.vocabulary_file_by_name(f.USER_VOCABULARY))
+        # The Transform's item index: what the towers' id embeddings know.
         self.item_index = IdLookup(tft_output.vocabulary_file_by_name(f.ITEM_VOCABULARY))
+        # Item id -> catalogue row. Mutable (`set_item_rows`), since `mmfuse
+        # catalog` adds and removes rows, after which they differ from the
+        # item index; 0 (the unknown item) for an id not in the catalogue.
+        self.item_rows = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, 0,
+                                                                 name="item_rows")
+        self.item_rows.insert(tf.constant(item_ids[1:], tf.string),
+                              tf.range(1, len(item_ids), dtype=tf.int64))
 
     def _transform(self, **raw: tf.Tensor):
         """Raw [batch] tensors -> transformed features. Features a request does
@@ -69,7 +133,9 @@ class ServingModule(tf.Module):
         inputs = {}
         for name, spec in self._raw_spec.items():
             if name in raw:
-                inputs[name] = tf.sparse.from_dense(tf.reshape(raw[name], [-1, 1]))
+                # [batch] single values; [batch, n] lists (attributes), "" = none.
+                value = raw[name] if raw[name].shape.rank == 2 else tf.reshape(raw[name], [-1, 1])
+                inputs[name] = tf.sparse.from_dense(value)
             else:
                 inputs[name] = tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], spec.dtype),
                                                tf.stack([batch_size, 1]))
@@ -77,6 +143,15 @@ class ServingModule(tf.Module):
 
     def _query_embeddings(self, transformed):
         return self.model.query_tower({name: transformed[name] for name in QUERY_FEATURES})
+
+    def _history(self, user_index: tf.Tensor, recent_item_index: tf.Tensor) -> tf.Tensor:
+        """[batch, RECENT_ITEMS_LENGTH] item indices, newest first (0 pads): a
+        request's recent items (`recent_item_index` [batch, n], 0 = none)
+        before the history training saw."""
+        known = self.model.users.recent_items(user_index)
+        merged = tf.concat([recent_item_index, known], axis=1)
+        merged = tf.ragged.boolean_mask(merged, merged > 0)[:, :f.RECENT_ITEMS_LENGTH]
+        return merged.to_tensor(default_value=0, shape=[None, f.RECENT_ITEMS_LENGTH])
 
     def _user_query_embeddings(self, transformed):
         """A request names its user; the user's recent items are the ones
@@ -108,28 +183,106 @@ class ServingModule(tf.Module):
             keep &= top.indices != tf.cast(exclude, tf.int32)[:, None]
         indices = tf.ragged.boolean_mask(top.indices, keep)[:, :k].to_tensor()
         values = tf.ragged.boolean_mask(top.values, keep)[:, :k].to_tensor()
-        return {"item_ids": _rows(self.item_ids, indices), "scores": values}
+        return self._answer(indices, values)
+
+    def _answer(self, indices: tf.Tensor, scores: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The outputs of a top-k answer given its item indices [batch, k]:
+        ids, scores and the display fields, all aligned."""
+        answer = {"item_ids": _rows(self.item_ids, indices), "scores": scores}
+        for output, table in DISPLAY_TABLES.items():
+            answer[output] = _rows(getattr(self, table), indices)
+        return answer
+
+    def _with_buy_again(self, scores: tf.Tensor, past_items, k: tf.Tensor) -> tf.Tensor:
+        """The towers' scores with the user's past items (items, counts,
+        recency, lengths: repeat_buying.PastItems rows, by item index) mixed
+        in by their buy-again probability."""
+        items, counts, recency, lengths = past_items
+        # Item index -> catalogue row: they part after `mmfuse catalog` edits,
+        # and a removed item (row 0) must not come back as a past item.
+        rows = self.item_rows.lookup(tf.gather(self.item_vocabulary, items))
+        rows = tf.reshape(rows, tf.shape(items))
+        return repeat_buying.mix_scores(scores, rows,
+                                        self.buy_again.probabilities(items, counts, recency, lengths),
+                                        self.buy_again.new_item_rates, k)
 
     @tf.function(input_signature=[_STRINGS, _K])
     def recommend(self, user_id, k):
-        return self._top_k(self._scores(_rows(self.user_queries, self.user_index(user_id))), k)
+        user_index = self.user_index(user_id)
+        scores = self._scores(_rows(self.user_queries, user_index))
+        if self.buy_again is not None:
+            scores = self._with_buy_again(scores, self.buy_again.user_past_items(user_index), k)
+        answer = self._top_k(scores, k)
+        answer["known_user"] = user_index > 0
+        return answer
+
+    @tf.function(input_signature=[_STRINGS, _STRING_ROWS, _K])
+    def recommend_with_history(self, user_id, recent_item_ids, k):
+        """`recommend` with the items a user (or an anonymous visitor: user_id
+        "") just interacted with, newest first, padded with "". Ids the model
+        does not know are left out and counted in `unknown_recent_items`."""
+        recent = self.item_index(recent_item_ids)
+        unknown = tf.reduce_sum(tf.cast((recent == 0) & (recent_item_ids != ""), tf.int32), axis=1)
+        user_index = self.user_index(user_id)
+        history = self._history(user_index, recent)
+        scores = self._scores(self.model.query_tower(no_text_queries(user_index, history)))
+        if self.buy_again is not None:
+            scores = self._with_buy_again(scores, repeat_buying.past_items_of_history(history), k)
+        return {**self._top_k(scores, k), "known_user": user_index > 0,
+                "unknown_recent_items": unknown}
 
     @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
     def search(self, query, user_id, k):
         transformed = self._transform(query=query, user_id=user_id)
-        return self._top_k(self._scores(self._user_query_embeddings(transformed),
-                                        transformed[f.QUERY_TOKENS]), k)
+        answer = self._top_k(self._scores(self._user_query_embeddings(transformed),
+                                          transformed[f.QUERY_TOKENS]), k)
+        answer["known_user"] = transformed[f.USER_INDEX] > 0
+        return answer
 
     @tf.function(input_signature=[_STRINGS, _K])
     def similar_items(self, item_id, k):
-        item_index = self.item_index(item_id)
-        query = _rows(self.candidates, item_index)
-        return self._top_k(self._scores(query), k, exclude=item_index)
+        # A mutable table (`mmfuse catalog` edits it) has no static shape; the top-k needs one.
+        item_row = tf.reshape(self.item_rows.lookup(item_id), tf.shape(item_id))
+        known = item_row > 0
+        # An in-graph check, so that TF Serving too answers INVALID_ARGUMENT naming the id.
+        check = tf.debugging.Assert(
+            tf.reduce_all(known),
+            ["similar_items: item id(s) unknown to the model:", tf.boolean_mask(item_id, ~known)],
+            summarize=10)
+        with tf.control_dependencies([check]):
+            item_row = tf.identity(item_row)
+        query = _rows(self.candidates, item_row)
+        return self._top_k(self._scores(query), k, exclude=item_row)
 
     @tf.function(input_signature=[_STRINGS, _K])
     def image_search(self, image, k):
         # A query of the photo alone, as training's photo queries are (trainer/model.py).
         return self._top_k(self._scores(self._query_embeddings(self._transform(image=image))), k)
+
+    @tf.function(input_signature=[_STRINGS, _STRINGS, _STRINGS, _STRING_ROWS, _STRINGS])
+    def embed_items(self, item_id, title, description, attributes, image):
+        """New items' vectors, word indices (for search's BM25 table) and
+        display fields (as Transform writes them, before shortening), from
+        the same Transform graph and item tower as the trained catalogue's.
+        `attributes` are "column=value" tokens padded with ""; an empty
+        title, description or image is absent. Their ids are not the
+        model's, so the id modality sees none of them."""
+        transformed = self._transform(item_id=item_id, title=title, description=description,
+                                      attributes=attributes, image=image)
+        item = {name: transformed[name] for name in CATALOG_FEATURES}
+        item[f.ITEM_INDEX] = tf.zeros_like(transformed[f.ITEM_INDEX])
+        item[f.ITEM_ID_LEARNED] = tf.zeros(tf.shape(item_id), tf.float32)
+        return {"embeddings": self.model.item_tower(item), "item_tokens": transformed[f.ITEM_TOKENS],
+                "titles": transformed[f.DISPLAY_TITLE],
+                "attributes": transformed[f.DISPLAY_ATTRIBUTES]}
+
+    @tf.function(input_signature=[_STRINGS])
+    def set_item_rows(self, item_ids):
+        """Rebuilds the id -> row table from the catalogue's ids [n] (row 0
+        unknown); `mmfuse catalog` calls it after changing `item_ids`."""
+        self.item_rows.remove(self.item_rows.export()[0])
+        self.item_rows.insert(item_ids[1:], tf.range(1, tf.size(item_ids, out_type=tf.int64)))
+        return self.item_rows.size()
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def rank_examples(self, examples):
@@ -156,10 +309,15 @@ def _rows(variable: tf.Variable, indices: tf.Tensor) -> tf.Tensor:
 
 
 def export_serving_model(model: RetrievalModel, tft_output: tft.TFTransformOutput, path: str,
-                         lexical_weight: float) -> None:
-    module = ServingModule(model, tft_output, lexical_weight)
+                         lexical_weight: float,
+                         display: Optional[Dict[str, Sequence[bytes]]] = None,
+                         buy_again: Optional[repeat_buying.BuyAgainTables] = None) -> None:
+    """Saves the serving model; `display` is `display_tables`' output (None:
+    empty titles and attributes); `buy_again` None: `recommend` is the towers' alone."""
+    module = ServingModule(model, tft_output, lexical_weight, display, buy_again)
     signatures = {
         "recommend": module.recommend,
+        "recommend_with_history": module.recommend_with_history,
         "search": module.search,
         "similar_items": module.similar_items,
         "image_search": module.image_search,

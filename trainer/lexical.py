@@ -28,18 +28,32 @@ def bm25_weights(item_tokens: np.ndarray, k1: float = 1.2,
     idf(t) * f(t, d) (k1 + 1) / (f(t, d) + k1 (1 - b + b |d| / avgdl)), with
     idf(t) = ln(1 + (N - n(t) + 0.5) / (n(t) + 0.5)): the same formula as the
     benchmark's BM25 baseline (evaluation/rankers.py)."""
+    pairs, counts, lengths = term_counts(item_tokens)
+    return pairs, bm25_from_counts(pairs, counts, lengths, k1, b)
+
+
+def term_counts(item_tokens: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(entries [n, 2] of (item index, word index), each word's count in the
+    item [n], each item's length in words [items]): all BM25 needs, kept in
+    the serving model so that an edited catalogue's table can be recomputed."""
     items, words = np.nonzero(item_tokens)
     words = item_tokens[items, words]
     # One entry per (item, word), with the word's count in the item.
     pairs, counts = np.unique(np.stack([items, words], axis=1), axis=0, return_counts=True)
-    lengths = np.count_nonzero(item_tokens, axis=1)
-    documents = len(item_tokens) - 1
+    return (pairs.reshape(-1, 2).astype(np.int64), counts.astype(np.float32),
+            np.count_nonzero(item_tokens, axis=1).astype(np.float32))
+
+
+def bm25_from_counts(pairs: np.ndarray, counts: np.ndarray, lengths: np.ndarray,
+                     k1: float = 1.2, b: float = 0.75) -> np.ndarray:
+    """The weights of `bm25_weights` from `term_counts`' output."""
+    documents = len(lengths) - 1
     average_length = max(lengths[1:].mean() if documents else 0.0, 1e-9)
-    document_frequency = np.bincount(pairs[:, 1], minlength=item_tokens.max(initial=0) + 1)
+    document_frequency = np.bincount(pairs[:, 1], minlength=int(pairs[:, 1].max(initial=0)) + 1)
     idf = np.log1p((documents - document_frequency + 0.5) / (document_frequency + 0.5))
     norm = k1 * (1.0 - b + b * lengths[pairs[:, 0]] / average_length)
     weights = idf[pairs[:, 1]] * counts * (k1 + 1.0) / (counts + norm)
-    return pairs.astype(np.int64), weights.astype(np.float32)
+    return weights.astype(np.float32)
 
 
 def normalised_scores(entries: tf.Tensor, weights: tf.Tensor, num_items: tf.Tensor,

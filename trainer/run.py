@@ -15,8 +15,9 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from evaluation.metrics import metrics_from_ranks
+from mmfuse import progress
 from mmfuse.config import Config, TrainerSettings, from_dict
-from trainer import data, export, lexical, warm_start
+from trainer import data, export, lexical, repeat_buying, warm_start
 from trainer.data import QUERY_FEATURES
 from trainer.model import Catalog, RetrievalModel, Users, ranks_of_items
 from transform import features as f
@@ -114,6 +115,25 @@ class RetrievalEvaluation(tf.keras.callbacks.Callback):
                      ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
+class TrainingProgress(tf.keras.callbacks.Callback):
+    """Training steps as a progress bar (mmfuse/progress.py) in a local run."""
+
+    def __init__(self, steps: int, epochs: int):
+        super().__init__()
+        self.steps = steps
+        self.epochs = epochs
+
+    def on_train_begin(self, logs=None):
+        if self.steps:
+            progress.expect("training", self.steps, f"training steps ({self.epochs} epochs)")
+
+    def on_train_batch_end(self, batch, logs=None):
+        progress.advance("training")
+
+    def on_train_end(self, logs=None):
+        progress.finish("training")
+
+
 def run_fn(fn_args: FnArgs) -> None:
     """The TFX Trainer's entry point: trains the model and exports the serving SavedModel.
 
@@ -131,7 +151,8 @@ def run_fn(fn_args: FnArgs) -> None:
     strategy = tf.distribute.get_strategy() if not tf.config.list_physical_devices("GPU") \
         else tf.distribute.MirroredStrategy()
 
-    catalog_content = data.load_catalog(_split_files(fn_args.train_files, "catalog"), tft_output)
+    catalog_files = _split_files(fn_args.train_files, "catalog")
+    catalog_content = data.load_catalog(catalog_files, tft_output)
     recent_items = data.load_recent_items(_split_files(fn_args.train_files, "users"), tft_output)
     train_files = _split_files(fn_args.train_files, "train")
     counts = data.item_counts(train_files, tft_output)
@@ -177,8 +198,27 @@ def run_fn(fn_args: FnArgs) -> None:
         RetrievalEvaluation(evaluation, fn_args.model_run_dir, catalog_content[f.ITEM_TOKENS],
                             vocabulary_sizes[f.TOKEN_VOCABULARY],
                             config.lexical_weight),
+        TrainingProgress(epochs * steps_per_epoch, epochs),
     ]
     model.fit(train, epochs=epochs, validation_data=evaluation, callbacks=callbacks,
               verbose=2)
-    export.export_serving_model(model, tft_output, fn_args.serving_model_dir,
-                                config.lexical_weight)
+    buy_again = (_fit_buy_again(recent_items, train_files, tft_output, counts)
+                 if settings.export.buy_again else None)
+    progress_log.info("exporting the serving model")
+    export.export_serving_model(
+        model, tft_output, fn_args.serving_model_dir, config.lexical_weight,
+        export.display_tables(data.load_display(catalog_files, tft_output), settings.export),
+        buy_again=buy_again)
+
+
+def _fit_buy_again(recent_items, train_files, tft_output, counts):
+    """The buy-again tables of the export, or None without users with 2+ rows."""
+    user_counts = data.user_item_counts(train_files, tft_output)
+    fitted = repeat_buying.fit(recent_items, user_counts, counts)
+    if fitted is None:
+        progress_log.info("buy-again: no user has two training rows; recommend is the towers' alone")
+        return None
+    progress_log.info("buy-again: %d past items fitted; weights %s, bias %.3f; shop repeat "
+                      "rate %.3f", fitted.examples, np.round(fitted.weights, 3), fitted.bias,
+                      fitted.shop_repeat_rate)
+    return repeat_buying.BuyAgainTables(fitted, repeat_buying.past_items(recent_items, user_counts))

@@ -25,12 +25,15 @@ from tfx import types
 from tfx.components.transform import executor as transform_executor
 from tfx.types import artifact_utils, standard_component_specs
 
+from mmfuse import progress
 from mmfuse.config import from_dict
 from transform import features as f
 from transform.feature_cache import FeatureCache
 
 log = logging.getLogger("mmfuse")
 STATS_FILE = "feature_cache.json"
+# The Transform's progress bar of contents encoded (mmfuse/progress.py).
+ENCODING = "encoding"
 ENCODE_BATCH = 32
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -80,14 +83,18 @@ class EncoderCache:
     A content the encoder fails on (an undecodable photo) gets None, and the
     Transform graph encodes it as before."""
 
-    def __init__(self, cache: FeatureCache, encode: Callable[[List[bytes]], np.ndarray]):
+    def __init__(self, cache: FeatureCache, encode: Callable[[List[bytes]], np.ndarray],
+                 kind: str):
         self.cache = cache
         self.encode = encode
+        self.kind = kind  # "texts", "photos": what the progress bar counts
 
     def features(self, contents: List[bytes]) -> Dict[bytes, Optional[np.ndarray]]:
         found: Dict[bytes, Optional[np.ndarray]] = dict(self.cache.lookup(contents))
         missing = sorted({c for c in contents if c not in found})
         new_contents, new_features = [], []
+        if missing:
+            progress.expect(ENCODING, len(missing), f"encoding new or changed {self.kind}")
         for start in range(0, len(missing), ENCODE_BATCH):
             batch = missing[start:start + ENCODE_BATCH]
             try:
@@ -104,6 +111,7 @@ class EncoderCache:
             for contents_done, rows in zip(done, encoded):
                 new_contents.extend(contents_done)
                 new_features.extend(rows)
+            progress.advance(ENCODING, len(batch))
         if new_contents:
             self.cache.add(new_contents, np.stack(new_features))
             found.update(zip(new_contents, new_features))
@@ -125,9 +133,9 @@ def encoder_caches(directory: str) -> Dict[str, EncoderCache]:
     from transform.image_encoder import FEATURE_DIM as IMAGE_DIM
     from transform.text_encoder import EMBEDDING_DIM as TEXT_DIM
     return {"text": EncoderCache(FeatureCache(directory, "text", text_identity(), TEXT_DIM),
-                                 _text_encode),
+                                 _text_encode, "texts"),
             "image": EncoderCache(FeatureCache(directory, "image", image_identity(), IMAGE_DIM),
-                                  _image_encode)}
+                                  _image_encode, "photos")}
 
 
 def _single(example: tf.train.Example, name: str) -> bytes:
@@ -181,6 +189,9 @@ class Executor(transform_executor.Executor):
             output_dict[standard_component_specs.TRANSFORM_GRAPH_KEY])
         if not directory:
             return super().Do(input_dict, output_dict, exec_properties)
+        # The encoders run here, on the misses only, and count them on their
+        # own bars; the bar planned for every item and search would stay empty.
+        progress.finish(ENCODING)
         caches = encoder_caches(directory)
         [examples] = input_dict[standard_component_specs.EXAMPLES_KEY]
         encoded = copy.deepcopy(examples)

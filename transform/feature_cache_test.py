@@ -32,11 +32,13 @@ def _cache(directory, identity="encoder v1"):
 
 def test_second_lookup_hits_and_encodes_nothing(tmp_path):
     encoder = CountingEncoder()
-    first = EncoderCache(_cache(tmp_path), encoder).features([b"red shirt", b"blue hat", b"red shirt"])
+    first = EncoderCache(_cache(tmp_path), encoder, "texts").features(
+        [b"red shirt", b"blue hat", b"red shirt"])
     assert sorted(encoder.seen) == [b"blue hat", b"red shirt"]
     assert first[b"blue hat"].tolist() == [8, ord("b"), 1, -1]
 
-    again = EncoderCache(_cache(tmp_path), encoder)  # a later run: a new process reads the shards
+    # A later run: a new process reads the shards.
+    again = EncoderCache(_cache(tmp_path), encoder, "texts")
     second = again.features([b"red shirt", b"blue hat", b"green scarf"])
     assert encoder.seen[2:] == [b"green scarf"]
     assert again.cache.stats == {"hits": 2, "misses": 1, "refused": 0}
@@ -44,11 +46,11 @@ def test_second_lookup_hits_and_encodes_nothing(tmp_path):
 
 
 def test_changed_content_or_encoder_is_a_miss(tmp_path):
-    EncoderCache(_cache(tmp_path), CountingEncoder()).features([b"red shirt"])
+    EncoderCache(_cache(tmp_path), CountingEncoder(), "texts").features([b"red shirt"])
     encoder = CountingEncoder()
-    EncoderCache(_cache(tmp_path), encoder).features([b"red shirt "])  # one byte more
+    EncoderCache(_cache(tmp_path), encoder, "texts").features([b"red shirt "])  # one byte more
     assert encoder.seen == [b"red shirt "]
-    other_version = EncoderCache(_cache(tmp_path, identity="encoder v2"), encoder)
+    other_version = EncoderCache(_cache(tmp_path, identity="encoder v2"), encoder, "texts")
     other_version.features([b"red shirt"])
     assert encoder.seen[-1] == b"red shirt"
     assert other_version.cache.stats["misses"] == 1
@@ -56,7 +58,7 @@ def test_changed_content_or_encoder_is_a_miss(tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip_a_byte", "truncate", "garbage"])
 def test_a_corrupt_shard_is_refused_counted_and_encoded_again(tmp_path, damage):
-    EncoderCache(_cache(tmp_path), CountingEncoder()).features([b"red shirt", b"blue hat"])
+    EncoderCache(_cache(tmp_path), CountingEncoder(), "texts").features([b"red shirt", b"blue hat"])
     [shard] = shard_paths(_cache(tmp_path).directory)
     data = open(shard, "rb").read()
     data = {"flip_a_byte": data[:-3] + bytes([data[-3] ^ 1]) + data[-2:],
@@ -64,23 +66,23 @@ def test_a_corrupt_shard_is_refused_counted_and_encoded_again(tmp_path, damage):
     open(shard, "wb").write(data)
 
     encoder = CountingEncoder()
-    cache = EncoderCache(_cache(tmp_path), encoder)
+    cache = EncoderCache(_cache(tmp_path), encoder, "texts")
     found = cache.features([b"red shirt", b"blue hat"])
     assert cache.cache.stats == {"hits": 0, "misses": 2, "refused": 1}
     assert sorted(encoder.seen) == [b"blue hat", b"red shirt"]
     assert found[b"red shirt"].tolist() == [9, ord("r"), 1, -1]
     # Set aside, and the recomputed entries stored anew.
     assert os.path.exists(shard + ".refused")
-    again = EncoderCache(_cache(tmp_path), CountingEncoder())
+    again = EncoderCache(_cache(tmp_path), CountingEncoder(), "texts")
     again.features([b"red shirt"])
     assert again.cache.stats == {"hits": 1, "misses": 0, "refused": 0}
 
 
 def test_content_the_encoder_fails_on_is_left_to_the_graph(tmp_path):
-    cache = EncoderCache(_cache(tmp_path), CountingEncoder())
+    cache = EncoderCache(_cache(tmp_path), CountingEncoder(), "texts")
     found = cache.features([b"fine", b"undecodable"])
     assert found[b"undecodable"] is None and found[b"fine"] is not None
-    again = EncoderCache(_cache(tmp_path), CountingEncoder())  # never stored
+    again = EncoderCache(_cache(tmp_path), CountingEncoder(), "texts")  # never stored
     assert again.features([b"undecodable"]) == {b"undecodable": None}
     assert again.cache.stats["misses"] == 1
 
@@ -114,9 +116,9 @@ def test_encode_split_attaches_features_and_drops_encoded_photos(tmp_path):
             writer.write(tf.train.Example(features=tf.train.Features(feature={
                 name: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
                 for name, value in example.items()})).SerializeToString())
-    caches = {"text": EncoderCache(_cache(tmp_path / "c"), CountingEncoder()),
+    caches = {"text": EncoderCache(_cache(tmp_path / "c"), CountingEncoder(), "texts"),
               "image": EncoderCache(FeatureCache(str(tmp_path / "c"), "image", "i", DIM),
-                                    CountingEncoder())}
+                                    CountingEncoder(), "photos")}
     encode_split([str(source / "data.gz")], str(tmp_path / "out"), caches)
     written = [tf.train.Example.FromString(r) for r in tf.data.TFRecordDataset(
         str(tmp_path / "out" / "data.tfrecord.gz"), compression_type="GZIP").as_numpy_iterator()]

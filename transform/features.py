@@ -56,6 +56,12 @@ TIME_OF_INTERACTION_DIM = 4
 # RATING_LABEL + "_present" 0, on rows without one.
 RATING_LABEL = "rating_label"
 
+# An item's title and its attributes joined ("colour=red, kind=mug"), as
+# written: not model inputs, but what answers show beside an item's id
+# (trainer/export.py). Empty on rows that are not catalogue rows.
+DISPLAY_TITLE = "display_title"
+DISPLAY_ATTRIBUTES = "display_attributes"
+
 # Fixed lengths of padded token sequences.
 QUERY_LENGTH = 16
 ITEM_TEXT_LENGTH = 64

@@ -56,8 +56,8 @@ def preprocessing_fn(inputs, custom_config=None):
     title, description = _single_value(inputs[f.TITLE], ""), _single_value(inputs[f.DESCRIPTION], "")
     item_text = tf.strings.strip(tf.strings.join([title, description], " "))
     item_tokens = text_preprocessor.tokenize(item_text, f.ITEM_TEXT_LENGTH)
-    attribute_tokens = tf.RaggedTensor.from_sparse(inputs[f.ATTRIBUTES])[:, :f.ATTRIBUTES_LENGTH]
-    attribute_tokens = tf.strings.lower(attribute_tokens)
+    all_attributes = tf.RaggedTensor.from_sparse(inputs[f.ATTRIBUTES])
+    attribute_tokens = tf.strings.lower(all_attributes[:, :f.ATTRIBUTES_LENGTH])
 
     # Queries and item text share one vocabulary, so a word typed in a query
     # and the same word in a title map to one embedding.
@@ -92,6 +92,8 @@ def preprocessing_fn(inputs, custom_config=None):
         f.TIME_OF_INTERACTION + "_present": has_timestamp,
         f.RATING_LABEL: _single_value(inputs[f.RATING], 0.0),
         f.RATING_LABEL + "_present": has_rating,
+        f.DISPLAY_TITLE: title,
+        f.DISPLAY_ATTRIBUTES: tf.strings.reduce_join(all_attributes, axis=1, separator=", "),
     }
 
 

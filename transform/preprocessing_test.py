@@ -60,7 +60,7 @@ def transformed(tmp_path_factory):
     schema = io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())
     metadata = dataset_metadata.DatasetMetadata(schema)
     raw = [
-        {"item_id": [b"a"], "title": [b"Red mug"], "attributes": [b"colour=red"],
+        {"item_id": [b"a"], "title": [b"Red mug"], "attributes": [b"colour=red", b"Kind=Mug"],
          "image": [_png((255, 0, 0))]},
         {"item_id": [b"b"], "title": [b"Blue lamp"], "description": [b"A tall lamp."]},
         {"item_id": [b"a"], "user_id": [b"u1"], "query": [b"red MUG"], "timestamp": [TIMESTAMP],
@@ -88,6 +88,13 @@ def test_ids_and_words_share_vocabularies(transformed):
     title, query = outputs[0][f.ITEM_TOKENS], outputs[2][f.QUERY_TOKENS]
     assert list(query[:2]) == list(title[:2]) and query[0] > 0
     assert len(title) == f.ITEM_TEXT_LENGTH and not any(title[2:])
+
+
+def test_catalogue_rows_carry_their_title_and_attributes_as_written_for_answers(transformed):
+    outputs, _ = transformed
+    assert [(row[f.DISPLAY_TITLE], row[f.DISPLAY_ATTRIBUTES]) for row in outputs] == [
+        (b"Red mug", b"colour=red, Kind=Mug"), (b"Blue lamp", b""), (b"", b""), (b"", b""),
+        (b"", b"")]
 
 
 def test_absent_values_are_index_zero(transformed):
