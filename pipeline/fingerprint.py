@@ -30,7 +30,7 @@ DATA_CODE = ("dataset/__init__.py", "dataset/contract.py", "dataset/pseudonyms.p
              "schema/schema.pbtxt",
              "pipeline/__init__.py", "pipeline/example_gen.py", "transform", "mmfuse/__init__.py",
              "mmfuse/config.py", "mmfuse/progress.py")
-TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py", "mmfuse/progress.py")
+TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
