@@ -36,8 +36,8 @@ SECTION = "next-day"
 
 def make_days(source: str, out: str, new_items: float, new_interactions: float,
               seed: int = 0) -> Dict[str, object]:
-    """Writes OUT/day1 and OUT/day2 (images linked, not copied) and returns
-    their sizes."""
+    """Writes OUT/day1 and OUT/day2 (images hard-linked) and returns their
+    sizes."""
     with open(os.path.join(source, "items.csv"), newline="", encoding="utf-8") as handle:
         item_rows = list(csv.reader(handle))
     with open(os.path.join(source, "interactions.csv"), newline="", encoding="utf-8") as handle:
@@ -68,9 +68,24 @@ def make_days(source: str, out: str, new_items: float, new_interactions: float,
                 csv.writer(handle).writerows([head] + rows)
         for entry in os.listdir(source):
             if entry not in ("items.csv", "interactions.csv"):
-                os.symlink(os.path.abspath(os.path.join(source, entry)), os.path.join(directory, entry))
+                _hard_link(os.path.join(source, entry), os.path.join(directory, entry))
     return {"items": (len(days["day1"][0]), len(items)),
             "interactions": (len(days["day1"][1]), len(interactions))}
+
+
+def _hard_link(source: str, target: str) -> None:
+    """Hard-links a file or a tree (copies across file systems): a dataset
+    refuses image paths that a symlink leads out of its directory."""
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    if os.path.isdir(source):
+        shutil.copytree(source, target, copy_function=link)
+    else:
+        link(source, target)
 
 
 def mmfuse_run(data: str, out: str, log_path: str, overrides: Sequence[str]) -> Dict:
