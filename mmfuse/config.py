@@ -77,11 +77,9 @@ class TransformSettings:
                                         "kept as tokens; rarer words share one bucket", minimum=1)
     attribute_vocabulary_size: int = setting(5000, "most frequent attribute values "
                                              "(`colour=red`) kept as tokens", minimum=1)
-    feature_cache_dir: Optional[str] = setting(None, "where the frozen encoders' features are "
-                                               "kept across runs, keyed by the exact text or "
-                                               "photo bytes and the encoder's version, so a run "
-                                               "encodes only what is new or changed (any "
-                                               "tf.io.gfile path, e.g. gs://...); `null`: "
+    feature_cache_dir: Optional[str] = setting(None, "where the encoders' features are kept "
+                                               "across runs by content, so a run encodes only "
+                                               "new or changed text and photos; `null`: "
                                                "`feature_cache` under the pipeline root; `\"\"`: off")
 
 
@@ -121,10 +119,8 @@ class TrainerSettings:
                                    "0: no head (needs interactions with a rating)", minimum=0)
     id_min_rows: int = setting(5, "training rows an item needs before its id embedding joins "
                                "its content (fewer would be memorised)", minimum=1)
-    warm_start: bool = setting(True, "start from the latest pushed (blessed) model of the run "
-                               "directory when there is one: tower and attention weights carried "
-                               "over, id embeddings copied by id, new ids initialised fresh "
-                               "(not with `epochs` 0)")
+    warm_start: bool = setting(True, "train from the latest blessed model in the run directory "
+                               "(ids copied by id, new ones fresh), unless `epochs` is 0")
     warm_start_epochs: int = setting(2, "passes over the training interactions when warm "
                                      "started (at most `epochs`)", minimum=1)
     lexical_weight: float = setting(0.75, "weight of BM25 over item words beside the towers' "
