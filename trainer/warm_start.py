@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 from tensorflow.python.checkpoint import graph_view
 from tensorflow.python.trackable import trackable_utils
 
@@ -22,7 +23,6 @@ from transform import features as f
 
 progress_log = logging.getLogger("mmfuse")
 MANIFEST = "mmfuse_manifest.json"  # pipeline/pusher.py writes it last
-_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # Checkpoint paths of the vocabulary-indexed embeddings (trainer/towers.py),
 # by vocabulary.
 VOCABULARY_TABLES = {
@@ -55,6 +55,27 @@ def variables_by_path(model: tf.Module) -> Dict[str, tf.Variable]:
     _, paths = graph_view.ObjectGraphView(root).breadth_first_traversal()
     return {trackable_utils.object_path_to_string(path): obj for obj, path in paths.items()
             if isinstance(obj, tf.Variable)}
+
+
+def checkpoint_keys(reader, paths) -> Dict[str, str]:
+    """The checkpoint key of each variable path that the checkpoint holds. A
+    SavedModel stores a Keras layer's variables under the first path to them,
+    often its `variables` list (`model/item_tower/variables/0`), so each path
+    is followed through the checkpoint's object graph rather than spelled."""
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    keys = {}
+    for path in paths:
+        node = 0
+        for name in path.split("/"):
+            node = next((child.node_id for child in graph.nodes[node].children
+                         if trackable_utils.escape_local_name(child.local_name) == name), None)
+            if node is None:
+                break
+        else:
+            keys.update({path: attribute.checkpoint_key for attribute in graph.nodes[node].attributes
+                         if attribute.name == "VARIABLE_VALUE"})
+    return keys
 
 
 def _vocabulary(path: str) -> List[bytes]:
@@ -96,9 +117,11 @@ def warm_start(model: tf.Module, model_dir: str, new_vocabularies: Dict[str, Lis
     reader = tf.train.load_checkpoint(os.path.join(model_dir, "variables", "variables"))
     old_shapes = reader.get_variable_to_shape_map()
     old_vocabulary = old_vocabularies(model_dir)
+    variables = variables_by_path(model)
+    keys = checkpoint_keys(reader, variables)
     report = {"copied": 0, "ids_copied": {}, "new_ids": {}, "fresh": []}
-    for path, variable in sorted(variables_by_path(model).items()):
-        key = path + _SUFFIX
+    for path, variable in sorted(variables.items()):
+        key = keys.get(path)
         if key not in old_shapes:
             report["fresh"].append(path)
             continue

@@ -40,10 +40,13 @@ def _model(vocabularies, seed):
 
 
 def _saved_like_a_pushed_model(model, directory):
-    """What warm_start reads of a pushed SavedModel: the variables
-    checkpoint (the model under `model`) and the vocabulary assets."""
-    tf.train.Checkpoint(model=model).write(os.path.join(directory, "variables", "variables"))
-    os.makedirs(os.path.join(directory, "assets"))
+    """What warm_start reads of a pushed SavedModel: its variables (the model
+    under `model`, saved as trainer/export.py saves it, where Keras names
+    them by its `variables` lists) and the vocabulary assets."""
+    root = tf.Module()
+    root.model = model
+    tf.saved_model.save(root, directory)
+    os.makedirs(os.path.join(directory, "assets"), exist_ok=True)
     for name, ids in OLD.items():
         with open(os.path.join(directory, "assets", name), "wb") as handle:
             handle.write(b"\n".join(ids) + b"\n")
