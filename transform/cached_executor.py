@@ -147,32 +147,37 @@ def _set_floats(example: tf.train.Example, name: str, values: np.ndarray) -> Non
     example.features.feature[name].float_list.value[:] = values.tolist()
 
 
-def encode_split(paths: List[str], out_dir: str, caches: Dict[str, EncoderCache]) -> None:
-    """Copies the gzipped tf.Example files `paths` into `out_dir`, each
-    example with its encoded features attached; a photo whose feature is
-    attached is dropped from the copy (its only use is the encoder's input)."""
-    examples = []
-    for path in paths:
-        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
-            examples.append(tf.train.Example.FromString(record))
-    texts = {id(e): item_text(_single(e, f.TITLE), _single(e, f.DESCRIPTION)) for e in examples}
-    queries = {id(e): query_text(_single(e, f.QUERY)) for e in examples}
-    images = {id(e): _single(e, f.IMAGE) for e in examples}
+def encode_splits(splits: Dict[str, List[str]], caches: Dict[str, EncoderCache]) -> None:
+    """Copies each split's gzipped tf.Example files (`splits`: output
+    directory -> input files), each example with its encoded features
+    attached; a photo whose feature is attached is dropped from the copy (its
+    only use is the encoder's input). The contents of all splits are encoded
+    together: one progress bar per encoder, each content once."""
+    examples = {out_dir: [tf.train.Example.FromString(record) for path in paths
+                          for record in tf.data.TFRecordDataset(
+                              path, compression_type="GZIP").as_numpy_iterator()]
+                for out_dir, paths in splits.items()}
+    every = [example for split in examples.values() for example in split]
+    texts = {id(e): item_text(_single(e, f.TITLE), _single(e, f.DESCRIPTION)) for e in every}
+    queries = {id(e): query_text(_single(e, f.QUERY)) for e in every}
+    images = {id(e): _single(e, f.IMAGE) for e in every}
     text_features = caches["text"].features(
         [t for t in list(texts.values()) + list(queries.values()) if t])
     image_features = caches["image"].features([i for i in images.values() if i])
-    tf.io.gfile.makedirs(out_dir)
-    with tf.io.TFRecordWriter(os.path.join(out_dir, "data.tfrecord.gz"), options="GZIP") as writer:
-        for example in examples:
-            for source, name, table in ((texts, f.ENCODED_ITEM_TEXT, text_features),
-                                        (queries, f.ENCODED_QUERY, text_features),
-                                        (images, f.ENCODED_IMAGE, image_features)):
-                content = source[id(example)]
-                if content and table.get(content) is not None:
-                    _set_floats(example, name, table[content])
-                    if name == f.ENCODED_IMAGE:
-                        del example.features.feature[f.IMAGE]
-            writer.write(example.SerializeToString())
+    for out_dir, split in examples.items():
+        tf.io.gfile.makedirs(out_dir)
+        with tf.io.TFRecordWriter(os.path.join(out_dir, "data.tfrecord.gz"),
+                                  options="GZIP") as writer:
+            for example in split:
+                for source, name, table in ((texts, f.ENCODED_ITEM_TEXT, text_features),
+                                            (queries, f.ENCODED_QUERY, text_features),
+                                            (images, f.ENCODED_IMAGE, image_features)):
+                    content = source[id(example)]
+                    if content and table.get(content) is not None:
+                        _set_floats(example, name, table[content])
+                        if name == f.ENCODED_IMAGE:
+                            del example.features.feature[f.IMAGE]
+                writer.write(example.SerializeToString())
 
 
 class Executor(transform_executor.Executor):
@@ -196,10 +201,12 @@ class Executor(transform_executor.Executor):
         [examples] = input_dict[standard_component_specs.EXAMPLES_KEY]
         encoded = copy.deepcopy(examples)
         encoded.uri = os.path.join(transform_output, ".encoded_examples")
+        files = {}
         for split in artifact_utils.decode_split_names(examples.split_names):
             source = artifact_utils.get_split_uri([examples], split)
-            encode_split(sorted(tf.io.gfile.glob(os.path.join(source, "*"))),
-                         artifact_utils.get_split_uri([encoded], split), caches)
+            files[artifact_utils.get_split_uri([encoded], split)] = sorted(
+                tf.io.gfile.glob(os.path.join(source, "*")))
+        encode_splits(files, caches)
         stats = {name: cache.cache.stats for name, cache in caches.items()}
         totals = {key: sum(s[key] for s in stats.values()) for key in ("hits", "misses", "refused")}
         log.info("feature cache: %d hits, %d misses (encoded), %d refused shards",

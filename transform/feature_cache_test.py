@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from transform import cached_executor
 from transform import features as f
-from transform.cached_executor import EncoderCache, encode_split
+from transform.cached_executor import EncoderCache, encode_splits
 from transform.feature_cache import FeatureCache, shard_paths
 
 DIM = 4
@@ -103,7 +103,7 @@ def test_item_text_is_what_the_transform_graph_encodes():
         assert cached_executor.item_text(title, description) == graph.numpy()
 
 
-def test_encode_split_attaches_features_and_drops_encoded_photos(tmp_path):
+def test_encode_splits_attaches_features_and_drops_encoded_photos(tmp_path):
     source = tmp_path / "in"
     source.mkdir()
     examples = [
@@ -119,7 +119,7 @@ def test_encode_split_attaches_features_and_drops_encoded_photos(tmp_path):
     caches = {"text": EncoderCache(_cache(tmp_path / "c"), CountingEncoder(), "texts"),
               "image": EncoderCache(FeatureCache(str(tmp_path / "c"), "image", "i", DIM),
                                     CountingEncoder(), "photos")}
-    encode_split([str(source / "data.gz")], str(tmp_path / "out"), caches)
+    encode_splits({str(tmp_path / "out"): [str(source / "data.gz")]}, caches)
     written = [tf.train.Example.FromString(r) for r in tf.data.TFRecordDataset(
         str(tmp_path / "out" / "data.tfrecord.gz"), compression_type="GZIP").as_numpy_iterator()]
     first, second, third = (e.features.feature for e in written)
