@@ -110,16 +110,28 @@ def test_recommend_returns_k_catalogue_items_for_a_known_user(run):
 
 def test_recommend_asks_what_search_without_words_asks(run):
     """recommend reads each user's query from a table made at export; search
-    runs the query tower on the request. For users, unknown users and no user
-    alike, both must give the same answer."""
+    runs the query tower on the request. Without past items (unknown users,
+    no user) both give the same answer; for users with past items, recommend
+    mixes some of them back in (buy-again) and keeps the towers' order for the rest."""
+    import csv
+
     from dataset import pseudonyms
 
     key = pseudonyms.load_key(run["user_key_file"])
-    users = [pseudonyms.pseudonym("u0001", key), pseudonyms.pseudonym("u0002", key), "nobody", ""]
-    recommended, recommend_scores = _ask(run["model"], "recommend", user_id=users)
-    searched, search_scores = _ask(run["model"], "search", query=[""] * len(users), user_id=users)
+    strangers = ["nobody", ""]
+    recommended, recommend_scores = _ask(run["model"], "recommend", user_id=strangers)
+    searched, search_scores = _ask(run["model"], "search", query=[""] * 2, user_id=strangers)
     assert recommended == searched
     np.testing.assert_allclose(recommend_scores, search_scores, atol=1e-5)
+    with open(run["data"] / "interactions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for user in ("u0001", "u0002"):
+        had = {row["item_id"] for row in rows if row["user_id"] == user}
+        (recommended,), _ = _ask(run["model"], "recommend", user_id=[pseudonyms.pseudonym(user, key)])
+        (searched,), _ = _ask(run["model"], "search", k=len(run["items"]), query=[""],
+                              user_id=[pseudonyms.pseudonym(user, key)])
+        new = [item for item in recommended if item not in had]
+        assert new == [item for item in searched if item not in had][:len(new)]
 
 
 def test_search_finds_items_matching_the_words(run):

@@ -169,7 +169,7 @@ def test_a_new_version_is_served_while_queries_flow_and_a_crippled_model_is_not_
     stdout, crippled = run_pipeline(server["data"], server["root"] / "out", epochs=0, blessed=False)
     assert crippled["blessed"] is False and crippled["pushed_model"] is None
     # 300 items: the gate reads recall@30 (pipeline/release_gate.py).
-    assert "recall@30=" in crippled["blessing"] and "catalogue of 300 items" in crippled["blessing"]
+    assert "recall@30" in crippled["blessing"]
     assert crippled["change_vs_baseline"]["recall@100"] < 0
     assert model_store.versions(server["model_base"])[-1] == newest
     assert _ask(server, user="u0003").model_version == newest

@@ -30,8 +30,11 @@ RATING_FEATURES = (f.RATING_LABEL, f.RATING_LABEL + "_present")
 
 
 def vocabulary_sizes(tft_output: tft.TFTransformOutput) -> Dict[str, int]:
-    """Embedding table sizes: each vocabulary plus index 0 for "unknown"."""
-    return {name: tft_output.vocabulary_size_by_name(name) + 1 for name in VOCABULARIES}
+    """Embedding table sizes: each vocabulary plus index 0 for "unknown" (and
+    the words' out-of-vocabulary buckets)."""
+    sizes = {name: tft_output.vocabulary_size_by_name(name) + 1 for name in VOCABULARIES}
+    sizes[f.TOKEN_VOCABULARY] += f.WORD_OOV_BUCKETS
+    return sizes
 
 
 def _parsed_records(file_pattern: str, tft_output: tft.TFTransformOutput, batch_size: int,

@@ -287,15 +287,24 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def rank_examples(self, examples):
         """For the Evaluator: the rank of each example's item for its user/query,
-        scored as `search` scores it (with no words, as `recommend` does), and
+        scored as the answer a client gets would rank it (`search` for rows
+        with words, `recommend`, buy-again included, for rows without), and
         the size of the catalogue it ranks in, on every row, from which the
         release gate (pipeline/release_gate.py) takes its cut-off and floor."""
         raw = tf.io.parse_example(examples, self._raw_spec)
         transformed = dense_embeddings(self.tft_layer(raw))
         scores = self._scores(self._query_embeddings(transformed), transformed[f.QUERY_TOKENS])
-        ranks = ranks_of_items(scores, transformed[f.ITEM_INDEX])
         # Row 0 of the catalogue is the unknown item, which is never ranked.
         catalogue_size = tf.shape(self.candidates, out_type=tf.int64)[0] - 1
+        if self.buy_again is not None:
+            # The gate must judge what `recommend` serves; every rank is
+            # exact, so the whole catalogue is mixed (k = its size).
+            mixed = self._with_buy_again(
+                scores, self.buy_again.user_past_items(transformed[f.USER_INDEX]),
+                tf.cast(catalogue_size, tf.int32) + 1)
+            no_query = transformed[f.QUERY_TEXT_EMBEDDING + "_present"] == 0
+            scores = tf.where(no_query[:, None], mixed, scores)
+        ranks = ranks_of_items(scores, transformed[f.ITEM_INDEX])
         return {"rank": ranks, "catalogue_size": tf.fill(tf.shape(ranks), catalogue_size)}
 
 

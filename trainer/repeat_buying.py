@@ -247,7 +247,7 @@ def mix_scores(scores: tf.Tensor, past: tf.Tensor, probability: tf.Tensor,
     (0 pads; no item twice in a row) and their buy-again probabilities ->
     scores in which each past item scores its probability and the towers'
     top k new items the chance their rank earns (`new_item_rates`);
-    everything else scores below both."""
+    everything else scores below both. Rows without past items are unchanged."""
     past = tf.cast(past, tf.int32)
     batch = tf.shape(scores)[0]
     rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(past))
@@ -269,5 +269,8 @@ def mix_scores(scores: tf.Tensor, past: tf.Tensor, probability: tf.Tensor,
         tf.fill(tf.shape(scores), tf.constant(_BELOW - 1.0, scores.dtype)),
         tf.reshape(tf.stack([top_rows, top.indices], -1), [-1, 2]), tf.reshape(rank_scores, [-1]))
     real = tf.reshape(past, [-1]) != 0
-    return tf.tensor_scatter_nd_update(mixed, tf.boolean_mask(cells, real),
-                                       tf.boolean_mask(tf.reshape(probability, [-1]), real))
+    mixed = tf.tensor_scatter_nd_update(mixed, tf.boolean_mask(cells, real),
+                                        tf.boolean_mask(tf.reshape(probability, [-1]), real))
+    # A user without past items keeps the towers' scores: the same top k,
+    # and scores a client can compare with search's.
+    return tf.where(tf.reduce_any(past != 0, axis=1)[:, None], mixed, scores)

@@ -64,6 +64,17 @@ def test_shop_without_repeats_keeps_past_items_out():
     assert best.tolist() == towers
 
 
+def test_a_user_without_past_items_keeps_the_towers_scores():
+    recent, counts, item_counts = histories(rebuy=True)
+    tables = rb.BuyAgainTables(rb.fit(recent, counts, item_counts), rb.past_items(recent, counts))
+    past = tables.user_past_items(tf.constant([0, 1]))  # row 0: no user, no past items
+    scores = tf.random.uniform([2, ITEMS], seed=3)
+    mixed = rb.mix_scores(scores, past[0], tables.probabilities(*past), tables.new_item_rates,
+                          tf.constant(10))
+    np.testing.assert_array_equal(mixed[0], scores[0])
+    assert not np.array_equal(mixed[1], scores[1])
+
+
 def test_tf_twin_and_request_histories_match_numpy():
     recent, counts, item_counts = histories(rebuy=True, seed=3)
     model = rb.fit(recent, counts, item_counts)

@@ -62,6 +62,11 @@ RATING_LABEL = "rating_label"
 DISPLAY_TITLE = "display_title"
 DISPLAY_ATTRIBUTES = "display_attributes"
 
+# Words outside the vocabulary (rarer than its top k, or first seen after
+# training, as a new product's brand) hash into this many extra word indices,
+# so that such a word in a query still matches the same word in a title.
+WORD_OOV_BUCKETS = 1000
+
 # Fixed lengths of padded token sequences.
 QUERY_LENGTH = 16
 ITEM_TEXT_LENGTH = 64

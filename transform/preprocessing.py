@@ -1,6 +1,7 @@
 """The tf.Transform `preprocessing_fn`: raw examples -> model features.
 
-Ids and words become vocabulary indices (0 = absent or unknown), text is
+Ids and words become vocabulary indices (0 = absent or unknown; a word outside
+the vocabulary hashes into `WORD_OOV_BUCKETS` indices after it), text is
 normalised and tokenised by `text_preprocessor`, images are decoded, resized and
 normalised by `image_preprocessor`. The frozen pretrained encoders (MiniLM for
 text, EfficientNet-Lite0 for images) run here, once per row that has the input,
@@ -72,8 +73,10 @@ def preprocessing_fn(inputs, custom_config=None):
                                                item_vocabulary, f.RECENT_ITEMS_LENGTH),
         f.USER_INDEX: _index(user_id, tft.vocabulary(_present(user_id),
                                                      vocab_filename=f.USER_VOCABULARY)),
-        f.QUERY_TOKENS: _padded_indices(query_tokens, token_vocabulary, f.QUERY_LENGTH),
-        f.ITEM_TOKENS: _padded_indices(item_tokens, token_vocabulary, f.ITEM_TEXT_LENGTH),
+        f.QUERY_TOKENS: _padded_indices(query_tokens, token_vocabulary, f.QUERY_LENGTH,
+                                        f.WORD_OOV_BUCKETS),
+        f.ITEM_TOKENS: _padded_indices(item_tokens, token_vocabulary, f.ITEM_TEXT_LENGTH,
+                                       f.WORD_OOV_BUCKETS),
         f.ATTRIBUTE_TOKENS: _padded_indices(
             attribute_tokens,
             tft.vocabulary(attribute_tokens.flat_values, top_k=settings.attribute_vocabulary_size,
@@ -154,9 +157,13 @@ class IdLookup(tf.Module):
         return self._table.lookup(ids) + 1
 
 
-def _padded_indices(tokens: tf.RaggedTensor, vocabulary, length: int) -> tf.Tensor:
+def _padded_indices(tokens: tf.RaggedTensor, vocabulary, length: int,
+                    oov_buckets: int = 0) -> tf.Tensor:
+    """[batch, length] indices, 0 padding; a token outside the vocabulary is
+    0 too, or with `oov_buckets` one of that many indices after it."""
     indices = tf.ragged.map_flat_values(
-        lambda words: tft.apply_vocabulary(words, vocabulary, default_value=-1) + 1, tokens)
+        lambda words: tft.apply_vocabulary(words, vocabulary, default_value=-1,
+                                           num_oov_buckets=oov_buckets) + 1, tokens)
     return indices.to_tensor(default_value=0, shape=[None, length])
 
 

@@ -90,6 +90,23 @@ def test_ids_and_words_share_vocabularies(transformed):
     assert len(title) == f.ITEM_TEXT_LENGTH and not any(title[2:])
 
 
+def test_a_word_outside_the_vocabulary_is_the_same_bucket_in_queries_and_titles(transformed):
+    """A new product's new word (never seen by the vocabulary) must still
+    match the same word in a query: both hash to one index after the vocabulary."""
+    _, tft_output = transformed
+    words = len(tft_output.vocabulary_by_name(f.TOKEN_VOCABULARY))
+    spec = schema_utils.schema_as_feature_spec(
+        io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())).feature_spec
+    texts = {f.TITLE: b"Zebra mug", f.QUERY: b"zebra"}
+    raw = {name: tf.sparse.from_dense(tf.constant([[texts[name]]])) if name in texts else
+           tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], value.dtype), [1, 1])
+           for name, value in spec.items()}
+    out = tft_output.transform_features_layer()(raw)
+    (zebra, mug), query = out[f.ITEM_TOKENS].numpy()[0][:2], out[f.QUERY_TOKENS].numpy()[0][0]
+    assert words < zebra == query <= words + f.WORD_OOV_BUCKETS
+    assert 0 < mug <= words
+
+
 def test_catalogue_rows_carry_their_title_and_attributes_as_written_for_answers(transformed):
     outputs, _ = transformed
     assert [(row[f.DISPLAY_TITLE], row[f.DISPLAY_ATTRIBUTES]) for row in outputs] == [
