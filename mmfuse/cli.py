@@ -271,6 +271,8 @@ def _run(args) -> int:
         "blessing": result.blessing_reason,
         "metrics": result.metrics,
         "change_vs_baseline": result.change_vs_baseline,
+        "feature_cache": getattr(result, "feature_cache", None),
+        "warm_start": getattr(result, "warm_start", None),
         "wall_time_s": round(time.time() - started, 1),
         "config_hash": config_hash(settings),
         "config": to_dict(settings),

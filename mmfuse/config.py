@@ -71,11 +71,16 @@ class PipelineSettings:
 
 @dataclasses.dataclass(frozen=True)
 class TransformSettings:
-    """The vocabularies Transform builds over the training data."""
+    """The vocabularies Transform builds over the training data, and where it
+    keeps the encoders' features between runs."""
     text_vocabulary_size: int = setting(30000, "most frequent words of item text and queries "
                                         "kept as tokens; rarer words share one bucket", minimum=1)
     attribute_vocabulary_size: int = setting(5000, "most frequent attribute values "
                                              "(`colour=red`) kept as tokens", minimum=1)
+    feature_cache_dir: Optional[str] = setting(None, "where the encoders' features are kept "
+                                               "across runs by content, so a run encodes only "
+                                               "new or changed text and photos; `null`: "
+                                               "`feature_cache` under the pipeline root; `\"\"`: off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +119,10 @@ class TrainerSettings:
                                    "0: no head (needs interactions with a rating)", minimum=0)
     id_min_rows: int = setting(5, "training rows an item needs before its id embedding joins "
                                "its content (fewer would be memorised)", minimum=1)
+    warm_start: bool = setting(True, "train from the latest blessed model in the run directory "
+                               "(ids copied by id, new ones fresh), unless `epochs` is 0")
+    warm_start_epochs: int = setting(2, "passes over the training interactions when warm "
+                                     "started (at most `epochs`)", minimum=1)
     lexical_weight: float = setting(0.75, "weight of BM25 over item words beside the towers' "
                                     "score in `search`; 0: the towers alone", minimum=0)
 

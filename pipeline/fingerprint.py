@@ -29,8 +29,8 @@ import tensorflow as tf
 DATA_CODE = ("dataset/__init__.py", "dataset/contract.py", "dataset/pseudonyms.py", "dataset/splits.py",
              "schema/schema.pbtxt",
              "pipeline/__init__.py", "pipeline/example_gen.py", "transform", "mmfuse/__init__.py",
-             "mmfuse/config.py")
-TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py", "mmfuse/progress.py")
+             "mmfuse/config.py", "mmfuse/progress.py")
+TRAINER_CODE = ("trainer", "evaluation/__init__.py", "evaluation/metrics.py")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -102,7 +102,8 @@ def _covered(keys):
 
 
 def test_the_keys_name_exactly_the_code_each_component_imports():
-    data_files = _project_files_loaded_by("import pipeline.example_gen, transform.preprocessing")
+    data_files = _project_files_loaded_by(
+        "import pipeline.example_gen, transform.preprocessing, transform.cached_executor")
     assert {"transform/preprocessing.py", "transform/text_encoder.py"} <= data_files
     assert data_files | {"schema/schema.pbtxt"} == _covered(DATA_CODE)
     trainer_files = _project_files_loaded_by("import trainer.run")

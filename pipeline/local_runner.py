@@ -2,7 +2,9 @@
 reads back what it produced: the blessing, the pushed model and the metrics."""
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 from typing import Dict, Optional
 
 import numpy as np
@@ -20,10 +22,12 @@ from mmfuse import progress
 from pipeline import release_gate
 from pipeline.pipeline import PipelineConfig, create_pipeline
 from transform import features as f
+from transform.cached_executor import ENCODING
 
-ENCODING = "encoding"
-# Raw features the Transform's encoders read.
-ENCODED_INPUTS = (f.TITLE, f.DESCRIPTION, f.IMAGE, f.QUERY)
+# Raw features the Transform's encoders read, each with the feature that the
+# feature cache attaches in its place (transform/cached_executor.py).
+ENCODED_INPUTS = ((f.TITLE, f.ENCODED_ITEM_TEXT), (f.DESCRIPTION, f.ENCODED_ITEM_TEXT),
+                  (f.IMAGE, f.ENCODED_IMAGE), (f.QUERY, f.ENCODED_QUERY))
 
 
 @dataclasses.dataclass
@@ -34,6 +38,11 @@ class RunResult:
     metrics: Dict[str, float]
     change_vs_baseline: Dict[str, float]
     blessing_reason: str
+    # The Transform's encoder feature cache: hits, misses, refused shards
+    # (transform/cached_executor.py); None when Transform's outputs were reused.
+    feature_cache: Optional[Dict] = None
+    # The blessed model version this run's Trainer started from, or None.
+    warm_start: Optional[Dict] = None
 
 
 class _ComponentSteps(logging.Handler):
@@ -62,12 +71,16 @@ def _is_encoding(dofn) -> bool:
 
 
 def _encoded_rows(batch) -> int:
-    """Rows of a raw Arrow batch that carry text or an image for the encoders."""
-    present = np.zeros(batch.num_rows, bool)
-    for name in ENCODED_INPUTS:
+    """Rows of a raw Arrow batch that carry text or an image for the encoders
+    and not the feature cache's features of it (those the graph encodes)."""
+    def has(name):
         index = batch.schema.get_field_index(name)
-        if index >= 0:
-            present |= batch.column(index).is_valid().to_numpy(zero_copy_only=False)
+        return (batch.column(index).is_valid().to_numpy(zero_copy_only=False) if index >= 0
+                else np.zeros(batch.num_rows, bool))
+
+    present = np.zeros(batch.num_rows, bool)
+    for name, encoded in ENCODED_INPUTS:
+        present |= has(name) & ~has(encoded)
     return int(present.sum())
 
 
@@ -116,19 +129,43 @@ def run(config: PipelineConfig) -> RunResult:
             tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
     finally:
         logging.getLogger().removeHandler(steps)
-    return _read_result(_outputs_of_run(store, after_context_id=last_run))
+    result = _read_result(_outputs_of_run(store, after_context_id=last_run))
+    executed = _outputs_of_run(store, last_run, ("Transform", "Trainer"), executed_only=True)
+    graph = executed.get("TransformGraph")
+    cache = _read_json(graph and graph.uri, "feature_cache.json")
+    if cache:
+        result.feature_cache = {key: cache[key] for key in ("hits", "misses", "refused")}
+    model_run = executed.get("ModelRun")
+    warm = _read_json(model_run and model_run.uri, "warm_start.json")
+    if warm:
+        result.warm_start = {"from_version": warm["version"], "ids_copied": warm["ids_copied"],
+                             "new_ids": warm["new_ids"]}
+    return result
 
 
-def _outputs_of_run(store, after_context_id: int) -> Dict[str, metadata_store_pb2.Artifact]:
-    """The Trainer's, the Evaluator's and the Pusher's outputs in the run just finished, by
-    artifact type. A component whose result came from the cache published the
-    earlier artifact again, so it counts as this run's output too."""
+def _read_json(directory: Optional[str], name: str) -> Optional[Dict]:
+    path = directory and os.path.join(directory, name)
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _outputs_of_run(store, after_context_id: int,
+                    components=("Trainer", "Evaluator", "Pusher"),
+                    executed_only: bool = False) -> Dict[str, metadata_store_pb2.Artifact]:
+    """The outputs of `components` in the run just finished, by artifact type.
+    A component whose result came from the cache published the earlier
+    artifact again, so it counts as this run's output too, unless
+    `executed_only`."""
     runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.id > after_context_id]
     if not runs:
         return {}
     execution_types = {t.id: t.name for t in store.get_execution_types()}
     executions = [e for e in store.get_executions_by_context(max(runs, key=lambda c: c.id).id)
-                  if execution_types[e.type_id].endswith((".Trainer", ".Evaluator", ".Pusher"))]
+                  if execution_types[e.type_id].endswith(tuple("." + c for c in components))
+                  and (not executed_only
+                       or e.last_known_state == metadata_store_pb2.Execution.COMPLETE)]
     events = store.get_events_by_execution_ids([e.id for e in executions])
     output_ids = sorted({e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT})
     artifact_types = {t.id: t.name for t in store.get_artifact_types()}

@@ -4,9 +4,11 @@ The same function is compiled for Kubeflow (pipeline/kubeflow_runner.py) and
 run locally (pipeline/local_runner.py).
 """
 import dataclasses
+import os
 from typing import List, Optional, Sequence
 
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 from tfx.proto import transform_pb2
 
 from dataset.contract import limits_of
@@ -17,6 +19,9 @@ from pipeline.anomalies_gate import AnomaliesGate
 from pipeline.example_gen import CATALOG, USERS, dataset_example_gen
 from pipeline.pusher import Pusher
 from schema import SCHEMA_FILE
+from transform import cached_executor
+
+FEATURE_CACHE = "feature_cache"
 
 MODEL_NAME = "mmfuse"
 
@@ -75,18 +80,23 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     # Stops the run on any anomaly, before any time is spent on training.
     anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
     components.append(anomalies_gate)
-    # Vocabularies and text/image preprocessing, embedded later in the serving graph.
+    # Vocabularies and text/image preprocessing, embedded later in the serving
+    # graph; the encoders see only what their feature cache lacks.
+    transform_settings = settings_of(settings.transform)
+    if transform_settings["feature_cache_dir"] is None:
+        transform_settings["feature_cache_dir"] = os.path.join(config.pipeline_root, FEATURE_CACHE)
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn="transform.preprocessing.preprocessing_fn",
-        custom_config=settings_of(settings.transform),
+        custom_config=transform_settings,
         # StatisticsGen already describes the raw data; TFDV's pre- and
         # post-transform statistics would describe it again, and the frozen
         # embeddings' 2,352 floats an item besides.
         disable_statistics=True,
         splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN, CATALOG],
                                                  transform=[TRAIN, EVAL, CATALOG, USERS]))
+    transform.executor_spec = executor_spec.BeamExecutorSpec(cached_executor.Executor)
     transform.add_upstream_node(anomalies_gate)
     components.append(transform)
     # Trains the two-tower model on train interactions joined with the catalog and users.
@@ -100,7 +110,9 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         custom_config={"trainer": settings_of(settings.trainer),
                        "export": settings_of(settings.export),
                        # Keys the cache only (trainer/run.py CACHE_ONLY).
-                       "trainer_code": config.trainer_cache_key})
+                       "trainer_code": config.trainer_cache_key,
+                       # Where the latest blessed model is, to warm-start from.
+                       "warm_start_from": config.serving_dir})
     components.append(trainer)
     # The latest blessed model, the baseline a candidate must not fall below.
     model_resolver = tfx.dsl.Resolver(

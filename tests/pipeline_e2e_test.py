@@ -35,8 +35,10 @@ def test_run_reports_progress_and_a_blessed_pushed_model(run):
     for component in COMPONENTS:
         assert f"[mmfuse] {component} ..." in lines
         assert any(line.startswith(f"[mmfuse] {component} done in ") for line in lines)
-    # A bar for each long step, printed at each quarter (not a terminal).
-    for bar in ("encoding items and searches", "training steps (3 epochs)", "ranking eval rows"):
+    # A bar for each long step, printed at each quarter (not a terminal); the
+    # encoders' (a first run's: everything is new to the feature cache) one each.
+    for bar in ("encoding new or changed texts", "encoding new or changed photos",
+                "training steps (3 epochs)", "ranking eval rows"):
         assert any(line.startswith(f"[mmfuse]   {bar}: 100% (") for line in lines), bar
     result = run["result"]
     assert result["blessed"] is True

@@ -241,8 +241,12 @@ def ranks_of_items(scores: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
     size] (column 0, the unknown item, excluded).
 
     Ties count against the item, so a model that scores everything alike
-    ranks every item last rather than first.
+    ranks every item last rather than first. An item the model does not know
+    (index 0: the baseline model of a next-day run meeting a new item) ranks
+    after the whole catalogue, as it can never be recommended.
     """
     scores = scores[:, 1:]
-    true_scores = tf.gather(scores, item_index - 1, batch_dims=1)
-    return tf.reduce_sum(tf.cast(scores >= true_scores[:, None], tf.float32), axis=1)
+    known = item_index > 0
+    true_scores = tf.gather(scores, tf.where(known, item_index - 1, 0), batch_dims=1)
+    ranks = tf.reduce_sum(tf.cast(scores >= true_scores[:, None], tf.float32), axis=1)
+    return tf.where(known, ranks, tf.cast(tf.shape(scores)[1] + 1, tf.float32))

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from trainer.data import CATALOG_FEATURES, EMBEDDING_DIMS, QUERY_FEATURES
-from trainer.model import Catalog, RetrievalModel, Users, no_text_queries
+from trainer.model import Catalog, RetrievalModel, Users, no_text_queries, ranks_of_items
 from transform import features as f
 
 SIZES = {f.ITEM_VOCABULARY: 5, f.USER_VOCABULARY: 4, f.TOKEN_VOCABULARY: 9,
@@ -218,3 +218,11 @@ def test_an_item_seen_by_its_photo_alone_is_placed_as_a_photo_only_item():
 def test_an_item_tower_without_photos_or_with_photos_alone_has_no_photo_item_task(modalities):
     model = tiny_model(rating_weight=0.0, photo_item_weight=1.0, modalities=modalities)
     assert model.photo_item_weight == 0
+
+
+def test_an_item_the_model_does_not_know_ranks_after_the_whole_catalogue():
+    """A next-day run's Evaluator ranks new items with the baseline model too,
+    which knows them only as index 0."""
+    scores = tf.constant([[9.0, 0.1, 0.3, 0.2], [9.0, 0.1, 0.3, 0.2]])
+    ranks = ranks_of_items(scores, tf.constant([3, 0], tf.int64))
+    np.testing.assert_array_equal(ranks.numpy(), [2.0, 4.0])

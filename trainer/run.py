@@ -17,7 +17,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from evaluation.metrics import metrics_from_ranks
 from mmfuse import progress
 from mmfuse.config import Config, TrainerSettings, from_dict
-from trainer import data, export, lexical, repeat_buying
+from trainer import data, export, lexical, repeat_buying, warm_start
 from trainer.data import QUERY_FEATURES
 from trainer.model import Catalog, RetrievalModel, Users, ranks_of_items
 from transform import features as f
@@ -25,8 +25,9 @@ from transform import features as f
 progress_log = logging.getLogger("mmfuse")
 
 # custom_config entries that are not settings: the version of the Trainer's
-# code, there so that TFX re-trains when it changes (pipeline/fingerprint.py).
-CACHE_ONLY = ("trainer_code",)
+# code, there so that TFX re-trains when it changes (pipeline/fingerprint.py),
+# and the serving model base whose newest version a warm start begins from.
+CACHE_ONLY = ("trainer_code", "warm_start_from")
 
 
 def run_settings(custom_config: Dict) -> Config:
@@ -173,17 +174,33 @@ def run_fn(fn_args: FnArgs) -> None:
                                token_dropout=config.token_dropout,
                                photo_search_weight=config.photo_search_weight,
                                photo_item_weight=config.photo_item_weight)
+        # Zero epochs still means the untrained model.
+        base = (warm_start.latest_blessed(fn_args.custom_config.get("warm_start_from"))
+                if config.warm_start and config.epochs > 0 else None)
+        epochs = config.epochs
+        if base:
+            # The variables exist once the model has seen a batch.
+            model.compute_loss(next(iter(train)), training=True)
+            report = warm_start.warm_start(model, base, {
+                name: tft_output.vocabulary_by_name(name) for name in data.VOCABULARIES})
+            report["from"] = base
+            report["version"] = int(os.path.basename(base.rstrip("/")))
+            epochs = min(config.epochs, config.warm_start_epochs)
+            warm_start.write_report(report, fn_args.model_run_dir)
+            progress_log.info("warm start from %s: %d variables copied, ids copied by id %s, "
+                              "%d fresh; %d epochs", base, report["copied"], report["ids_copied"],
+                              len(report["fresh"]), epochs)
         steps_per_epoch = -(-int(counts.sum()) // batch_size)
         model.compile(optimizer=tf.keras.optimizers.Adam(
-            learning_rate(config, config.epochs * steps_per_epoch)))
+            learning_rate(config, max(epochs, 1) * steps_per_epoch)))
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         RetrievalEvaluation(evaluation, fn_args.model_run_dir, catalog_content[f.ITEM_TOKENS],
                             vocabulary_sizes[f.TOKEN_VOCABULARY],
                             config.lexical_weight),
-        TrainingProgress(config.epochs * steps_per_epoch, config.epochs),
+        TrainingProgress(epochs * steps_per_epoch, epochs),
     ]
-    model.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
+    model.fit(train, epochs=epochs, validation_data=evaluation, callbacks=callbacks,
               verbose=2)
     buy_again = (_fit_buy_again(recent_items, train_files, tft_output, counts)
                  if settings.export.buy_again else None)

@@ -17,6 +17,12 @@ IMAGE = "image"
 # The user's most recent training interactions' item ids, most recent first
 # (pipeline/example_gen.py), on interaction rows and on the users split.
 RECENT_ITEMS = "recent_items"
+# The encoders' features of the row's item text, query and photo, attached by
+# the Transform's feature cache (transform/cached_executor.py), never by
+# ExampleGen or a serving request; a row that has one is not encoded again.
+ENCODED_ITEM_TEXT = "encoded_item_text"
+ENCODED_QUERY = "encoded_query"
+ENCODED_IMAGE = "encoded_image"
 RAW_STRING_FEATURES = (ITEM_ID, USER_ID, QUERY, TITLE, DESCRIPTION, IMAGE)
 
 # Vocabulary files written by the Transform analysers.

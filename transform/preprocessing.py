@@ -82,11 +82,14 @@ def preprocessing_fn(inputs, custom_config=None):
             tft.vocabulary(attribute_tokens.flat_values, top_k=settings.attribute_vocabulary_size,
                            vocab_filename=f.ATTRIBUTE_VOCABULARY),
             f.ATTRIBUTES_LENGTH),
-        f.ITEM_TEXT_EMBEDDING: _embed_present(item_text, text_encoder.embed, TEXT_DIM),
-        f.QUERY_TEXT_EMBEDDING: _embed_present(tf.strings.strip(query), text_encoder.embed, TEXT_DIM),
+        f.ITEM_TEXT_EMBEDDING: _embed_present(item_text, text_encoder.embed, TEXT_DIM,
+                                              inputs.get(f.ENCODED_ITEM_TEXT)),
+        f.QUERY_TEXT_EMBEDDING: _embed_present(tf.strings.strip(query), text_encoder.embed, TEXT_DIM,
+                                               inputs.get(f.ENCODED_QUERY)),
         f.IMAGE_EMBEDDING: _embed_present(
             _single_value(inputs[f.IMAGE], ""),
-            lambda images: image_encoder(image_preprocessor.preprocess_batch(images)), IMAGE_DIM),
+            lambda images: image_encoder(image_preprocessor.preprocess_batch(images)), IMAGE_DIM,
+            inputs.get(f.ENCODED_IMAGE)),
         f.TIME_OF_INTERACTION: (_time_of_interaction(_single_value(inputs[f.TIMESTAMP], 0))
                                 * has_timestamp[:, None]),
         f.TIME_OF_INTERACTION + "_present": has_timestamp,
@@ -164,15 +167,32 @@ def _padded_indices(tokens: tf.RaggedTensor, vocabulary, length: int,
     return indices.to_tensor(default_value=0, shape=[None, length])
 
 
-def _embed_present(values: tf.Tensor, encode, dim: int) -> tf.SparseTensor:
+def _embed_present(values: tf.Tensor, encode, dim: int, encoded=None) -> tf.SparseTensor:
     """Encodes the non-empty rows of `values` [batch]; empty rows stay empty,
     so rows without the input cost neither encoder time nor storage. A batch
     with no such row (most serving requests) skips the encoder: even on an
-    empty batch it would run its ~1,600 graph ops."""
+    empty batch it would run its ~1,600 graph ops.
+
+    `encoded` (sparse [batch, dim] or None): features the feature cache
+    attached (transform/cached_executor.py); a row that has all `dim` of them
+    takes them as they are and is not encoded (its input may be gone)."""
     present = tf.strings.length(values) > 0
-    present_values = tf.boolean_mask(values, present)
-    embedded = tf.cond(tf.size(present_values) > 0,
-                       lambda: tf.reshape(encode(present_values), [-1]),
-                       lambda: tf.zeros([0], tf.float32))
-    lengths = tf.cast(tf.where(present, dim, 0), tf.int64)
-    return tf.RaggedTensor.from_row_lengths(embedded, lengths).to_sparse()
+    if encoded is None:
+        has_encoded = tf.zeros_like(present)
+        cached = tf.zeros([0, dim], tf.float32)
+    else:
+        encoded = tf.RaggedTensor.from_sparse(encoded)
+        has_encoded = tf.equal(encoded.row_lengths(), dim)
+        cached = tf.reshape(tf.ragged.boolean_mask(encoded, has_encoded).flat_values, [-1, dim])
+    to_encode = present & ~has_encoded
+    values_to_encode = tf.boolean_mask(values, to_encode)
+    embedded = tf.cond(tf.size(values_to_encode) > 0,
+                       lambda: tf.reshape(encode(values_to_encode), [-1, dim]),
+                       lambda: tf.zeros([0, dim], tf.float32))
+    rows = tf.stack([tf.size(values, out_type=tf.int64), dim])
+    merged = (tf.scatter_nd(tf.where(to_encode), embedded, rows)
+              + tf.scatter_nd(tf.where(has_encoded), cached, rows))
+    kept = present | has_encoded
+    lengths = tf.cast(tf.where(kept, dim, 0), tf.int64)
+    return tf.RaggedTensor.from_row_lengths(tf.reshape(tf.boolean_mask(merged, kept), [-1]),
+                                            lengths).to_sparse()

@@ -155,11 +155,22 @@ def test_frozen_features_equal_the_encoders_run_directly(transformed):
     pixels = image_preprocessor.preprocess_batch(tf.constant([_png((255, 0, 0))]))
     np.testing.assert_allclose(outputs[0][f.IMAGE_EMBEDDING], ImageEncoderModule()(pixels)[0],
                                rtol=1e-4, atol=1e-4)
+    # The full input signature, as the serving model feeds it (trainer/export.py):
+    # the Transform layer drops outputs whose inputs are missing. The second
+    # row carries a feature the feature cache attached, taken as it is.
     layer = tft_output.transform_features_layer()
-    served = layer({"query": tf.sparse.from_dense(tf.constant([["red MUG"]])),
-                    "image": tf.sparse.from_dense(tf.constant([[_png((255, 0, 0))]]))})
-    np.testing.assert_allclose(tf.sparse.to_dense(served[f.QUERY_TEXT_EMBEDDING])[0], expected[1],
-                               atol=1e-5)
+    spec = schema_utils.schema_as_feature_spec(
+        io_utils.parse_pbtxt_file(SCHEMA_FILE, schema_pb2.Schema())).feature_spec
+    inputs = {name: tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], value.dtype), [2, 1])
+              for name, value in spec.items()}
+    inputs[f.QUERY] = tf.sparse.from_dense(tf.constant([["red MUG"], ["not encoded again"]]))
+    inputs[f.IMAGE] = tf.sparse.from_dense(tf.constant([[_png((255, 0, 0))], [b""]]))
+    cached = np.full(expected.shape[1], 0.5, np.float32)
+    inputs[f.ENCODED_QUERY] = tf.RaggedTensor.from_row_lengths(cached, [0, len(cached)]).to_sparse()
+    served = layer(inputs)
+    queries = tf.sparse.to_dense(served[f.QUERY_TEXT_EMBEDDING]).numpy()
+    np.testing.assert_allclose(queries[0], expected[1], atol=1e-5)
+    np.testing.assert_array_equal(queries[1], cached)
     np.testing.assert_allclose(tf.sparse.to_dense(served[f.IMAGE_EMBEDDING])[0],
                                outputs[0][f.IMAGE_EMBEDDING], rtol=1e-4, atol=1e-4)
 
