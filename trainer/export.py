@@ -301,7 +301,7 @@ class ServingModule(tf.Module):
             # exact, so the whole catalogue is mixed (k = its size).
             mixed = self._with_buy_again(
                 scores, self.buy_again.user_past_items(transformed[f.USER_INDEX]),
-                tf.cast(catalogue_size, tf.int32) + 1)
+                tf.shape(scores)[1])
             no_query = transformed[f.QUERY_TEXT_EMBEDDING + "_present"] == 0
             scores = tf.where(no_query[:, None], mixed, scores)
         ranks = ranks_of_items(scores, transformed[f.ITEM_INDEX])

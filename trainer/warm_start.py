@@ -19,6 +19,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 from tensorflow.python.checkpoint import graph_view
 from tensorflow.python.trackable import trackable_utils
 
+from trainer.data import VOCABULARIES
 from transform import features as f
 
 progress_log = logging.getLogger("mmfuse")
@@ -88,7 +89,7 @@ def old_vocabularies(model_dir: str) -> Dict[str, List[bytes]]:
     the SavedModel keeps among its assets under their own names."""
     assets = os.path.join(model_dir, "assets")
     vocabularies = {}
-    for name in (f.ITEM_VOCABULARY, f.USER_VOCABULARY, f.TOKEN_VOCABULARY, f.ATTRIBUTE_VOCABULARY):
+    for name in VOCABULARIES:
         path = os.path.join(assets, name)
         if tf.io.gfile.exists(path):
             vocabularies[name] = _vocabulary(path)
