@@ -18,8 +18,11 @@ import time
 from typing import Dict, Iterator, List, Optional, TextIO, Tuple
 
 PREFIX = "[mmfuse] "
-# A bar on a pipe or a file prints at these shares of its total, no more.
+# A bar on a pipe or a file prints at these shares of its total, no more, and
+# only when PIPE_QUIET_SECONDS passed since its last line: a log of a long step
+# shows how it goes, a short step prints its end alone.
 MILESTONES = (0.25, 0.5, 0.75, 1.0)
+PIPE_QUIET_SECONDS = 10.0
 BAR_WIDTH = 24
 
 
@@ -146,7 +149,9 @@ class Progress:
             reached += 1
         if reached > bar.milestone:
             bar.milestone = reached
-            self._write(self._text(bar, now) + "\n")
+            if bar.done >= bar.total or now - max(bar.drawn_at, bar.started) >= PIPE_QUIET_SECONDS:
+                bar.drawn_at = now
+                self._write(self._text(bar, now) + "\n")
 
     def _close(self, key: str) -> None:
         bar = self._bars[key]

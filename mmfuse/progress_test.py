@@ -41,16 +41,26 @@ def test_a_pipe_gets_a_line_per_quarter_of_a_bar_not_one_per_unit():
     ]
 
 
+def test_a_pipe_prints_a_short_bar_only_at_its_end():
+    shown, stream, clock = _progress(tty=False)
+    shown.expect("encode", 200, "encoding")
+    for _ in range(200):
+        clock.now += 0.04  # 8 s in all: below PIPE_QUIET_SECONDS
+        shown.advance("encode")
+    assert stream.getvalue().splitlines() == ["[mmfuse]   encoding: 100% (200/200), in 0:08"]
+
+
 def test_a_bar_whose_total_was_an_estimate_ends_with_its_step():
     shown, stream, clock = _progress(tty=False)
     shown.step_started("Evaluator")
     shown.expect("rows", 100, "evaluating")
+    clock.now = 20
     shown.advance("rows", 30)
     clock.now = 3725
     shown.step_finished("Evaluator")
     shown.advance("rows", 70)  # the bar is gone: nothing more
     assert stream.getvalue().splitlines()[-2:] == [
-        "[mmfuse]   evaluating: 30% (30/100), time left unknown",
+        "[mmfuse]   evaluating: 30% (30/100), 0:47 left",
         "[mmfuse] Evaluator done in 1:02:05"]
 
 
