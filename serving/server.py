@@ -32,6 +32,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.protobuf import rewriter_config_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -278,8 +279,13 @@ def session_config(intra_op_threads: int = 0, inter_op_threads: int = 0) -> tf.c
     thread and back cost up to 40% of `recommend`'s throughput (44k items,
     8 clients), and the run-to-run spread was wide.
     """
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
-                                    inter_op_parallelism_threads=inter_op_threads or -1)
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                      inter_op_parallelism_threads=inter_op_threads or -1)
+    # Grappler's memory optimizer (GPU swapping and recomputation, nothing to
+    # do on CPU inference) prints a PredictCost warning for every new subgraph.
+    config.graph_options.rewrite_options.memory_optimization = (
+        rewriter_config_pb2.RewriterConfig.NO_MEM_OPT)
+    return config
 
 
 class Servable:
