@@ -6,6 +6,8 @@ variable of the new model whose checkpoint path and shape match the old
 model's is copied; an embedding indexed by a vocabulary (item ids, user ids,
 words, attribute values) is copied row by row by id, so a known item keeps
 its vector under its new index and a new id keeps its fresh initialisation.
+The words' out-of-vocabulary buckets, the table's last rows, are copied by
+position: a word hashes to the same bucket in every run.
 Anything else (another modality set, another embedding size) stays fresh.
 """
 import json
@@ -33,6 +35,8 @@ VOCABULARY_TABLES = {
     "model/item_tower/words/embedding/embeddings": f.TOKEN_VOCABULARY,  # shared by the towers
     "model/item_tower/attributes/embedding/embeddings": f.ATTRIBUTE_VOCABULARY,
 }
+# Rows after a vocabulary's ids (transform/preprocessing.py's hash buckets).
+BUCKET_ROWS = {f.TOKEN_VOCABULARY: f.WORD_OOV_BUCKETS}
 
 
 def latest_blessed(serving_dir: Optional[str]) -> Optional[str]:
@@ -97,15 +101,18 @@ def old_vocabularies(model_dir: str) -> Dict[str, List[bytes]]:
 
 
 def copy_rows_by_id(old: np.ndarray, new: np.ndarray, old_ids: List[bytes],
-                    new_ids: List[bytes]) -> int:
+                    new_ids: List[bytes], buckets: int = 0) -> int:
     """Copies `old`'s row of each id into `new`'s row of that id (row = the
-    id's line in its vocabulary + 1; row 0, "unknown", is copied as is).
+    id's line in its vocabulary + 1; row 0, "unknown", is copied as is), and
+    the last `buckets` rows (hash buckets after the ids) by position.
     Returns how many ids were copied."""
-    old_rows = {item: row + 1 for row, item in enumerate(old_ids) if row + 1 < len(old)}
+    old_rows = {item: row + 1 for row, item in enumerate(old_ids) if row + 1 < len(old) - buckets}
     new[0] = old[0]
+    if buckets:
+        new[-buckets:] = old[-buckets:]
     copied = 0
     for row, item in enumerate(new_ids):
-        if row + 1 < len(new) and item in old_rows:
+        if row + 1 < len(new) - buckets and item in old_rows:
             new[row + 1] = old[old_rows[item]]
             copied += 1
     return copied
@@ -132,7 +139,7 @@ def warm_start(model: tf.Module, model_dir: str, new_vocabularies: Dict[str, Lis
                 and old_shape[1:] == shape[1:]:
             value = variable.numpy()
             copied = copy_rows_by_id(reader.get_tensor(key), value, old_vocabulary[vocabulary],
-                                     new_vocabularies[vocabulary])
+                                     new_vocabularies[vocabulary], BUCKET_ROWS.get(vocabulary, 0))
             variable.assign(value)
             report["ids_copied"][path] = copied
             report["new_ids"][path] = len(new_vocabularies[vocabulary]) - copied

@@ -20,6 +20,7 @@ NEW = {f.ITEM_VOCABULARY: [b"e", b"d", b"a", b"c"], f.USER_VOCABULARY: [b"u2", b
 def _model(vocabularies, seed):
     tf.keras.utils.set_random_seed(seed)
     sizes = {name: len(ids) + 1 for name, ids in vocabularies.items()}
+    sizes[f.TOKEN_VOCABULARY] += f.WORD_OOV_BUCKETS  # as trainer.data.vocabulary_sizes
     items = sizes[f.ITEM_VOCABULARY]
     rng = np.random.default_rng(seed)
     content = {f.ITEM_TOKENS: rng.integers(0, sizes[f.TOKEN_VOCABULARY], [items, f.ITEM_TEXT_LENGTH]),
@@ -75,6 +76,9 @@ def test_known_ids_are_copied_by_id_new_ids_stay_fresh_weights_carried_over(tmp_
     np.testing.assert_array_equal(new_vars[users].numpy()[1], old_vars[users].numpy()[2])  # u2
     assert report["ids_copied"][items] == 3 and report["new_ids"][items] == 1
     assert report["ids_copied"][users] == 3 and report["new_ids"][users] == 1
+    words = "model/item_tower/words/embedding/embeddings"
+    buckets = slice(-f.WORD_OOV_BUCKETS, None)
+    np.testing.assert_array_equal(new_vars[words].numpy()[buckets], old_vars[words].numpy()[buckets])
     # Everything else, attention included, carried over whole.
     assert report["fresh"] == []
     shared = [path for path in new_vars if path not in warm_start.VOCABULARY_TABLES]
@@ -88,3 +92,12 @@ def test_no_complete_push_no_warm_start(tmp_path):
     assert warm_start.latest_blessed(str(tmp_path / "absent")) is None
     (tmp_path / "7").mkdir()  # a push still being written: no manifest yet
     assert warm_start.latest_blessed(str(tmp_path)) is None
+
+
+def test_hash_bucket_rows_are_copied_by_position_after_a_grown_vocabulary():
+    old = np.arange(6, dtype=np.float32)[:, None]  # unknown, red, shirt, 3 buckets
+    new = np.full([7, 1], -1.0, np.float32)  # unknown, red, wool, shirt, 3 buckets
+    copied = warm_start.copy_rows_by_id(old, new, [b"red", b"shirt"], [b"red", b"wool", b"shirt"],
+                                        buckets=3)
+    assert copied == 2
+    assert new[:, 0].tolist() == [0, 1, -1, 2, 3, 4, 5]
