@@ -188,6 +188,25 @@ def test_catalog_edits_chain(tmp_path, base, sample_run):
         model.signatures["similar_items"](item_id=tf.constant(["new-zebra-mug"]), k=tf.constant(EVERY))
 
 
+def test_a_catalog_version_warm_starts_the_next_training_like_the_version_it_came_from(
+        tmp_path, base, sample_run):
+    """The next-day Trainer warm-starts from the newest version, which may be
+    one `catalog add` wrote: the same tables and vocabularies must be found there."""
+    from trainer import warm_start
+
+    _, row = _photo_twin(tmp_path, sample_run)
+    catalog.add_items(str(base), str(_new_items_csv(tmp_path, sample_run, [row])))
+    original, edited = (str(base / str(version)) for version in model_store.versions(str(base)))
+    assert warm_start.latest_blessed(str(base)) == edited
+    assert warm_start.old_vocabularies(edited) == warm_start.old_vocabularies(original)
+    readers = [tf.train.load_checkpoint(f"{path}/variables/variables") for path in (original, edited)]
+    keys = [warm_start.checkpoint_keys(reader, warm_start.VOCABULARY_TABLES) for reader in readers]
+    assert set(keys[1]) == set(keys[0]) and keys[0]
+    for path in keys[0]:
+        np.testing.assert_array_equal(readers[1].get_tensor(keys[1][path]),
+                                      readers[0].get_tensor(keys[0][path]))
+
+
 def test_the_readme_catalog_commands_run_as_written(tmp_path, pushed, sample_run, monkeypatch,
                                                     capsys):
     from tests.readme_test import _readme_commands
