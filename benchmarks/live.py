@@ -115,7 +115,7 @@ def _prepare_movielens_live(options) -> tuple:
         for item in dataset.items.values():
             items.append({"item_id": item.item_id, "title": item.title,
                           "description": item.description,
-                          "image": os.path.relpath(item.image_path, dst) if item.image_path else "",
+                          "image": quality.link_image(item.image_path, dst) if item.image_path else "",
                           **dict(item.attributes)})
         attributes = sorted({name for item in dataset.items.values() for name, _ in item.attributes})
         write_dataset(dst, items, attributes,
@@ -200,7 +200,7 @@ def _prepare_fashion_known_and_new(options, whole_dir: str) -> tuple:
             directory = new_dir if held_out else known_dir
             (new if held_out else known).append({
                 "item_id": item.item_id, "title": item.title,
-                "image": os.path.relpath(item.image_path, directory) if item.image_path else "",
+                "image": quality.link_image(item.image_path, directory) if item.image_path else "",
                 **dict(item.attributes)})
         write_dataset(known_dir, known, FASHION_ATTRIBUTES)
         write_dataset(new_dir, new, FASHION_ATTRIBUTES)

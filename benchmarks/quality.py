@@ -222,18 +222,24 @@ def is_held_out(item_id: str) -> bool:
     return md5_share(item_id) < HELD_OUT_FRACTION
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    if os.path.exists(dst):
-        return
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system
-        shutil.copyfile(src, dst)
+def link_image(src: str, dataset_dir: str) -> str:
+    """Hard-links (or copies, across file systems) the image `src` into
+    `dataset_dir`/images and returns its path there: a dataset refuses image
+    paths that lead out of its directory."""
+    relative = "images/" + os.path.basename(src)
+    dst = os.path.join(dataset_dir, relative)
+    if not os.path.exists(dst):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system
+            shutil.copyfile(src, dst)
+    return relative
 
 
 def _prepare_fashion(options) -> str:
     """The catalogue with the held-out products' text and attributes hidden
-    (the module docstring); their images stay where the conversion put them."""
+    (the module docstring), its images hard-linked in."""
     original = _converted(options, _fashion_dir(options), "fashion-small",
                           "fashion-product-images-small", options.fashion_limit)
     dst = os.path.join(options.out, "data", _fashion_dir(options) + "-text-hidden")
@@ -241,13 +247,8 @@ def _prepare_fashion(options) -> str:
         return dst
     os.makedirs(dst, exist_ok=True)
     rows = []
-    os.makedirs(os.path.join(dst, "images"), exist_ok=True)
     for item in read_dataset(original, check_images=False).items.values():
-        image = ""
-        if item.image_path:
-            # Hard links: image paths must stay inside the dataset directory.
-            image = "images/" + os.path.basename(item.image_path)
-            _link_or_copy(item.image_path, os.path.join(dst, image))
+        image = link_image(item.image_path, dst) if item.image_path else ""
         row = {"item_id": item.item_id, "title": item.title, "image": image,
                **dict(item.attributes)}
         if item.image_path and is_held_out(item.item_id):

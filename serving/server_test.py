@@ -356,7 +356,8 @@ def test_without_a_loadable_version_the_server_waits_and_says_so(tmp_path, tiny_
                 client.ask(opened, client.predict_request("recommend", {"user_id": ["u0001"]}))
             assert raised.value.code() == grpc.StatusCode.NOT_FOUND
             shutil.copytree(tiny_model, base / "5")
-            _wait_for(lambda: served.watcher.servable is not None)
+            # The poller announces just after it switches: wait for the line, not the switch.
+            _wait_for(lambda: len(announced) >= 2)
             answer = client.ask(opened, client.predict_request("recommend", {"user_id": ["u0001"]}))
     finally:
         served.stop(grace=0)
