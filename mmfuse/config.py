@@ -2,8 +2,10 @@
 and one line saying what it means.
 
 A configuration is a YAML file of sections (`pipeline`, `transform`, `trainer`,
-`gate`, `export`, `kubeflow`, `serving`), each a mapping of keys to values;
-anything left out takes its default. `--set section.key=value` overrides one
+`gate`, `export`, `kubeflow`, `resources`, `serving`), each a mapping of keys to
+values; anything left out takes its default. A setting may itself be a mapping
+(`resources.Trainer` holds `cpu`, `gpus`, ...): in YAML it nests, in
+`--set` its keys are joined by dots. `--set section.key=value` overrides one
 key after the file is read; the value is parsed as YAML (`8`, `0.5`, `null`,
 `[id, text]`). Unknown keys and values of the wrong kind raise `ConfigError`
 naming the key.
@@ -125,6 +127,11 @@ class TrainerSettings:
                                      "started (at most `epochs`)", minimum=1)
     lexical_weight: float = setting(0.75, "weight of BM25 over item words beside the towers' "
                                     "score in `search`; 0: the towers alone", minimum=0)
+    mixed_precision: Optional[str] = setting(None, "Keras mixed precision policy of training: "
+                                             "`mixed_float16` (GPUs), `mixed_bfloat16` (TPUs, "
+                                             "recent CPUs); the vectors and scores stay float32; "
+                                             "`null`: float32 throughout",
+                                             choices=("mixed_float16", "mixed_bfloat16"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +169,48 @@ class KubeflowSettings:
     serving_dir: Optional[str] = setting(None, "TF Serving model base the Pusher writes to")
     beam_args: List[str] = setting(["--direct_running_mode=multi_processing",
                                     "--direct_num_workers=0"],
-                                   "Apache Beam options of the data steps; for Dataflow: "
-                                   "`--runner=DataflowRunner`, `--project`, `--region`, "
-                                   "`--temp_location`")
+                                   "Apache Beam options of the data steps; Dataflow, Flink "
+                                   "and Spark: docs/kubeflow.md")
+    gpu_image: Optional[str] = setting(None, "container image of the steps with GPUs (built "
+                                       "from Dockerfile.gpu); needed once a step has `gpus`")
+    gpu_type: str = setting("nvidia.com/gpu", "accelerator of the steps with GPUs: the Kubernetes "
+                            "resource on Kubeflow, the type on Vertex AI (e.g. `NVIDIA_TESLA_T4`)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResources:
+    """What one pipeline step's container asks of the cluster. Kubernetes
+    schedules by the requests, Vertex AI sizes its machine by the limits; a
+    limit left out is the request, so raising a request raises both."""
+    cpu: float = setting(1.0, "CPU cores requested", minimum=0)
+    memory_gb: float = setting(2.0, "memory requested, in GB (10^9 bytes, the spec's unit)",
+                               minimum=0)
+    cpu_limit: Optional[float] = setting(None, "CPU cores at most; `null`: the request",
+                                         minimum=0)
+    memory_gb_limit: Optional[float] = setting(None, "memory at most, in GB; `null`: the request",
+                                               minimum=0)
+    gpus: int = setting(0, "GPUs (of `kubeflow.gpu_type`); a step with any runs in "
+                        "`kubeflow.gpu_image`", minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourcesSettings:
+    """`mmfuse kubeflow compile`: each container step's resources, by its name
+    in the pipeline (pipeline/pipeline.py); cores and GB."""
+    FileBasedExampleGen: StepResources = setting(StepResources(2.0, 8.0), "reads the dataset, "
+                                                 "photos included, into examples (Beam)")
+    StatisticsGen: StepResources = setting(StepResources(2.0, 8.0), "statistics of every split "
+                                           "(Beam)")
+    ImportSchemaGen: StepResources = setting(StepResources(0.5, 2.0), "imports the curated schema")
+    ExampleValidator: StepResources = setting(StepResources(1.0, 2.0), "compares the statistics "
+                                              "with the schema")
+    AnomaliesGate: StepResources = setting(StepResources(0.5, 2.0), "stops the run on any anomaly")
+    Transform: StepResources = setting(StepResources(4.0, 16.0), "vocabularies and the text and "
+                                       "image encoders (Beam)")
+    Trainer: StepResources = setting(StepResources(4.0, 16.0), "trains and exports the model")
+    Evaluator: StepResources = setting(StepResources(2.0, 8.0), "the release gate's metrics (Beam)")
+    Pusher: StepResources = setting(StepResources(0.5, 2.0), "copies a blessed model to the "
+                                    "serving directory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +251,7 @@ class Config:
     gate: GateSettings = dataclasses.field(default_factory=GateSettings)
     export: ExportSettings = dataclasses.field(default_factory=ExportSettings)
     kubeflow: KubeflowSettings = dataclasses.field(default_factory=KubeflowSettings)
+    resources: ResourcesSettings = dataclasses.field(default_factory=ResourcesSettings)
     serving: ServingSettings = dataclasses.field(default_factory=ServingSettings)
 
 
@@ -242,8 +289,21 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        values.setdefault(section, {})[key] = value
+        _set_nested(values.setdefault(section, {}), section, key.split("."), value)
     return from_dict(values)
+
+
+def _set_nested(keys: Dict[str, Any], prefix: str, path: Sequence[str], value: Any) -> None:
+    """Sets `keys[path[0]][path[1]]... = value`, the mappings on the way made
+    as needed (`resources.Trainer.gpus=1` after a file that set `cpu` there)."""
+    for part in path[:-1]:
+        prefix = f"{prefix}.{part}"
+        if keys.get(part) is None:
+            keys[part] = {}
+        if not isinstance(keys[part], dict):
+            raise ConfigError(f"{prefix} takes a mapping of settings, not {keys[part]!r}")
+        keys = keys[part]
+    keys[path[-1]] = value
 
 
 def from_dict(values: Mapping[str, Mapping[str, Any]]) -> Config:
@@ -253,16 +313,29 @@ def from_dict(values: Mapping[str, Mapping[str, Any]]) -> Config:
     for section, keys in values.items():
         if section not in known:
             raise ConfigError(f"unknown section {section!r} (known: {', '.join(known)})")
-        fields = {field.name: field for field in dataclasses.fields(known[section])}
-        hints = typing.get_type_hints(known[section])
-        checked = {}
-        for key, value in keys.items():
-            if key not in fields:
-                raise ConfigError(f"unknown setting {section}.{key} (known in {section}: "
-                                  f"{', '.join(fields)})")
-            checked[key] = _check(f"{section}.{key}", value, hints[key], fields[key].metadata)
-        built[section] = known[section](**checked)
+        built[section] = _settings(section, known[section](), keys)
     return Config(**built)
+
+
+def _settings(name: str, base: Any, values: Any) -> Any:
+    """`base` (a settings dataclass) with the keys of mapping `values` checked
+    and replaced; a setting that is itself a dataclass takes a mapping in turn."""
+    if values is None:
+        return base
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{name} takes a mapping of settings, not {values!r}")
+    fields = {field.name: field for field in dataclasses.fields(base)}
+    hints = typing.get_type_hints(type(base))
+    checked = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown setting {name}.{key} (known in {name}: "
+                              f"{', '.join(fields)})")
+        if dataclasses.is_dataclass(hints[key]):
+            checked[key] = _settings(f"{name}.{key}", getattr(base, key), value)
+        else:
+            checked[key] = _check(f"{name}.{key}", value, hints[key], fields[key].metadata)
+    return dataclasses.replace(base, **checked)
 
 
 def _check(name: str, value: Any, kind: Any, metadata: Mapping[str, Any]) -> Any:
@@ -319,13 +392,22 @@ def config_hash(config: Config) -> str:
 
 def reference() -> str:
     """A Markdown table of every setting, its default and what it means,
-    generated from the descriptions above (the README's configuration reference)."""
+    generated from the descriptions above (the README's configuration reference).
+    A setting that is a group of settings (`resources.Trainer`) shows its
+    defaults on one row; the group's keys follow once, as `<step>`'s."""
     lines = ["| setting | default | meaning |", "| --- | --- | --- |"]
     for section, cls in sections().items():
+        groups = {}
         for field in dataclasses.fields(cls):
             default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+            if dataclasses.is_dataclass(default):
+                groups[type(default)] = True
+                default = dataclasses.asdict(default)
             shown = json.dumps(default) if not isinstance(default, str) else default
             lines.append(f"| `{section}.{field.name}` | `{shown}` | {field.metadata['help']} |")
+        for group in groups:
+            for field in dataclasses.fields(group):
+                lines.append(f"| `{section}.<step>.{field.name}` | | {field.metadata['help']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,7 @@
-"""The Kubeflow spec holds the whole pipeline, run in the given image, and
-compiling it touches none of the cluster's storage (the gs:// URIs are fake)."""
+"""The Kubeflow spec holds the whole pipeline, run in the given image, each
+container with its resources, and compiling it touches none of the cluster's
+storage (the gs:// URIs are fake)."""
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +10,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from mmfuse import cli
-from mmfuse.config import KubeflowSettings, load_config
+from mmfuse.config import KubeflowSettings, ResourcesSettings, load_config
 from pipeline.kubeflow_runner import compile_pipeline
 from pipeline.pipeline import PipelineConfig, create_pipeline
 
@@ -33,6 +35,29 @@ def _tasks(job):
     return job["pipelineSpec"]["root"]["dag"]["tasks"]
 
 
+def _containers(job):
+    """Executor name -> container of every container step (not the resolver's queries)."""
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    return {name: spec["container"] for name, spec in executors.items() if "container" in spec}
+
+
+def _resources(container) -> pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec:
+    """The container's resources read as KFP reads them: unknown fields fail."""
+    return json_format.ParseDict(
+        container["resources"],
+        pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec())
+
+
+def _compile(tmp_path, capsys, *arguments: str, name: str = "mmfuse.json"):
+    out = tmp_path / name
+    code = cli.main(["kubeflow", "compile", "--out", str(out), "--data", DATA, "--pipeline-root",
+                     ROOT, "--serving-dir", SERVING, "--image", IMAGE, *arguments])
+    if code != 0:
+        return code, capsys.readouterr().err
+    with open(out) as handle:
+        return code, (yaml.safe_load(handle) if name.endswith(".yaml") else json.load(handle))
+
+
 def _parameter(job, task: str, name: str) -> str:
     value = _tasks(job)[task]["inputs"]["parameters"][name]
     return value["runtimeValue"]["constantValue"]["stringValue"]
@@ -51,9 +76,7 @@ def test_every_component_is_a_task(job):
 
 
 def test_every_container_runs_the_image_with_the_beam_args(job):
-    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
-    containers = {name: spec["container"] for name, spec in executors.items()
-                  if "container" in spec}
+    containers = _containers(job)
     assert "AnomaliesGate_executor" in containers and "Trainer_executor" in containers
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
@@ -134,3 +157,86 @@ def test_compile_without_the_cluster_paths_names_them(tmp_path, capsys):
     assert cli.main(["kubeflow", "compile", "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "kubeflow.data" in err and "kubeflow.pipeline_root" in err and "kubeflow.serving_dir" in err
+
+
+def test_the_resource_settings_name_every_container_step():
+    container_steps = {node.id for node in create_pipeline(
+        PipelineConfig(data_dir=DATA, pipeline_root=ROOT, serving_dir=SERVING)).components
+        if not node.id.startswith("latest_blessed_model_resolver")}
+    assert {field.name for field in dataclasses.fields(ResourcesSettings)} == container_steps
+
+
+def test_every_container_step_requests_cpu_and_memory_and_no_gpu(job):
+    containers = _containers(job)
+    assert len(containers) == len(dataclasses.fields(ResourcesSettings))
+    for name, container in containers.items():
+        resources = _resources(container)
+        assert resources.cpu_request > 0 and resources.memory_request > 0, name
+        assert resources.cpu_limit >= resources.cpu_request, name
+        assert resources.memory_limit >= resources.memory_request, name
+        assert not resources.HasField("accelerator"), name
+    defaults = ResourcesSettings()
+    assert _resources(containers["Transform_executor"]).memory_request == defaults.Transform.memory_gb
+    assert (_resources(containers["FileBasedExampleGen_executor"]).cpu_request
+            == defaults.FileBasedExampleGen.cpu)
+
+
+def test_a_trainer_with_a_gpu_runs_in_the_gpu_image(tmp_path, capsys):
+    code, spec = _compile(tmp_path, capsys, "--set", "resources.Trainer.gpus=1",
+                          "--set", "kubeflow.gpu_image=registry.example/mmfuse-gpu:test",
+                          "--set", "resources.Trainer.memory_gb=30",
+                          "--set", "resources.Trainer.cpu_limit=16", name="mmfuse.yaml")
+    assert code == 0
+    containers = _containers({"pipelineSpec": spec})
+    trainer = containers.pop("Trainer_executor")
+    assert trainer["image"] == "registry.example/mmfuse-gpu:test"
+    resources = _resources(trainer)
+    assert (resources.accelerator.type, resources.accelerator.count) == ("nvidia.com/gpu", 1)
+    # A limit left out follows its request.
+    assert resources.memory_request == resources.memory_limit == 30
+    assert resources.cpu_request == ResourcesSettings().Trainer.cpu and resources.cpu_limit == 16
+    for name, container in containers.items():
+        assert container["image"] == IMAGE and not _resources(container).HasField("accelerator"), name
+
+
+def test_a_vertex_job_names_its_accelerator_type(tmp_path, capsys):
+    config = tmp_path / "vertex.yaml"
+    config.write_text("kubeflow:\n  gpu_image: gpu:1\n  gpu_type: NVIDIA_TESLA_T4\n"
+                      "resources:\n  Trainer:\n    gpus: 2\n    cpu: 8\n")
+    code, job = _compile(tmp_path, capsys, "--config", str(config),
+                         "--set", "resources.Trainer.memory_gb=20")
+    assert code == 0
+    resources = _resources(_containers(job)["Trainer_executor"])
+    assert (resources.accelerator.type, resources.accelerator.count) == ("NVIDIA_TESLA_T4", 2)
+    # The file's keys and the override's, each kept.
+    assert resources.cpu_request == 8 and resources.memory_request == 20
+
+
+def test_other_beam_options_reach_every_data_step(tmp_path, capsys):
+    flink = ["--runner=FlinkRunner", "--flink_master=flink-jobmanager:8081",
+             "--environment_type=EXTERNAL", "--environment_config=localhost:50000",
+             "--parallelism=8"]
+    code, job = _compile(tmp_path, capsys, "--set", f"kubeflow.beam_args=[{', '.join(flink)}]")
+    assert code == 0
+    containers = _containers(job)
+    for name in ("FileBasedExampleGen_executor", "StatisticsGen_executor", "Transform_executor",
+                 "Evaluator_executor"):
+        assert containers[name]["args"][-len(flink):] == flink, name
+    # ExampleGen's driver runs Beam too (it fingerprints the input).
+    driver = containers["FileBasedExampleGen_executor"]["lifecycle"]["preCacheCheck"]
+    assert driver["args"][-len(flink):] == flink
+    assert "--direct_running_mode=multi_processing" not in json.dumps(job)
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (["--set", "resources.Trainer.gpus=1"], "resources.Trainer.gpus needs kubeflow.gpu_image"),
+    (["--set", "resources.Trainr.gpus=1"], "unknown setting resources.Trainr"),
+    (["--set", "resources.Trainer.gpu=1"], "unknown setting resources.Trainer.gpu"),
+    (["--set", "resources.Transform.memory_gb_limit=8"],
+     "resources.Transform.memory_gb_limit (8.0) is below resources.Transform.memory_gb (16.0)"),
+    (["--set", "resources.Pusher=2"], "resources.Pusher takes a mapping of settings"),
+])
+def test_bad_resources_are_refused_naming_the_key(tmp_path, capsys, arguments, named):
+    code, err = _compile(tmp_path, capsys, *arguments)
+    assert code == 2 and named in err
+    assert not (tmp_path / "mmfuse.json").exists()

@@ -79,6 +79,14 @@ def test_unknown_modality_is_named_with_its_key_and_flag(sample, tmp_path, capsy
     (["run", "--out", "OUT", "--set", "trainer"], "section.key=value", ""),
     (["config", "show", "--set", "gate.min_recall=2"], "gate.min_recall", "at most 1"),
     (["config", "show", "--set", "shop.name=x"], "unknown section 'shop'", ""),
+    (["config", "show", "--set", "resources.Trainer.gpu=1"], "unknown setting resources.Trainer.gpu",
+     "known in resources.Trainer: cpu"),
+    (["config", "show", "--set", "resources.Tranier.gpus=1"], "unknown setting resources.Tranier",
+     "Trainer"),
+    (["config", "show", "--set", "resources.Trainer.gpus=0.5"], "resources.Trainer.gpus",
+     "whole number"),
+    (["config", "show", "--set", "trainer.mixed_precision=float16"], "trainer.mixed_precision",
+     "mixed_float16"),
 ])
 def test_bad_settings_are_refused_naming_the_key(argv, key, message, capsys):
     assert main(argv) == 2
@@ -96,11 +104,17 @@ def test_counts_below_their_minimum_are_usage_errors(capsys):
 
 def test_config_show_prints_the_effective_configuration(tmp_path, capsys):
     config = tmp_path / "shop.yaml"
-    config.write_text("trainer:\n  epochs: 7\ngate:\n  min_recall: 0.2\n")
-    assert main(["config", "show", "--config", str(config), "--set", "trainer.seed=3"]) == 0
+    config.write_text("trainer:\n  epochs: 7\ngate:\n  min_recall: 0.2\n"
+                      "resources:\n  Trainer:\n    cpu: 8\n")
+    assert main(["config", "show", "--config", str(config), "--set", "trainer.seed=3",
+                 "--set", "resources.Trainer.gpus=1"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["trainer"]["epochs"] == 7 and shown["trainer"]["seed"] == 3
     assert shown["gate"]["min_recall"] == 0.2 and shown["gate"]["k"] == 100
+    # A nested key set in the file and one set by --set are both kept, the rest defaults.
+    assert shown["resources"]["Trainer"] == {"cpu": 8, "memory_gb": 16, "cpu_limit": None,
+                                             "memory_gb_limit": None, "gpus": 1}
+    assert shown["resources"]["Pusher"]["cpu"] == 0.5
     # What it prints is itself a configuration file that gives the same settings.
     again = tmp_path / "again.yaml"
     again.write_text(yaml.safe_dump(shown))

@@ -7,7 +7,8 @@ item that nobody clicked is still embedded from its content.
 """
 
 
-from typing import Dict, Sequence
+import contextlib
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -84,6 +85,10 @@ class RetrievalModel(tfrs.Model):
             the training-time dropouts (mmfuse/config.py `TrainerSettings`).
         rating_weight, photo_search_weight, photo_item_weight: the weights of
             the extra tasks beside retrieval; 0 builds none.
+        mixed_precision: the Keras mixed precision policy the towers compute
+            in (`mixed_float16`, `mixed_bfloat16`; None: float32). Their
+            vectors, the losses and the scores stay float32; with
+            `mixed_float16` the optimizer must be a LossScaleOptimizer.
 
     Example (as trainer/run.py builds it):
         model = RetrievalModel(Catalog(content, counts), Users(recent), sizes, dim=64)
@@ -96,7 +101,8 @@ class RetrievalModel(tfrs.Model):
                  item_probabilities: np.ndarray = None, modality_dropout: float = 0.0,
                  recent_item_dropout: float = 0.0, time_dropout: float = 1.0,
                  rating_weight: float = 0.0, token_dropout: float = 0.0,
-                 photo_search_weight: float = 0.0, photo_item_weight: float = 0.0):
+                 photo_search_weight: float = 0.0, photo_item_weight: float = 0.0,
+                 mixed_precision: Optional[str] = None):
         super().__init__()
         for name, weight in (("rating_weight", rating_weight),
                              ("photo_search_weight", photo_search_weight),
@@ -110,15 +116,19 @@ class RetrievalModel(tfrs.Model):
         # to push popular items down (Yi et al., RecSys 2019).
         self.item_probabilities = (None if item_probabilities is None
                                    else tf.constant(item_probabilities, tf.float32))
-        words = BagOfTokensEncoder(vocabulary_sizes[f.TOKEN_VOCABULARY], dim, token_dropout, name="words")
-        sentence = FeatureProjection(dim, name="sentence")
-        self.item_tower = ItemTower(vocabulary_sizes, words, sentence, dim, modalities,
-                                    modality_dropout, token_dropout, name="item_tower")
-        self.query_tower = QueryTower(vocabulary_sizes, words, sentence, dim, recent_item_dropout,
-                                      time_dropout,
-                                      # The item tower has one only with the image modality.
-                                      image=getattr(self.item_tower, "image", None),
-                                      name="query_tower")
+        # Only the towers: the tfrs tasks build their layers as they are
+        # called, and must find the float32 policy then.
+        with dtype_policy(mixed_precision):
+            words = BagOfTokensEncoder(vocabulary_sizes[f.TOKEN_VOCABULARY], dim, token_dropout,
+                                       name="words")
+            sentence = FeatureProjection(dim, name="sentence")
+            self.item_tower = ItemTower(vocabulary_sizes, words, sentence, dim, modalities,
+                                        modality_dropout, token_dropout, name="item_tower")
+            self.query_tower = QueryTower(vocabulary_sizes, words, sentence, dim,
+                                          recent_item_dropout, time_dropout,
+                                          # The item tower has one only with the image modality.
+                                          image=getattr(self.item_tower, "image", None),
+                                          name="query_tower")
         # In-batch softmax; an item appearing twice in a batch is not its own negative.
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
         # No interaction row carries a query photo, so the query tower learns
@@ -186,6 +196,18 @@ class RetrievalModel(tfrs.Model):
             queries[name] = item[name]
         return queries
 
+    def train_step(self, inputs):
+        """tfrs.Model's step, with the gradients taken by the optimizer's
+        `minimize`, which a LossScaleOptimizer (`mixed_float16`) scales the
+        loss in; tfrs.Model takes them itself, unscaled."""
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = tf.reduce_sum([tf.reduce_sum(extra) for extra in self.losses])
+            total_loss = loss + regularization_loss
+        self.optimizer.minimize(total_loss, self.trainable_variables, tape=tape)
+        return {**{metric.name: metric.result() for metric in self.metrics}, "loss": loss,
+                "regularization_loss": regularization_loss, "total_loss": total_loss}
+
     def compute_loss(self, inputs, training=False):
         # TFRS calls compute_loss directly, not through a layer call, so
         # `training` (modality dropout) has to be passed on by hand.
@@ -220,6 +242,18 @@ class RetrievalModel(tfrs.Model):
                 predictions=self.predicted_ratings(query, items)[:, None],
                 sample_weight=inputs[f.RATING_LABEL + "_present"], training=training)
         return loss
+
+
+@contextlib.contextmanager
+def dtype_policy(mixed_precision: Optional[str]):
+    """Keras layers built inside compute in `mixed_precision` (None:
+    float32); the global policy is restored after."""
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(mixed_precision or "float32")
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
 
 
 def no_text_queries(user_index: tf.Tensor, recent_item_indices: tf.Tensor) -> Dict[str, tf.Tensor]:

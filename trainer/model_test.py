@@ -226,3 +226,22 @@ def test_an_item_the_model_does_not_know_ranks_after_the_whole_catalogue():
     scores = tf.constant([[9.0, 0.1, 0.3, 0.2], [9.0, 0.1, 0.3, 0.2]])
     ranks = ranks_of_items(scores, tf.constant([3, 0], tf.int64))
     np.testing.assert_array_equal(ranks.numpy(), [2.0, 4.0])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_float32_vectors_and_scores(policy):
+    model = tiny_model(rating_weight=1.0, time_dropout=0.5, mixed_precision=policy)
+    optimizer = tf.keras.optimizers.Adam(0.01)
+    if policy == "mixed_float16":
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer)
+    batch = tiny_batch()
+    losses = model.fit(tf.data.Dataset.from_tensors(batch).repeat(10), epochs=3,
+                       verbose=0).history["loss"]
+    assert losses[-1] < losses[0] and all(np.isfinite(losses))
+    assert model.query_tower.recent_items.item.compute_dtype == policy.split("_")[1]
+    query = model.query_tower({name: batch[name] for name in QUERY_FEATURES})
+    assert query.dtype == model.catalog_embeddings().dtype == tf.float32
+    assert rating_mse(model, batch) >= 0
+    # The policy was the towers' only; the process's stays float32.
+    assert tf.keras.mixed_precision.global_policy().name == "float32"

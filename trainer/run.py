@@ -173,7 +173,8 @@ def run_fn(fn_args: FnArgs) -> None:
                                rating_weight=config.rating_weight,
                                token_dropout=config.token_dropout,
                                photo_search_weight=config.photo_search_weight,
-                               photo_item_weight=config.photo_item_weight)
+                               photo_item_weight=config.photo_item_weight,
+                               mixed_precision=config.mixed_precision)
         # Zero epochs still means the untrained model.
         base = (warm_start.latest_blessed(fn_args.custom_config.get("warm_start_from"))
                 if config.warm_start and config.epochs > 0 else None)
@@ -191,8 +192,11 @@ def run_fn(fn_args: FnArgs) -> None:
                               "%d fresh; %d epochs", base, report["copied"], report["ids_copied"],
                               len(report["fresh"]), epochs)
         steps_per_epoch = -(-int(counts.sum()) // batch_size)
-        model.compile(optimizer=tf.keras.optimizers.Adam(
-            learning_rate(config, max(epochs, 1) * steps_per_epoch)))
+        optimizer = tf.keras.optimizers.Adam(learning_rate(config, max(epochs, 1) * steps_per_epoch))
+        if config.mixed_precision == "mixed_float16":
+            # float16 gradients would underflow to 0 unscaled.
+            optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer)
     callbacks = [
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         RetrievalEvaluation(evaluation, fn_args.model_run_dir, catalog_content[f.ITEM_TOKENS],

@@ -28,7 +28,7 @@ plain_python = tf.autograph.experimental.do_not_convert
 def hide_at_random(mask: tf.Tensor, rate: float) -> tf.Tensor:
     """A 0/1 mask with each entry set to 0 with probability `rate` (the
     dropout of tokens, recent items, modalities and the time)."""
-    return mask * tf.cast(tf.random.uniform(tf.shape(mask)) >= rate, tf.float32)
+    return mask * tf.cast(tf.random.uniform(tf.shape(mask)) >= rate, mask.dtype)
 
 
 class IdEncoder(tf.keras.layers.Layer):
@@ -39,7 +39,7 @@ class IdEncoder(tf.keras.layers.Layer):
         self.embedding = tf.keras.layers.Embedding(vocabulary_size, dim)
 
     def call(self, ids: tf.Tensor) -> Encoded:
-        return self.embedding(ids), tf.cast(ids > 0, tf.float32)
+        return self.embedding(ids), tf.cast(ids > 0, self.compute_dtype)
 
 
 class BagOfTokensEncoder(tf.keras.layers.Layer):
@@ -57,12 +57,12 @@ class BagOfTokensEncoder(tf.keras.layers.Layer):
         self.embedding = tf.keras.layers.Embedding(vocabulary_size, dim)
 
     def call(self, tokens: tf.Tensor, training=None) -> Encoded:
-        mask = tf.cast(tokens > 0, tf.float32)
+        mask = tf.cast(tokens > 0, self.compute_dtype)
         if training and self.token_dropout > 0:
             mask = hide_at_random(mask, self.token_dropout)
         count = tf.reduce_sum(mask, axis=1)
         total = tf.reduce_sum(self.embedding(tokens) * mask[:, :, None], axis=1)
-        return total / tf.maximum(count, 1.0)[:, None], tf.cast(count > 0, tf.float32)
+        return total / tf.maximum(count, 1.0)[:, None], tf.cast(count > 0, self.compute_dtype)
 
 
 class RecentItemsEncoder(tf.keras.layers.Layer):
@@ -85,7 +85,7 @@ class RecentItemsEncoder(tf.keras.layers.Layer):
         self.attention = tf.keras.layers.MultiHeadAttention(num_heads, key_dim=max(dim // num_heads, 1))
 
     def call(self, item_indices: tf.Tensor, training=None) -> Encoded:
-        mask = tf.cast(item_indices > 0, tf.float32)
+        mask = tf.cast(item_indices > 0, self.compute_dtype)
         if training and self.item_dropout > 0:
             mask = hide_at_random(mask, self.item_dropout)
         count = tf.reduce_sum(mask, axis=1, keepdims=True)
@@ -93,7 +93,7 @@ class RecentItemsEncoder(tf.keras.layers.Layer):
         mean = tf.reduce_sum(tokens * mask[:, :, None], axis=1) / tf.maximum(count, 1.0)
         attended = self.attention(mean[:, None, :], tokens,
                                   attention_mask=tf.cast(mask[:, None, :], tf.bool), training=training)
-        present = tf.cast(count[:, 0] > 0, tf.float32)
+        present = tf.cast(count[:, 0] > 0, self.compute_dtype)
         return (mean + attended[:, 0]) * present[:, None], present
 
 
@@ -152,15 +152,17 @@ class ModalityAttention(tf.keras.layers.Layer):
         self.output_norm = tf.keras.layers.LayerNormalization()
 
     def _drop_modalities(self, present: tf.Tensor) -> tf.Tensor:
-        group_present = tf.cast(tf.matmul(present, self.group_members, transpose_b=True) > 0,
-                                tf.float32)  # [batch, groups]
+        members = tf.cast(self.group_members, present.dtype)
+        group_present = tf.cast(tf.matmul(present, members, transpose_b=True) > 0,
+                                present.dtype)  # [batch, groups]
         kept = hide_at_random(group_present, self.modality_dropout)
         # Rows that lost every group get one of their present ones back.
-        fallback = tf.one_hot(tf.argmax(group_present * (1.0 + tf.random.uniform(tf.shape(group_present))),
-                                        axis=1), tf.shape(group_present)[1])
-        emptied = tf.cast(tf.reduce_sum(kept, axis=1, keepdims=True) == 0, tf.float32)
+        noise = tf.random.uniform(tf.shape(group_present), dtype=present.dtype)
+        fallback = tf.one_hot(tf.argmax(group_present * (1.0 + noise), axis=1),
+                              tf.shape(group_present)[1], dtype=present.dtype)
+        emptied = tf.cast(tf.reduce_sum(kept, axis=1, keepdims=True) == 0, present.dtype)
         kept += emptied * fallback * group_present
-        return present * tf.matmul(kept, self.group_members)
+        return present * tf.matmul(kept, members)
 
     def call(self, encoded: Sequence[Encoded], training=None, return_attention=False):
         # Every modality enters on one scale, so that none (e.g. a projected
@@ -175,14 +177,17 @@ class ModalityAttention(tf.keras.layers.Layer):
                 / tf.maximum(tf.reduce_sum(present, axis=1, keepdims=True), 1.0))
         fusion_token = (mean + types[:1])[:, None, :]
         tokens = tf.concat([fusion_token, vectors + types[None, 1:]], axis=1)
-        visible = tf.concat([tf.ones([batch_size, 1]), present], axis=1)
+        visible = tf.concat([tf.ones([batch_size, 1], present.dtype), present], axis=1)
         attended, scores = self.attention(
             fusion_token, tokens, attention_mask=tf.cast(visible[:, None, :], tf.bool),
             return_attention_scores=True, training=training)
         fused = self.attention_norm(fusion_token[:, 0] + attended[:, 0])
         fused = tf.math.l2_normalize(self.output_norm(fused + self.feed_forward(fused)), axis=-1)
+        # The vectors leave in float32 whatever the mixed precision policy:
+        # scores over a whole catalogue in float16 would tie and reorder items.
+        fused = tf.cast(fused, tf.float32)
         if return_attention:
-            return fused, tf.reduce_mean(scores[:, :, 0, 1:], axis=1)
+            return fused, tf.cast(tf.reduce_mean(scores[:, :, 0, 1:], axis=1), tf.float32)
         return fused
 
 
