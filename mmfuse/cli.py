@@ -211,6 +211,14 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
     query.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
+    pseudonym = commands.add_parser(
+        "pseudonym", help="print the pseudonym the model knows each user by, for clients that "
+                          "hash no ids themselves (curl, other languages)")
+    pseudonym.add_argument("users", nargs="+", metavar="USER")
+    pseudonym.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
+                           help="the key users were pseudonymised with (pipeline.user_key_file "
+                                "of the run; default %(default)s)")
+
     catalog = commands.add_parser(
         "catalog", help="add or remove products in the pushed model without retraining")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
@@ -492,6 +500,10 @@ def main(argv=None) -> int:
             return _query(args)
         if args.command == "catalog":
             return _catalog(args)
+        if args.command == "pseudonym":
+            key = pseudonyms.load_key(args.user_key_file)
+            print("\n".join(pseudonyms.pseudonym(user, key) for user in args.users))
+            return 0
         return _kubeflow_compile(args)
     except (DatasetError, ConfigError, pseudonyms.UserKeyError) as error:
         print(f"mmfuse {args.command}: error: {error}", file=sys.stderr)

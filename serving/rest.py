@@ -15,6 +15,8 @@ gRPC; an input name the signature lacks is refused, not ignored; a string
 output that is not UTF-8 comes back as {"b64": ...} (JSON cannot carry it);
 a body over serving.max_request_bytes is refused with 413 before it is read;
 `:classify` and `:regress` answer 501, as Classify and Regress do over gRPC.
+A version label (/labels/<l>) is refused as TF Serving refuses one it was
+not configured with: no labels are. It is plaintext, as TF Serving's is.
 """
 import base64
 import contextlib
@@ -70,14 +72,16 @@ MAX_QUOTED_CHARS = 256
 BASE64_KEY = "b64"
 # String outputs whose name ends so are always sent as base64, as TF Serving does.
 BYTES_SUFFIX = "_bytes"
-# How each input dtype is read from JSON: the TensorProto field, the Python
-# type a JSON value must have, and the range of integers.
+# How each input dtype is read from JSON, as TF Serving reads it: the
+# TensorProto field, the Python type a JSON value must have, and the range
+# of integers (the narrower ones are read as int32).
+_INT32, _INT64 = (-(1 << 31), 1 << 31), (-(1 << 63), 1 << 63)
 _JSON_FIELDS = {
     tf.float32: ("float_val", (int, float), None), tf.float64: ("double_val", (int, float), None),
-    tf.int8: ("int_val", int, 32), tf.int16: ("int_val", int, 32), tf.int32: ("int_val", int, 32),
-    tf.uint8: ("int_val", int, 32), tf.int64: ("int64_val", int, 64),
-    tf.uint32: ("uint32_val", int, -32), tf.uint64: ("uint64_val", int, -64),
-    tf.bool: ("bool_val", bool, None),
+    tf.int8: ("int_val", int, _INT32), tf.int16: ("int_val", int, _INT32),
+    tf.int32: ("int_val", int, _INT32), tf.uint8: ("int_val", int, _INT32),
+    tf.int64: ("int64_val", int, _INT64), tf.uint32: ("uint32_val", int, (0, 1 << 32)),
+    tf.uint64: ("uint64_val", int, (0, 1 << 64)), tf.bool: ("bool_val", bool, None),
 }
 _JSON_TYPE_NAMES = {type(None): "Null", dict: "Object", list: "Array", str: "String",
                     int: "Number", float: "Number"}
@@ -148,6 +152,8 @@ def _string(value) -> bytes:
             return value.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate (\ud800), as TF Serving's parser refuses
             raise _invalid(f"JSON Value: {_quoted(value)} is not valid UTF-8 text") from None
+    if not isinstance(value, dict):
+        raise _type_error(value, tf.string)
     if not _is_base64(value):
         raise _invalid(f"JSON Value: {_quoted(value)} not formatted correctly for base64 data")
     text = value[BASE64_KEY]
@@ -158,13 +164,12 @@ def _string(value) -> bytes:
 
 
 def _number(value, dtype: tf.DType):
-    _, kind, bits = _JSON_FIELDS[dtype]
+    _, kind, bounds = _JSON_FIELDS[dtype]
+    # JSON's true is no number, nor 1 a bool.
     if (isinstance(value, bool) != (kind is bool)) or not isinstance(value, kind):
         raise _type_error(value, dtype)
-    if bits is not None:
-        low, high = (0, 1 << -bits) if bits < 0 else (-(1 << bits - 1), 1 << bits - 1)
-        if not low <= value < high:
-            raise _type_error(value, dtype)
+    if bounds is not None and not bounds[0] <= value < bounds[1]:
+        raise _type_error(value, dtype)
     return value
 
 
@@ -436,23 +441,35 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> Optional[bytes]:
         """The request's body, or None when it was refused (and answered)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._refuse(411, "send the body with a Content-Length, not chunked")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            return self._refuse(400, f"bad Content-Length: {self.headers.get('Content-Length')}")
-        if length > self.server.max_request_bytes:
-            return self._refuse(413, f"the request body has {length} bytes, more than the "
-                                     f"{self.server.max_request_bytes} allowed "
-                                     "(serving.max_request_bytes)")
+        refusal = self._refusal()
+        if refusal is not None:
+            return self._refuse(*refusal)
+        length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         if len(body) < length:  # the client went away
             self.close_connection = True
             return None
         return body
+
+    def handle_expect_100(self) -> bool:
+        # A client that waits for "100 Continue" is refused before it sends the body.
+        refusal = self._refusal()
+        if refusal is not None:
+            self._refuse(*refusal)
+            return False
+        return super().handle_expect_100()
+
+    def _refusal(self) -> Optional[Tuple[int, str]]:
+        """(HTTP status, message) when the body is not to be read."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return 411, "send the body with a Content-Length, not chunked"
+        text = self.headers.get("Content-Length") or "0"
+        if not text.isdigit():
+            return 400, f"bad Content-Length: {text}"
+        if int(text) > self.server.max_request_bytes:
+            return 413, (f"the request body has {text} bytes, more than the "
+                         f"{self.server.max_request_bytes} allowed (serving.max_request_bytes)")
+        return None
 
     def _refuse(self, status: int, message: str) -> None:
         """Answers without reading the body, so the connection cannot be reused."""
@@ -462,7 +479,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, document: dict) -> None:
         # NaN and Infinity as TF Serving writes them.
-        body = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        try:
+            body = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate of the request, quoted in an error
+            body = json.dumps(document).encode("ascii")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -1,4 +1,5 @@
-"""`mmfuse serve`: a local stand-in for TensorFlow Serving's gRPC API.
+"""`mmfuse serve`: a local stand-in for TensorFlow Serving's gRPC API (and,
+with `serving.rest_port`, its REST API: serving/rest.py).
 
 It implements `tensorflow.serving.PredictionService` (Predict,
 GetModelMetadata) and `tensorflow.serving.ModelService` (GetModelStatus) with
@@ -597,12 +598,13 @@ class ModelServer:
         self.port = settings.port
         self.poll_seconds = settings.poll_seconds
         self.announce = announce
-        self._credentials = server_credentials(settings)
         self.rest_port = settings.rest_port
-        if self.rest_port is not None and self._credentials is not None:
+        if self.rest_port is not None and (settings.tls_cert or settings.tls_key
+                                           or settings.tls_client_ca):
             raise ValueError("serving.rest_port cannot be combined with serving.tls_*: the REST "
                              "API is plaintext, as TF Serving's is")
         self._rest = None
+        self._credentials = server_credentials(settings)
         self.watcher = VersionWatcher(
             model_base, self.model_name,
             config or session_config(settings.intra_op_threads, settings.inter_op_threads))
