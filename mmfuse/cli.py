@@ -39,7 +39,8 @@ SHORTHANDS = {
             "min_recall": "gate.min_recall"},
     "compile": {"image": "kubeflow.image", "data": "kubeflow.data",
                 "pipeline_root": "kubeflow.pipeline_root", "serving_dir": "kubeflow.serving_dir"},
-    "serve": {"port": "serving.port", "host": "serving.host", "poll_seconds": "serving.poll_seconds",
+    "serve": {"port": "serving.port", "rest_port": "serving.rest_port", "host": "serving.host",
+              "poll_seconds": "serving.poll_seconds",
               "max_request_bytes": "serving.max_request_bytes",
               "batching_parameters_file": "serving.batching_parameters_file",
               "tensorflow_intra_op_parallelism": "serving.intra_op_threads",
@@ -177,12 +178,14 @@ def _parser() -> argparse.ArgumentParser:
                                "of the run; default %(default)s)")
 
     serve = commands.add_parser(
-        "serve", help="serve the pushed models over TF Serving's gRPC API (a local stand-in "
-                      "for tensorflow_model_server)")
+        "serve", help="serve the pushed models over TF Serving's gRPC and REST APIs (a local "
+                      "stand-in for tensorflow_model_server)")
     serve.add_argument("--model-base", required=True,
                        help="TF Serving model base directory (<base>/<version>/saved_model.pb)")
     _add_config_arguments(serve)
     serve.add_argument("--port", help="serving.port (default 8500)")
+    serve.add_argument("--rest-port", help="serving.rest_port: also answer TF Serving's REST API "
+                                           "there (default: no REST API)")
     serve.add_argument("--host", help="serving.host: address to listen on (default: this "
                                       "machine only)")
     serve.add_argument("--model-name", help="model name requests use (default: the base "
@@ -207,6 +210,14 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--tls-ca", help="PEM CA certificate(s) to trust (default: the system's)")
     query.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
     query.add_argument("--tls-key", help="PEM private key of --tls-cert")
+
+    pseudonym = commands.add_parser(
+        "pseudonym", help="print the pseudonym the model knows each user by, for clients that "
+                          "hash no ids themselves (curl, other languages)")
+    pseudonym.add_argument("users", nargs="+", metavar="USER")
+    pseudonym.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
+                           help="the key users were pseudonymised with (pipeline.user_key_file "
+                                "of the run; default %(default)s)")
 
     catalog = commands.add_parser(
         "catalog", help="add or remove products in the pushed model without retraining")
@@ -489,6 +500,10 @@ def main(argv=None) -> int:
             return _query(args)
         if args.command == "catalog":
             return _catalog(args)
+        if args.command == "pseudonym":
+            key = pseudonyms.load_key(args.user_key_file)
+            print("\n".join(pseudonyms.pseudonym(user, key) for user in args.users))
+            return 0
         return _kubeflow_compile(args)
     except (DatasetError, ConfigError, pseudonyms.UserKeyError) as error:
         print(f"mmfuse {args.command}: error: {error}", file=sys.stderr)

@@ -219,6 +219,9 @@ class ServingSettings:
     host: str = setting("127.0.0.1", "address to listen on (`0.0.0.0`: every interface)")
     port: int = setting(8500, "gRPC port (0: a free port, printed when serving starts)",
                        minimum=0, maximum=65535)
+    rest_port: Optional[int] = setting(None, "REST API port, as TF Serving's --rest_api_port "
+                                       "(usually 8501; `null`: none; 0: a free port, printed)",
+                                       minimum=0, maximum=65535)
     poll_seconds: float = setting(2.0, "how often to look for a new model version", minimum=0.01)
     max_request_bytes: int = setting(16 << 20, "larger requests are refused "
                                      "(RESOURCE_EXHAUSTED)", minimum=1)

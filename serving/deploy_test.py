@@ -49,6 +49,8 @@ def test_compose_runs_tf_serving_on_the_mounted_configs():
     assert {f"{outside}:{inside}" for _, outside, inside in bindings} == {"8500:8500", "8501:8501"}
     assert service["user"].split(":")[0] not in ("0", "root")
     flags = _flags(service["command"])
+    # gRPC and REST (what `mmfuse serve --rest-port 8501` stands in for) where they are published.
+    assert (flags["port"], flags["rest_api_port"]) == ("8500", "8501")
     assert flags["enable_batching"] == "true"
     assert int(flags["file_system_poll_wait_seconds"]) > 0
     # source:target:mode, where the source may be ${VARIABLE:?message}.
@@ -77,6 +79,8 @@ def test_kubernetes_deployment_service_and_config_fit_together():
     assert readiness["port"] in port_names and readiness["path"] == "/v1/models/mmfuse"
     assert container["resources"]["limits"]["cpu"] == container["resources"]["requests"]["cpu"]
     flags = _flags(container["args"])
+    assert {port["name"]: port["containerPort"] for port in container["ports"]} == {
+        "grpc": int(flags["port"]), "http": int(flags["rest_api_port"])}
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
     config_volume = volumes[mounts[os.path.dirname(flags["model_config_file"])]]

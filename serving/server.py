@@ -1,4 +1,5 @@
-"""`mmfuse serve`: a local stand-in for TensorFlow Serving's gRPC API.
+"""`mmfuse serve`: a local stand-in for TensorFlow Serving's gRPC API (and,
+with `serving.rest_port`, its REST API: serving/rest.py).
 
 It implements `tensorflow.serving.PredictionService` (Predict,
 GetModelMetadata) and `tensorflow.serving.ModelService` (GetModelStatus) with
@@ -428,51 +429,65 @@ class VersionWatcher:
         return servable
 
 
+def answer_status(error: Exception, method: str) -> Tuple[grpc.StatusCode, str]:
+    """The status TF Serving answers for what went wrong with a request (the
+    server itself never fails because of one); `method` names the call in the
+    log. Call it in the `except` block: an unexpected error is logged with its
+    traceback."""
+    if isinstance(error, RequestError):
+        return error.code, error.message
+    if isinstance(error, tf.errors.OpError):
+        # As TF Serving: the graph's own status (INVALID_ARGUMENT for an
+        # image that does not decode, RESOURCE_EXHAUSTED for memory...).
+        code, message = _STATUS_CODES[error.error_code], graph_error_text(error)
+        if code != grpc.StatusCode.INVALID_ARGUMENT:
+            log.error("%s failed: %s", method, message)
+        return code, message
+    if isinstance(error, QueueFullError):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
+    log.exception("%s failed", method)
+    return grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
+
+
 def _answers_errors(method):
-    """Turns what a request can go wrong with into a gRPC status; the server
-    itself never fails because of a request."""
+    """Turns what a request can go wrong with into a gRPC status."""
 
     @functools.wraps(method)
     def handler(self, request, context):
         try:
             return method(self, request)
-        except RequestError as error:
-            code, message = error.code, error.message
-        except tf.errors.OpError as error:
-            # As TF Serving: the graph's own status (INVALID_ARGUMENT for an
-            # image that does not decode, RESOURCE_EXHAUSTED for memory...).
-            code, message = _STATUS_CODES[error.error_code], graph_error_text(error)
-            if code != grpc.StatusCode.INVALID_ARGUMENT:
-                log.error("%s failed: %s", method.__name__, message)
-        except QueueFullError as error:
-            code, message = grpc.StatusCode.UNAVAILABLE, str(error)
-        except Exception as error:  # noqa: BLE001 - reported to the caller and logged
-            log.exception("%s failed", method.__name__)
-            code, message = grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
+        except Exception as error:  # noqa: BLE001 - every failure is answered as a status
+            code, message = answer_status(error, method.__name__)
         # gRPC carries the message in a header, which has a size limit.
         context.abort(code, message[:2000])
 
     return handler
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict and GetModelMetadata; Classify, Regress and MultiInference are
-    left to the base class, which answers UNIMPLEMENTED."""
+class ServedModel:
+    """What the gRPC API (here) and the REST API (serving/rest.py) answer:
+    Predict, GetModelMetadata and GetModelStatus on the watcher's served
+    version, each request checked by Signature.prepare and batched."""
 
     def __init__(self, watcher: VersionWatcher, batcher: QueuePerName,
                  limits: ServingSettings = ServingSettings()):
-        self._watcher = watcher
+        self.watcher = watcher
         self._batcher = batcher
         self._limits = limits
 
-    @_answers_errors
-    def Predict(self, request):
-        servable = self._watcher.find(request.model_spec)
+    def run(self, signature: Signature, request_inputs) -> Arrays:
+        """The signature's outputs for a request's TensorProtos. The caller
+        holds the signature's Servable meanwhile, so that its version stays
+        loaded."""
+        inputs, rows = signature.prepare(request_inputs, self._limits)
+        return self._batcher.run(signature.name, signature.batch_key(inputs), signature, inputs,
+                                 rows)
+
+    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        servable = self.watcher.find(request.model_spec)
         signature = servable.signature(request.model_spec.signature_name or DEFAULT_SIGNATURE)
         outputs = signature.output_names(request.output_filter)
-        inputs, rows = signature.prepare(request.inputs, self._limits)
-        answer = self._batcher.run(signature.name, signature.batch_key(inputs), signature, inputs,
-                                   rows)
+        answer = self.run(signature, request.inputs)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -481,9 +496,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[name].CopyFrom(_tensor_proto(answer[name]))
         return response
 
-    @_answers_errors
-    def GetModelMetadata(self, request):
-        servable = self._watcher.find(request.model_spec)
+    def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                 ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        servable = self.watcher.find(request.model_spec)
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -497,18 +512,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.metadata["signature_def"].Pack(signature_defs)
         return response
 
-
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus; HandleReloadConfigRequest is left UNIMPLEMENTED (the
-    served model follows its base directory instead)."""
-
-    def __init__(self, watcher: VersionWatcher):
-        self._watcher = watcher
-
-    @_answers_errors
-    def GetModelStatus(self, request):
+    def status(self, request: get_model_status_pb2.GetModelStatusRequest
+               ) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
-        servable = self._watcher.servable
+        servable = self.watcher.servable
         if servable is None or spec.name != servable.name:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"Could not find any versions of model {spec.name}")
@@ -519,7 +526,36 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         status = response.model_version_status.add()
         status.version = servable.version
         status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        status.status.SetInParent()  # error_code OK, as TF Serving sends it
         return response
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference are
+    left to the base class, which answers UNIMPLEMENTED."""
+
+    def __init__(self, model: ServedModel):
+        self._model = model
+
+    @_answers_errors
+    def Predict(self, request):
+        return self._model.predict(request)
+
+    @_answers_errors
+    def GetModelMetadata(self, request):
+        return self._model.metadata(request)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus; HandleReloadConfigRequest is left UNIMPLEMENTED (the
+    served model follows its base directory instead)."""
+
+    def __init__(self, model: ServedModel):
+        self._model = model
+
+    @_answers_errors
+    def GetModelStatus(self, request):
+        return self._model.status(request)
 
 
 def server_credentials(settings: ServingSettings) -> Optional[grpc.ServerCredentials]:
@@ -547,7 +583,8 @@ def _read_pem(path: str) -> bytes:
 
 
 class ModelServer:
-    """The gRPC server over one model base directory, with its version poller.
+    """The gRPC server over one model base directory, with its version poller,
+    and beside it the REST API when `rest_port` is set (serving/rest.py).
 
     `settings` are serving's (mmfuse/config.py); keyword overrides replace
     single ones, e.g. ModelServer(base, port=0)."""
@@ -567,6 +604,12 @@ class ModelServer:
         self.port = settings.port
         self.poll_seconds = settings.poll_seconds
         self.announce = announce
+        self.rest_port = settings.rest_port
+        if self.rest_port is not None and (settings.tls_cert or settings.tls_key
+                                           or settings.tls_client_ca):
+            raise ValueError("serving.rest_port cannot be combined with serving.tls_*: the REST "
+                             "API is plaintext, as TF Serving's is")
+        self._rest = None
         self._credentials = server_credentials(settings)
         self.watcher = VersionWatcher(
             model_base, self.model_name,
@@ -578,17 +621,17 @@ class ModelServer:
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="grpc"),
             options=[("grpc.max_receive_message_length", settings.max_request_bytes)])
+        self.model = ServedModel(self.watcher, self.batcher, settings)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.watcher, self.batcher, settings), self._server)
+            PredictionServicer(self.model), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.watcher), self._server)
+            ModelServicer(self.model), self._server)
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="version-poller", daemon=True)
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return _address(self.host, self.port)
 
     def start(self) -> None:
         """Loads the newest version, then listens (port 0: a free port)."""
@@ -603,9 +646,11 @@ class ModelServer:
         except RuntimeError as error:
             raise OSError(f"cannot listen on {self.address}: {error}") from None
         self._server.start()
+        if self.rest_port is not None:
+            self._start_rest()
         if self.watcher.servable is None:
             self.announce(f"no model version under {self.model_base} loads yet; waiting for one "
-                          f"(listening on {self.address}{self._transport()})")
+                          f"(listening on {self._listening()})")
         else:
             self._announce_serving()
         self._poller.start()
@@ -613,19 +658,38 @@ class ModelServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stops accepting requests, lets those in flight finish (up to `grace` s)."""
         self._stopping.set()
-        self._server.stop(grace).wait()
+        stopped = self._server.stop(grace)
+        if self._rest is not None:
+            self._rest.stop(grace)
+        stopped.wait()
         self.batcher.stop()
 
-    def _transport(self) -> str:
-        if self._credentials is None:
-            return ""
-        return " with mutual TLS" if self.settings.tls_client_ca else " with TLS"
+    def _start_rest(self) -> None:
+        from serving.rest import RestServer  # rest.py builds on this module
+
+        try:
+            self._rest = RestServer(self.model, self.host, self.rest_port,
+                                    self.settings.max_request_bytes)
+        except OSError as error:
+            self._server.stop(0)
+            raise OSError(f"cannot listen on {_address(self.host, self.rest_port)} for REST: "
+                          f"{error.strerror or error}") from None
+        self.rest_port = self._rest.port
+        self._rest.start()
+
+    def _listening(self) -> str:
+        """Where it listens, as the announcements say it."""
+        transport = ""
+        if self._credentials is not None:
+            transport = " with mutual TLS" if self.settings.tls_client_ca else " with TLS"
+        rest = "" if self._rest is None else f", REST on {_address(self.host, self.rest_port)}"
+        return f"{self.address}{transport}{rest}"
 
     def _announce_serving(self, previous: Optional[int] = None) -> None:
         servable = self.watcher.servable
         was = "" if previous is None else f" (was version {previous})"
         self.announce(f"serving model {servable.name} version {servable.version} on "
-                      f"{self.address}{self._transport()}{was}")
+                      f"{self._listening()}{was}")
 
     def _poll(self) -> None:
         while not self._stopping.wait(self.poll_seconds):
@@ -637,6 +701,10 @@ class ModelServer:
                 continue
             if switched:
                 self._announce_serving(previous)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def serve(model_base: str, settings: ServingSettings, model_name: Optional[str] = None) -> None:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from dataset import pseudonyms
 from dataset.sample import write_sample_dataset
 from mmfuse.cli import main
 
@@ -199,3 +200,14 @@ def test_run_sends_library_output_to_its_log_and_verbose_shows_it_too(sample, tm
     chatter = [line for line in shown if "cuFFT" in line or "INFO:absl" in line]
     assert len(chatter) == (2 if verbose else 0), shown
     assert not any("FutureWarning" in line for line in shown + log.splitlines())
+
+
+def test_pseudonym_prints_what_the_model_knows_each_user_by(tmp_path, capsys):
+    key_file = tmp_path / "user_key"
+    key_file.write_bytes(b"0123456789abcdef" * 4)
+    assert main(["pseudonym", "--user-key-file", str(key_file), "u0001", "u0002"]) == 0
+    key = pseudonyms.load_key(str(key_file))
+    assert capsys.readouterr().out.split() == [pseudonyms.pseudonym(user, key)
+                                               for user in ("u0001", "u0002")]
+    assert main(["pseudonym", "--user-key-file", str(tmp_path / "none"), "u0001"]) == 2
+    assert "none" in capsys.readouterr().err

@@ -62,9 +62,13 @@ RUN_BY: Dict[str, Tuple[str, ...]] = {
     "mmfuse evaluate --data --exclude-seen --model": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
         "tests/evaluation_e2e_test.py::test_model_figures_are_the_evaluators_on_the_sample"),
-    "mmfuse serve --model-base": (
+    "mmfuse serve --model-base --rest-port": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
-        "tests/serving_e2e_test.py::test_recommend_over_grpc"),
+        "tests/serving_e2e_test.py::test_recommend_over_grpc",
+        "serving/rest_test.py::test_the_readme_curl_commands_run_as_written"),
+    # Through bash, as written (`$(mmfuse pseudonym ...)`, `$(base64 ...)` and all).
+    "curl": ("tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
+             "serving/rest_test.py::test_the_readme_curl_commands_run_as_written"),
     "mmfuse query --server --user": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
         "serving/client_test.py::test_query_prints_each_item_with_its_title_and_attributes"),
@@ -166,6 +170,37 @@ def command_key(command: str) -> str:
         head, rest = [program], words[1:]
     options = sorted({word.split("=")[0] for word in rest if word.startswith("--")})
     return " ".join(head + options)
+
+
+def readme_lines(key: str) -> List[str]:
+    """The README's command lines with that key, as written, for a shell."""
+    lines = [line.strip() for block in code_blocks(readme(), "sh")
+             for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines
+            if line and not line.startswith("#") and command_key(line) == key]
+
+
+def run_curl_commands(rest_port: int, cwd: str, home: str) -> List[dict]:
+    """The README's curl commands run as written by bash in `cwd` (laid out
+    as `make run` leaves it), against the REST API on 127.0.0.1:rest_port
+    rather than localhost:8501, with `mmfuse` on the PATH and the user key
+    under `home`: their JSON answers."""
+    shims = os.path.join(cwd, ".readme-bin")
+    os.makedirs(shims, exist_ok=True)
+    with open(os.path.join(shims, "mmfuse"), "w") as handle:
+        handle.write(f'#!/bin/sh\nexec "{sys.executable}" -m mmfuse "$@"\n')
+    os.chmod(os.path.join(shims, "mmfuse"), 0o755)
+    env = {**os.environ, "HOME": home, "PATH": shims + os.pathsep + os.environ["PATH"],
+           "PYTHONPATH": os.pathsep.join([REPOSITORY,
+                                          *filter(None, [os.environ.get("PYTHONPATH")])])}
+    answers = []
+    for line in readme_lines("curl"):
+        line = line.replace("localhost:8501", f"127.0.0.1:{rest_port}")
+        done = subprocess.run(["bash", "-c", "set -o pipefail; " + line], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{line}\n{done.stderr}"
+        answers.append(json.loads(done.stdout))
+    return answers
 
 
 def _readme_commands(*keys: str) -> List[Tuple[str, List[str]]]:
@@ -285,7 +320,7 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
 
     commands = dict(_readme_commands(
         "mmfuse predict --k --model-base --user", "mmfuse evaluate --data --exclude-seen --model",
-        "mmfuse serve --model-base", "tensorboard --logdir",
+        "mmfuse serve --model-base --rest-port", "tensorboard --logdir",
         "python -m benchmarks.serving --model-base"))
     assert main(commands["mmfuse predict --k --model-base --user"][1:]) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -299,10 +334,11 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
     assert any("events.out.tfevents" in name for _, _, names in os.walk(logdir + "/")
                for name in names)
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mmfuse", *commands["mmfuse serve --model-base"][1:],
-         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port, rest_port = _free_port(), _free_port()
+    serve = [word.replace("8501", str(rest_port))
+             for word in commands["mmfuse serve --model-base --rest-port"][1:]]
+    server = subprocess.Popen([sys.executable, "-m", "mmfuse", *serve, "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
         for line in server.stdout:
@@ -319,6 +355,13 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
             words = [word.replace("localhost:8500", f"127.0.0.1:{port}") for word in words]
             assert main(words[1:]) == 0, key
             assert capsys.readouterr().out.strip(), key
+        recommended, searched, by_image, similar = run_curl_commands(rest_port, str(tmp_path),
+                                                                     str(home))
+        assert recommended["predictions"][0]["known_user"] is True
+        for answer in (recommended, searched, by_image):
+            assert set(answer["predictions"][0]["item_ids"]) <= set(sample_run["items"])
+        assert len(similar["outputs"]["item_ids"][0]) == 5
+        assert "p0007" not in similar["outputs"]["item_ids"][0]
     finally:
         server.terminate()
         server.wait(timeout=30)
