@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from demo import app as demo_app
-from demo.conftest import (DATASET_ITEMS, HISTORIES, MODEL_ONLY, NO_PHOTO, UNKNOWN_TO_MODEL, model_of,
-                           title)
+from demo.conftest import (HISTORIES, MODEL_ONLY, NO_PHOTO, UNKNOWN_TO_MODEL, expected_cards,
+                           model_of, title)
 from mmfuse.cli import main
 from serving.conftest import TITLES
 
@@ -35,14 +35,6 @@ def cards(page_html: str, section: str = "") -> list:
         shown = html.unescape(re.search(r'class="title">([^<]*)</span>', card).group(1))
         found.append((item_id, shown, photo.group(1) if photo else None))
     return found
-
-
-def expected_cards(answer) -> list:
-    """What the page must show for an answer: the dataset's title and photo,
-    or for an item the dataset lacks, the model's title and no photo."""
-    return [(item_id, title(item_id), None if item_id == NO_PHOTO else f"/images/{item_id}")
-            if item_id in DATASET_ITEMS else (item_id, model_title or item_id, None)
-            for item_id, model_title in zip(answer.item_ids[0], answer.titles[0])]
 
 
 def png(colour=(200, 30, 30), size=(40, 40)) -> bytes:

@@ -86,6 +86,15 @@ def model_of(server, user_key=USER_KEY, **settings) -> demo_app.Model:
     return demo_app.Model(f"127.0.0.1:{server.port}", user_key=user_key, k=12, **settings)
 
 
+def expected_cards(answer) -> list:
+    """(item id, title, photo URL or None) the page must show for an answer:
+    the dataset's title and photo, or for an item the dataset lacks, the
+    model's title (else its id) and no photo."""
+    return [(item_id, title(item_id), None if item_id == NO_PHOTO else f"/images/{item_id}")
+            if item_id in DATASET_ITEMS else (item_id, model_title or item_id, None)
+            for item_id, model_title in zip(answer.item_ids[0], answer.titles[0])]
+
+
 @pytest.fixture(scope="session")
 def catalogue(dataset_dir):
     return demo_app.read_catalogue(str(dataset_dir))
