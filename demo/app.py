@@ -160,6 +160,7 @@ def create_app(catalogue: Catalogue, model: Model,
             flask.abort(400, f"{upload.filename or 'The upload'} is not a JPEG or PNG photo.")
         shown = f"data:{MIME_TYPES[kind]};base64,{base64.b64encode(data).decode('ascii')}"
         return results(f"Photo search: {upload.filename or 'your photo'}", model.ask(image=data),
+                       answer_heading="Similar looking items",
                        uploaded=shown)
 
     @app.get("/user")
@@ -253,7 +254,10 @@ def error_page(status: int, title: str, message: str):
 def http_server(app: flask.Flask, host: str = "127.0.0.1", port: int = 8080):
     """A threaded HTTP server of `app` on HOST:PORT (port 0: a free one, then
     `.server_port`), not yet serving; OSError when the port is taken."""
-    return make_server(host, port, app, threaded=True)
+    try:
+        return make_server(host, port, app, threaded=True)
+    except SystemExit:  # werkzeug's way to fail: it has printed why (the port taken, ...)
+        raise OSError(f"cannot listen on {host}:{port}") from None
 
 
 def serve(app: flask.Flask, host: str = "127.0.0.1", port: int = 8080, announce=print) -> None:

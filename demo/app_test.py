@@ -225,3 +225,9 @@ def test_the_demo_command_says_what_is_wrong_before_serving(model_server, datase
     assert main(["demo", "--server", f"127.0.0.1:{_free_port()}", "--timeout", "0.5",
                  "--data", str(dataset_dir), "--user-key-file", str(user_key_file)]) == 1
     assert "no gRPC server answers at" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["demo", *server, "--data", str(dataset_dir), "--user-key-file",
+                     str(user_key_file), "--port", str(taken.getsockname()[1])]) == 2
+    assert "mmfuse demo: error: cannot listen on 127.0.0.1:" in capsys.readouterr().err

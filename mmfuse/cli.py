@@ -478,8 +478,7 @@ def _demo(args) -> int:
         demo_app.serve(demo_app.create_app(catalogue, model), args.host, args.port,
                        announce=lambda line: print(f"{line} (asking {args.server})", flush=True))
     except OSError as error:  # the port taken, a bad host
-        print(f"mmfuse demo: error: cannot listen on {args.host}:{args.port}: {error}",
-              file=sys.stderr)
+        print(f"mmfuse demo: error: {error}", file=sys.stderr)
         return 2
     return 0
 
