@@ -188,10 +188,9 @@ def create_app(catalogue: Catalogue, model: Model,
     @app.get("/item/<path:item_id>")
     def item(item_id: str):
         answer = model.ask(item=item_id)
-        known = catalogue.items.get(item_id)
-        return results(f"Similar to {card(item_id).title}", answer, answer_heading="Similar items",
-                       item=card(item_id),
-                       item_text=known.description if known else "",
+        asked, known = card(item_id), catalogue.items.get(item_id)
+        return results(f"Similar to {asked.title}", answer, answer_heading="Similar items",
+                       item=asked, item_text=known.description if known else "",
                        item_attributes=", ".join(contract.attribute_tokens(known)) if known else "")
 
     @app.get("/images/<path:item_id>")
