@@ -12,9 +12,10 @@ setup(
     "model with attention fusion, TF Serving.",
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["mmfuse", "dataset", "pipeline", "trainer", "transform", "serving", "schema",
-                                    "evaluation"]),
+                                    "evaluation", "demo"]),
     package_data={"schema": ["*.pbtxt", "README.md"],
-                  "serving": ["deploy/*.config", "deploy/*.yml", "deploy/*.yaml", "deploy/k8s/*.yaml"]},
+                  "serving": ["deploy/*.config", "deploy/*.yml", "deploy/*.yaml", "deploy/k8s/*.yaml"],
+                  "demo": ["templates/*.html", "static/*.css"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",
@@ -31,7 +32,10 @@ setup(
         "pillow",
         "python-dateutil",
         "grpcio",
+        # The demo page (`mmfuse demo`).
+        "flask",
     ],
-    extras_require={"test": ["pytest"]},
+    # selenium drives the demo page in Debian's chromium (chromium-driver) in its browser test.
+    extras_require={"test": ["pytest", "selenium"]},
     entry_points={"console_scripts": ["mmfuse=mmfuse.cli:console_main"]},
 )

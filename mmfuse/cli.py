@@ -119,6 +119,28 @@ def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
                              "of the run; default %(default)s), needed with --user")
 
 
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the TF Serving gRPC server is and how to reach it (`mmfuse query`, `mmfuse demo`)."""
+    parser.add_argument("--server", required=True, help="HOST:PORT")
+    parser.add_argument("--model-name", default="mmfuse")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    parser.add_argument("--tls", action="store_true", help="connect over TLS (implied by the "
+                                                           "--tls-* options)")
+    parser.add_argument("--tls-ca", help="PEM CA certificate(s) to trust (default: the system's)")
+    parser.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+
+
+def _credentials(args):
+    """TLS credentials from the --tls options, or None (plaintext); ValueError
+    naming an unreadable file or a certificate without its key."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    from serving import client
+
+    return client.tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfuse", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -201,15 +223,24 @@ def _parser() -> argparse.ArgumentParser:
                                                "certificates must be signed by (mutual TLS)")
 
     query = commands.add_parser("query", help="ask a TF Serving gRPC server one question")
-    query.add_argument("--server", required=True, help="HOST:PORT")
+    _add_server_arguments(query)
     _add_question_arguments(query)
-    query.add_argument("--model-name", default="mmfuse")
-    query.add_argument("--timeout", type=float, default=10.0, help="seconds")
-    query.add_argument("--tls", action="store_true", help="connect over TLS (implied by the "
-                                                          "--tls-* options)")
-    query.add_argument("--tls-ca", help="PEM CA certificate(s) to trust (default: the system's)")
-    query.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
-    query.add_argument("--tls-key", help="PEM private key of --tls-cert")
+
+    demo = commands.add_parser(
+        "demo", help="a web page that asks a TF Serving gRPC server: search, photo search, "
+                     "users' recommendations beside their history, similar items")
+    _add_server_arguments(demo)
+    demo.add_argument("--data", required=True,
+                      help="the dataset directory the model was trained on (photos, titles, "
+                           "users' histories)")
+    demo.add_argument("--port", type=_at_least(0), default=8080,
+                      help="port of the page (default %(default)s; 0 picks a free one)")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default %(default)s: this machine only)")
+    demo.add_argument("--k", type=_at_least(1), default=12, help="items per answer")
+    demo.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
+                      help="the key users were pseudonymised with (pipeline.user_key_file of "
+                           "the run; default %(default)s)")
 
     pseudonym = commands.add_parser(
         "pseudonym", help="print the pseudonym the model knows each user by, for clients that "
@@ -416,9 +447,7 @@ def _query(args) -> int:
 
     try:
         signature, inputs = _question(args)
-        credentials = None
-        if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
-            credentials = client.tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        credentials = _credentials(args)
     except ValueError as error:
         print(f"mmfuse query: error: {error}", file=sys.stderr)
         return 2
@@ -433,6 +462,35 @@ def _query(args) -> int:
         print(f"mmfuse query: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     _show(args, answer, f"model {args.model_name}")
+    return 0
+
+
+def _demo(args) -> int:
+    """Serves the demo page until interrupted: exit 2 on bad input (dataset,
+    key, TLS files, a port taken), 1 when no model server answers."""
+    from demo import app as demo_app
+
+    try:
+        credentials = _credentials(args)
+    except ValueError as error:
+        print(f"mmfuse demo: error: {error}", file=sys.stderr)
+        return 2
+    catalogue = demo_app.read_catalogue(args.data)
+    # Only a dataset with users needs the key (a catalogue-only one has none to ask about).
+    user_key = pseudonyms.load_key(args.user_key_file) if catalogue.histories else None
+    model = demo_app.Model(args.server, model_name=args.model_name, k=args.k,
+                           timeout=args.timeout, credentials=credentials, user_key=user_key)
+    try:
+        model.channel()
+    except ConnectionError as error:
+        print(f"mmfuse demo: {error}", file=sys.stderr)
+        return 1
+    try:
+        demo_app.serve(demo_app.create_app(catalogue, model), args.host, args.port,
+                       announce=lambda line: print(f"{line} (asking {args.server})", flush=True))
+    except OSError as error:  # the port taken, a bad host
+        print(f"mmfuse demo: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -498,6 +556,8 @@ def main(argv=None) -> int:
             return _serve(args)
         if args.command == "query":
             return _query(args)
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "catalog":
             return _catalog(args)
         if args.command == "pseudonym":

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from types import SimpleNamespace
 from typing import Dict, List, Tuple
 
@@ -79,6 +80,9 @@ RUN_BY: Dict[str, Tuple[str, ...]] = {
         "serving/client_test.py::test_query_with_recent_items_asks_recommend_with_history"),
     "mmfuse query --recent --server": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",),
+    "mmfuse demo --data --server": (
+        "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
+        "demo/app_test.py::test_the_demo_command_serves_the_page"),
     # On a copy of the sample run's model base, so that they add no version to it.
     "mmfuse catalog add --items --model-base": (
         "tests/live_test.py::test_the_readme_catalog_commands_run_as_written",),
@@ -362,6 +366,9 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
             assert set(answer["predictions"][0]["item_ids"]) <= set(sample_run["items"])
         assert len(similar["outputs"]["item_ids"][0]) == 5
         assert "p0007" not in similar["outputs"]["item_ids"][0]
+        ((_, words),) = _readme_commands("mmfuse demo --data --server")
+        _check_the_demo_page([word.replace("localhost:8500", f"127.0.0.1:{port}")
+                              for word in words], sample_run["items"])
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -372,6 +379,29 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
         "--sizes", "pushed", "--signatures", "recommend", "--seconds", "1",
         "--warm-up-seconds", "0.5", "--results", str(tmp_path / "RESULTS.md")]) == 0
     assert "| recommend |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def _check_the_demo_page(words: List[str], items) -> None:
+    """`mmfuse demo` (on a free port) shows user u0001's history beside
+    recommendations the model made for the user it knows (by the default key)."""
+    demo = subprocess.Popen([sys.executable, "-m", "mmfuse", *words[1:], "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        printed = []
+        for line in demo.stdout:
+            printed.append(line)
+            if line.startswith("demo page at "):
+                break
+        assert printed and printed[-1].startswith("demo page at "), "".join(printed)
+        url = printed[-1].split()[3]
+        with urllib.request.urlopen(url + "user/u0001", timeout=60) as response:
+            page = response.read().decode("utf-8")
+        assert '<section class="history">' in page and "unknown to the model" not in page
+        shown = re.findall(r'href="/item/([^"]+)"', page)
+        assert len(shown) > 10 and all(item in items for item in shown)
+    finally:
+        demo.terminate()
+        demo.wait(timeout=30)
 
 
 if __name__ == "__main__":
