@@ -31,6 +31,8 @@ setup(
         "pillow",
         "python-dateutil",
         "grpcio",
+        # `mmfuse report`'s plots.
+        "matplotlib",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["mmfuse=mmfuse.cli:console_main"]},
