@@ -34,6 +34,8 @@ setup(
         "grpcio",
         # The demo page (`mmfuse demo`).
         "flask",
+        # `mmfuse report`'s plots.
+        "matplotlib",
     ],
     # selenium drives the demo page in Debian's chromium (chromium-driver) in its browser test.
     extras_require={"test": ["pytest", "selenium"]},

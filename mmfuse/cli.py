@@ -160,9 +160,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true",
                      help=f"also show TensorFlow's, TFX's and Beam's logs, which always go to "
                           f"OUT/{LOG_FILE}")
+    run.add_argument("--report", action="store_true",
+                     help="also write the run's report, OUT/report.html (see `mmfuse report`)")
     run.add_argument("--no-cache", action="store_true",
                      help="run every component, even those whose inputs, settings, data and "
                           "code are unchanged since an earlier run into OUT (pipeline.cache=false)")
+
+    report = commands.add_parser(
+        "report", help="write one self-contained HTML page about a run: data statistics, "
+                       "training curves, the release gate, attention, sample answers")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (`mmfuse run --out`)")
+    report.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
 
     config = commands.add_parser("config", help="the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -301,6 +309,12 @@ def _run(args) -> int:
                 progress.install(progress.Progress(terminal)) as shown:
             shown.line(f"log: {log_path}" + ("" if args.verbose else " (--verbose shows it here)"))
             result = _run_pipeline(args, settings, out, data_dir, dataset, user_key, shown)
+            if args.report:
+                from evaluation.report import write_report
+
+                shown.line(f"report: {write_report(out)}")
+            else:
+                shown.line(f"report: mmfuse report {out}")
     except (DatasetError, ConfigError):
         raise
     except BaseException:
@@ -401,17 +415,26 @@ def _predict(args) -> int:
         print(f"mmfuse predict: error: {graph_error_text(error)}", file=sys.stderr)
         return 2
     try:
-        outputs = model.signatures[signature](
-            k=tf.constant(args.k, tf.int32),
-            **{name: tf.constant(rows, tf.string) for name, rows in inputs.items()})
+        answer = client.ask_saved_model(model, version, signature, inputs, args.k)
     except tf.errors.OpError as error:  # as the server answers it: code and message
         from tensorflow.core.protobuf.error_codes_pb2 import Code
 
         print(f"mmfuse predict: {Code.Name(error.error_code)}: {graph_error_text(error)}",
               file=sys.stderr)
         return 1
-    _show(args, client.answer_from_outputs(signature, version, outputs),
-          f"model {os.path.basename(os.path.normpath(args.model_base))}")
+    _show(args, answer, f"model {os.path.basename(os.path.normpath(args.model_base))}")
+    return 0
+
+
+def _report(args) -> int:
+    from evaluation.report import RunDirError, write_report
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # TFMA's notes on the models it looked for
+    try:
+        print(f"wrote {write_report(args.run_dir, args.out)}")
+    except RunDirError as error:
+        print(f"mmfuse report: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -552,6 +575,8 @@ def main(argv=None) -> int:
             return _predict(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "query":

@@ -5,7 +5,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow_model_analysis as tfma
@@ -129,8 +129,8 @@ def run(config: PipelineConfig) -> RunResult:
             tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
     finally:
         logging.getLogger().removeHandler(steps)
-    result = _read_result(_outputs_of_run(store, after_context_id=last_run))
-    executed = _outputs_of_run(store, last_run, ("Transform", "Trainer"), executed_only=True)
+    result = _read_result(outputs_of_run(store, after_context_id=last_run))
+    executed = outputs_of_run(store, last_run, ("Transform", "Trainer"), executed_only=True)
     graph = executed.get("TransformGraph")
     cache = _read_json(graph and graph.uri, "feature_cache.json")
     if cache:
@@ -151,21 +151,29 @@ def _read_json(directory: Optional[str], name: str) -> Optional[Dict]:
         return json.load(handle)
 
 
-def _outputs_of_run(store, after_context_id: int,
-                    components=("Trainer", "Evaluator", "Pusher"),
-                    executed_only: bool = False) -> Dict[str, metadata_store_pb2.Artifact]:
-    """The outputs of `components` in the run just finished, by artifact type.
-    A component whose result came from the cache published the earlier
-    artifact again, so it counts as this run's output too, unless
-    `executed_only`."""
+def executions_of_run(store, after_context_id: int = 0,
+                      components: Sequence[str] = ("Trainer", "Evaluator", "Pusher"),
+                      executed_only: bool = False) -> List[metadata_store_pb2.Execution]:
+    """The executions of `components` (by their type's last name) in the
+    newest pipeline run after context `after_context_id`; a component whose
+    result came from the cache has one too, unless `executed_only`."""
     runs = [c for c in store.get_contexts_by_type("pipeline_run") if c.id > after_context_id]
     if not runs:
-        return {}
+        return []
     execution_types = {t.id: t.name for t in store.get_execution_types()}
-    executions = [e for e in store.get_executions_by_context(max(runs, key=lambda c: c.id).id)
-                  if execution_types[e.type_id].endswith(tuple("." + c for c in components))
-                  and (not executed_only
-                       or e.last_known_state == metadata_store_pb2.Execution.COMPLETE)]
+    return [e for e in store.get_executions_by_context(max(runs, key=lambda c: c.id).id)
+            if execution_types[e.type_id].endswith(tuple("." + c for c in components))
+            and (not executed_only or e.last_known_state == metadata_store_pb2.Execution.COMPLETE)]
+
+
+def outputs_of_run(store, after_context_id: int = 0,
+                   components: Sequence[str] = ("Trainer", "Evaluator", "Pusher"),
+                   executed_only: bool = False) -> Dict[str, metadata_store_pb2.Artifact]:
+    """The outputs of `components` in the newest run after `after_context_id`
+    (0: the newest run of all), by artifact type. A component whose result
+    came from the cache published the earlier artifact again, so it counts as
+    this run's output too, unless `executed_only`."""
+    executions = executions_of_run(store, after_context_id, components, executed_only)
     events = store.get_events_by_execution_ids([e.id for e in executions])
     output_ids = sorted({e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT})
     artifact_types = {t.id: t.name for t in store.get_artifact_types()}

@@ -113,6 +113,17 @@ def answer_from_outputs(signature: str, model_version: int, outputs: Mapping[str
                                         if "unknown_recent_items" in arrays else None))
 
 
+def ask_saved_model(model, version: int, signature: str, inputs: Dict[str, Strings],
+                    k: int = DEFAULT_K) -> Answer:
+    """The Answer of a loaded SavedModel (`model_store.load_newest`) to one
+    question (`question`), asked in this process as `mmfuse predict` asks it;
+    tf.errors.OpError for inputs the graph refuses, as the server would."""
+    outputs = model.signatures[signature](
+        k=tf.constant(k, tf.int32),
+        **{name: tf.constant(rows, tf.string) for name, rows in inputs.items()})
+    return answer_from_outputs(signature, version, outputs)
+
+
 def parse_answer(response: predict_pb2.PredictResponse) -> Answer:
     return answer_from_outputs(
         response.model_spec.signature_name, response.model_spec.version.value,

@@ -211,3 +211,35 @@ def test_pseudonym_prints_what_the_model_knows_each_user_by(tmp_path, capsys):
                                                for user in ("u0001", "u0002")]
     assert main(["pseudonym", "--user-key-file", str(tmp_path / "none"), "u0001"]) == 2
     assert "none" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("report", [False, True])
+def test_run_names_its_report_or_writes_it_in_one_line(sample, tmp_path, monkeypatch, capsys,
+                                                        report):
+    """The pipeline is replaced here; tests/report_e2e_test.py reports on a real run."""
+    from evaluation import report as run_report
+    from pipeline import local_runner
+
+    monkeypatch.setattr(local_runner, "run", lambda config: SimpleNamespace(
+        blessed=True, candidate_model="", pushed_model="", blessing_reason="ok", metrics={},
+        change_vs_baseline={}))
+    written = []
+    monkeypatch.setattr(run_report, "write_report", lambda run_dir: written.append(run_dir) or
+                        f"{run_dir}/report.html")
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(sample), "--out", str(out)] + (["--report"] if report else [])) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("[mmfuse] report")]
+    assert written == ([str(out)] if report else [])
+    assert lines == [f"[mmfuse] report: {out}/report.html" if report
+                     else f"[mmfuse] report: mmfuse report {out}"]
+
+
+def test_report_of_a_missing_or_empty_run_dir_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"mmfuse report: error: run directory {tmp_path / 'nowhere'} does not exist\n"
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no metadata.sqlite" in err
+    assert not (tmp_path / "metadata.sqlite").exists()

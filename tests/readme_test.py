@@ -63,6 +63,7 @@ RUN_BY: Dict[str, Tuple[str, ...]] = {
     "mmfuse evaluate --data --exclude-seen --model": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
         "tests/evaluation_e2e_test.py::test_model_figures_are_the_evaluators_on_the_sample"),
+    "mmfuse report": ("tests/report_e2e_test.py::test_the_report_of_the_sample_run",),
     "mmfuse serve --model-base --rest-port": (
         "tests/readme_test.py::test_the_readme_commands_on_the_sample_run_run_as_written",
         "tests/serving_e2e_test.py::test_recommend_over_grpc",
