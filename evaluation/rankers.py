@@ -171,8 +171,8 @@ class OwnHistory(Popularity):
 
 class BuyAgainMix(_CatalogueScorer):
     """`base`'s scores with the buy-again mix of trainer/repeat_buying.py, fitted
-    on `train`: each user's RECENT latest rows (by timestamp, then row) and
-    their item counts."""
+    on `train`: each user's RECENT latest rows (by timestamp, then row), their
+    item counts and how many rows their last visit (latest timestamp) has."""
     questions = frozenset({RECOMMEND})
 
     def __init__(self, base: _CatalogueScorer, train: Sequence[Interaction]):
@@ -191,14 +191,20 @@ class BuyAgainMix(_CatalogueScorer):
                                           self._item_index[row.item_id] + 1))  # 0: unknown
         recent = np.zeros((len(rows) + 1, repeat_buying.RECENT), np.int64)
         counts: List[Dict[int, int]] = [{}]
+        last_visit_rows = np.zeros(len(rows) + 1, np.int64)
         item_counts = np.zeros(len(self.item_ids) + 1)
         for user, entries in rows.items():
             self._user_row[user] = len(counts)
-            items = [item for _, _, item in sorted(entries, reverse=True)]
+            entries.sort(reverse=True)
+            items = [item for _, _, item in entries]
             recent[len(counts), :min(len(items), repeat_buying.RECENT)] = items[:repeat_buying.RECENT]
+            # Rows without a timestamp (None: 0) are each a visit of their own.
+            latest = entries[0][0]
+            last_visit_rows[len(counts)] = (sum(when == latest for when, _, _ in entries)
+                                            if latest else 1)
             counts.append(dict(collections.Counter(items)))
             np.add.at(item_counts, items, 1)
-        self.model = repeat_buying.fit(recent, counts, item_counts)
+        self.model = repeat_buying.fit(recent, counts, item_counts, last_visit_rows)
         self.tables = (None if self.model is None else
                        repeat_buying.BuyAgainTables(self.model, repeat_buying.past_items(recent, counts)))
 

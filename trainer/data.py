@@ -74,6 +74,26 @@ def user_item_counts(file_pattern: str, tft_output: tft.TFTransformOutput) -> Li
     return counts
 
 
+def last_visit_rows(file_pattern: str, tft_output: tft.TFTransformOutput) -> np.ndarray:
+    """At each user index, how many of the user's (training) interactions
+    share their latest timestamp: the rows of their last visit or basket. A
+    user whose latest rows have no timestamp counts one row (each row a visit)."""
+    size = vocabulary_sizes(tft_output)[f.USER_VOCABULARY]
+    latest = np.full(size, -1, np.int64)
+    rows = np.zeros(size, np.int64)
+    for batch in _parsed_records(file_pattern, tft_output, 4096,
+                                 [f.USER_INDEX, f.INTERACTION_TIMESTAMP]).as_numpy_iterator():
+        for user, when in zip(batch[f.USER_INDEX].tolist(),
+                              batch[f.INTERACTION_TIMESTAMP].tolist()):
+            if when > latest[user]:
+                latest[user], rows[user] = when, 0
+            if when == latest[user]:
+                rows[user] += 1
+    rows[latest == 0] = 1
+    rows[0] = 0
+    return rows
+
+
 def interaction_batches(file_pattern: str, tft_output: tft.TFTransformOutput, batch_size: int,
                         shuffle_seed=None) -> tf.data.Dataset:
     """Batches of the features the query tower and the tasks need."""

@@ -6,10 +6,14 @@ within their `RECENT` most recent rows, which the pipeline's per-user table of
 recent items holds; older ones count as `RECENT` rows ago).
 
 Fitted at export from the training histories, with no per-shop flag: each
-history is carved in time, its most recent `TARGET_FRACTION` of the recent
-rows (at least one) standing for "what they buy next" and the rest for "what
-they had". For each distinct item of the older part a small logistic model
-predicts whether it comes back in the newer part from:
+user's last visit (the rows sharing their latest timestamp; without
+timestamps, their last row) stands for "what they buy next" and the rows
+before it for "what they had", as the last-purchase protocol holds a
+customer's last basket out. Carving the last visit, not a share of the rows,
+matters: a share cuts through a basket, whose lines are distinct items, and
+taught the model that an item had just before the cut does not come back.
+For each distinct item of the older part a small logistic model predicts
+whether it is in the last visit from:
 
 - log(1 + times the user had it), log(1 + how many rows ago they last had it),
 - the item's repeat rate (share of the users who have it that have it twice
@@ -22,7 +26,7 @@ who rebuys what.
 
 The probability is mixed with the two-tower ranking by the slots it earns:
 `new_item_rates[r]` is the chance, on the same carve, that the r-th most
-popular item the user does not have is in the newer part (popularity stands
+popular item the user does not have is in the last visit (popularity stands
 in for the towers, which trained on that part), times `NEW_ITEM_WEIGHT`. A
 past item goes in front of the towers' r-th new item when its probability is
 higher. `mix_scores` does
@@ -37,14 +41,13 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
-TARGET_FRACTION = 0.2
 RECENT = 50  # transform/features.py RECENT_ITEMS_LENGTH
 NEW_ITEM_RANKS = 200
-# Popularity finds fewer new items than the towers do. 3: the smallest weight
-# that kept recall@20 on new items at EASE's on a validation carve of Online
-# Retail's training data (each customer's last training purchase; towers
-# played by EASE); 1 gave more recall overall and a third of EASE's on new items.
-NEW_ITEM_WEIGHT = 3.0
+# Popularity finds fewer new items than the towers do. 4.7: about the smallest
+# weight that kept recall@20 on new items at EASE's on a validation carve of
+# Online Retail's training data (each customer's last training purchase held
+# out; towers played by EASE); 3 gave more recall overall and 40% of EASE's on new items.
+NEW_ITEM_WEIGHT = 4.7
 # Width of the per-user table of past items: every past item of all but the
 # heaviest users (a past item left out of it can come back from the towers).
 MAX_PAST_ITEMS = 1000
@@ -113,14 +116,16 @@ def features(table: PastItems, item_rate_logits: np.ndarray) -> np.ndarray:
                      item_rate_logits[table.items], np.log1p(lengths)], axis=-1)
 
 
-def _carve(recent: np.ndarray, user_item_counts, max_items: int):
-    """Users with 2+ rows -> (their older part as PastItems, sets of newer items)."""
+def _carve(recent: np.ndarray, user_item_counts, last_visit_rows, max_items: int):
+    """Users with a visit before their last one within their recent rows ->
+    (their rows before the last visit as PastItems, sets of the last visit's items)."""
     older_recent, older_counts, newer = [], [], []
-    for row, counts in zip(recent, user_item_counts):
+    for row, counts, cut in zip(recent, user_item_counts, last_visit_rows):
         n = int((row != 0).sum())
-        if n < 2:
+        cut = int(cut)
+        # A last visit that fills the recent rows may have more items than they hold.
+        if not 0 < cut < n:
             continue
-        cut = min(n - 1, max(1, int(round(n * TARGET_FRACTION))))
         after = collections.Counter(row[:cut].tolist())
         older = {item: count - after.get(item, 0) for item, count in counts.items()
                  if count - after.get(item, 0) > 0}
@@ -135,11 +140,21 @@ def _carve(recent: np.ndarray, user_item_counts, max_items: int):
 
 
 def fit(recent: np.ndarray, user_item_counts, item_counts: np.ndarray,
-        max_items: int = MAX_PAST_ITEMS) -> "BuyAgain | None":
-    """Fits the model on the recent items [users, RECENT] and each user's
-    {item: rows}; `item_counts` [items] orders the stand-in for new items.
-    None when no user has two rows."""
-    older, newer = _carve(np.asarray(recent), user_item_counts, max_items)
+        last_visit_rows=None, max_items: int = MAX_PAST_ITEMS) -> "BuyAgain | None":
+    """Fits the model.
+
+    Args:
+      recent: [users, RECENT] each user's recent item indices, most recent first (0 pads).
+      user_item_counts: each user's {item: rows} over all their rows (index = user).
+      item_counts: [items] rows per item; orders the stand-in for the towers' new items.
+      last_visit_rows: [users] how many rows the user's last visit has (rows sharing
+        their latest timestamp); None: each row is a visit of its own.
+      max_items: width of the past-item tables.
+    Returns None when no user has a visit before their last one.
+    """
+    if last_visit_rows is None:
+        last_visit_rows = np.ones(len(recent), np.int64)
+    older, newer = _carve(np.asarray(recent), user_item_counts, last_visit_rows, max_items)
     if not newer:
         return None
     size = len(item_counts)

@@ -218,9 +218,10 @@ def run_fn(fn_args: FnArgs) -> None:
 def _fit_buy_again(recent_items, train_files, tft_output, counts):
     """The buy-again tables of the export, or None without users with 2+ rows."""
     user_counts = data.user_item_counts(train_files, tft_output)
-    fitted = repeat_buying.fit(recent_items, user_counts, counts)
+    fitted = repeat_buying.fit(recent_items, user_counts, counts,
+                               data.last_visit_rows(train_files, tft_output))
     if fitted is None:
-        progress_log.info("buy-again: no user has two training rows; recommend is the towers' alone")
+        progress_log.info("buy-again: no user has a visit before their last; recommend is the towers' alone")
         return None
     progress_log.info("buy-again: %d past items fitted; weights %s, bias %.3f; shop repeat "
                       "rate %.3f", fitted.examples, np.round(fitted.weights, 3), fitted.bias,

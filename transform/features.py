@@ -52,6 +52,10 @@ ITEM_ID_LEARNED = "item_id_learned"
 # timestamp (catalogue, users, serving requests).
 TIME_OF_INTERACTION = "time_of_interaction"
 TIME_OF_INTERACTION_DIM = 4
+# When the interaction happened, in seconds as given (0 on rows without a
+# timestamp): not a model input; the buy-again fit finds each user's last
+# visit by it (trainer/repeat_buying.py).
+INTERACTION_TIMESTAMP = "interaction_timestamp"
 # The interaction's rating, the rating head's label: 0, with
 # RATING_LABEL + "_present" 0, on rows without one.
 RATING_LABEL = "rating_label"

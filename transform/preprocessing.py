@@ -93,6 +93,7 @@ def preprocessing_fn(inputs, custom_config=None):
         f.TIME_OF_INTERACTION: (_time_of_interaction(_single_value(inputs[f.TIMESTAMP], 0))
                                 * has_timestamp[:, None]),
         f.TIME_OF_INTERACTION + "_present": has_timestamp,
+        f.INTERACTION_TIMESTAMP: _single_value(inputs[f.TIMESTAMP], 0),
         f.RATING_LABEL: _single_value(inputs[f.RATING], 0.0),
         f.RATING_LABEL + "_present": has_rating,
         f.DISPLAY_TITLE: title,
