@@ -93,6 +93,48 @@ def test_tf_twin_and_request_histories_match_numpy():
         assert lengths.numpy()[row] == table.lengths[user]
 
 
+def baskets(users: int = 80, visits: int = 5, size: int = 4, seed: int = 0):
+    """Like `histories`, for a shop of baskets: each visit `size` distinct
+    items, three of the user's six staples and one other. Also returns each
+    user's last-visit rows (`size`)."""
+    rng = np.random.default_rng(seed)
+    recent = np.zeros((users + 1, rb.RECENT), np.int64)
+    counts = [{}]
+    for user in range(1, users + 1):
+        staples = rng.choice(np.arange(1, ITEMS), 6, replace=False)
+        rows = []
+        for _ in range(visits):
+            basket = [*rng.choice(staples, size - 1, replace=False), rng.integers(1, ITEMS)]
+            rows = [int(item) for item in basket] + rows  # most recent first
+        recent[user, :len(rows)] = rows
+        counts.append(dict(collections.Counter(rows)))
+    last_visit_rows = np.full(users + 1, size, np.int64)
+    last_visit_rows[0] = 0
+    return recent, counts, np.bincount(recent[recent != 0], minlength=ITEMS), last_visit_rows
+
+
+def mean_probability(model, recent, counts, repeated: bool) -> float:
+    """Mean probability of the users' past items had twice or more (`repeated`) or once."""
+    tables = rb.BuyAgainTables(model, rb.past_items(recent, counts))
+    users = list(range(1, len(recent)))
+    items, *rest = tables.user_past_items(tf.constant(users))
+    probability = tables.probabilities(items, *rest).numpy()
+    chosen = [p for row, user in enumerate(users) for item, p in zip(items[row].numpy(), probability[row])
+              if item and (counts[user][item] >= 2) == repeated]
+    return float(np.mean(chosen))
+
+
+def test_fitted_on_the_last_visit_a_staple_gets_its_chance_of_being_in_the_next_basket():
+    recent, counts, item_counts, last_visit_rows = baskets()
+    by_visit = rb.fit(recent, counts, item_counts, last_visit_rows)
+    # Each staple is in half of the baskets.
+    assert 0.4 < mean_probability(by_visit, recent, counts, repeated=True) < 0.65
+    assert mean_probability(by_visit, recent, counts, repeated=False) < 0.3
+    # Carved by row, the rest of the last basket reads as "had, did not come back".
+    by_row = rb.fit(recent, counts, item_counts)
+    assert mean_probability(by_row, recent, counts, repeated=True) < 0.25
+
+
 def test_no_history_no_model():
     recent = np.zeros((3, rb.RECENT), np.int64)
     recent[1, 0] = 5
