@@ -554,42 +554,36 @@ def _quiet_libraries(command: str) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def _convert(args) -> int:
+    try:
+        print(json.dumps(convert(args.name, args.src, args.dst)))
+    except (ValueError, FileNotFoundError) as error:
+        raise DatasetError(str(error)) from None
+    return 0
+
+
+def _sample(args) -> int:
+    print(json.dumps(write_sample_dataset(args.dst, seed=args.seed)))
+    return 0
+
+
+def _pseudonym(args) -> int:
+    key = pseudonyms.load_key(args.user_key_file)
+    print("\n".join(pseudonyms.pseudonym(user, key) for user in args.users))
+    return 0
+
+
+COMMANDS = {"run": _run, "convert": _convert, "config": _config_show, "sample": _sample,
+            "predict": _predict, "evaluate": _evaluate, "report": _report, "serve": _serve,
+            "query": _query, "demo": _demo, "catalog": _catalog, "pseudonym": _pseudonym,
+            "kubeflow": _kubeflow_compile}
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries(args.command)
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "convert":
-            try:
-                print(json.dumps(convert(args.name, args.src, args.dst)))
-            except (ValueError, FileNotFoundError) as error:
-                raise DatasetError(str(error)) from None
-            return 0
-        if args.command == "config":
-            return _config_show(args)
-        if args.command == "sample":
-            print(json.dumps(write_sample_dataset(args.dst, seed=args.seed)))
-            return 0
-        if args.command == "predict":
-            return _predict(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "query":
-            return _query(args)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "catalog":
-            return _catalog(args)
-        if args.command == "pseudonym":
-            key = pseudonyms.load_key(args.user_key_file)
-            print("\n".join(pseudonyms.pseudonym(user, key) for user in args.users))
-            return 0
-        return _kubeflow_compile(args)
+        return COMMANDS[args.command](args)
     except (DatasetError, ConfigError, pseudonyms.UserKeyError) as error:
         print(f"mmfuse {args.command}: error: {error}", file=sys.stderr)
         return 2

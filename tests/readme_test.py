@@ -342,14 +342,8 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
     port, rest_port = _free_port(), _free_port()
     serve = [word.replace("8501", str(rest_port))
              for word in commands["mmfuse serve --model-base --rest-port"][1:]]
-    server = subprocess.Popen([sys.executable, "-m", "mmfuse", *serve, "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server, lines = _start_mmfuse([*serve, "--port", str(port)], ready="serving model")
     try:
-        lines = []
-        for line in server.stdout:
-            lines.append(line)
-            if line.startswith("serving model"):
-                break
         assert server.poll() is None, "".join(lines)
         threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True).start()
         queries = _readme_commands(
@@ -382,17 +376,24 @@ def test_the_readme_commands_on_the_sample_run_run_as_written(sample_run, tmp_pa
     assert "| recommend |" in (tmp_path / "RESULTS.md").read_text()
 
 
+def _start_mmfuse(arguments: List[str], ready: str) -> Tuple[subprocess.Popen, List[str]]:
+    """Starts `mmfuse ARGUMENTS` and reads its output up to the line starting
+    with `ready` (or its end): (the process, the lines read)."""
+    process = subprocess.Popen([sys.executable, "-m", "mmfuse", *arguments],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(ready):
+            break
+    return process, lines
+
+
 def _check_the_demo_page(words: List[str], items) -> None:
     """`mmfuse demo` (on a free port) shows user u0001's history beside
     recommendations the model made for the user it knows (by the default key)."""
-    demo = subprocess.Popen([sys.executable, "-m", "mmfuse", *words[1:], "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo, printed = _start_mmfuse([*words[1:], "--port", "0"], ready="demo page at ")
     try:
-        printed = []
-        for line in demo.stdout:
-            printed.append(line)
-            if line.startswith("demo page at "):
-                break
         assert printed and printed[-1].startswith("demo page at "), "".join(printed)
         url = printed[-1].split()[3]
         with urllib.request.urlopen(url + "user/u0001", timeout=60) as response:
