@@ -102,6 +102,12 @@ def _at_least(minimum, kind=int, what: str = "a whole number"):
     return parse
 
 
+def _add_user_key_argument(parser: argparse.ArgumentParser, needed: str = "") -> None:
+    parser.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
+                        help="the key users were pseudonymised with (pipeline.user_key_file "
+                             f"of the run; default %(default)s){needed}")
+
+
 def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
     """The four questions, as `mmfuse query` and `mmfuse predict` both ask them."""
     parser.add_argument("--user", help="recommend for this user, or personalise --text")
@@ -114,9 +120,7 @@ def _add_question_arguments(parser: argparse.ArgumentParser) -> None:
                             "anonymous visitor) just interacted with, newest first")
     parser.add_argument("--k", type=_at_least(1), default=10)
     parser.add_argument("--json", action="store_true", help="print one JSON line")
-    parser.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
-                        help="the key users were pseudonymised with (pipeline.user_key_file "
-                             "of the run; default %(default)s), needed with --user")
+    _add_user_key_argument(parser, ", needed with --user")
 
 
 def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,9 +207,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="comma-separated cut-offs (default 10,20,100)")
     evaluate.add_argument("--exclude-seen", action="store_true",
                           help="leave each user's train items out of their recommendations")
-    evaluate.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
-                          help="the key users were pseudonymised with (pipeline.user_key_file "
-                               "of the run; default %(default)s)")
+    _add_user_key_argument(evaluate)
 
     serve = commands.add_parser(
         "serve", help="serve the pushed models over TF Serving's gRPC and REST APIs (a local "
@@ -246,17 +248,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default %(default)s: this machine only)")
     demo.add_argument("--k", type=_at_least(1), default=12, help="items per answer")
-    demo.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
-                      help="the key users were pseudonymised with (pipeline.user_key_file of "
-                           "the run; default %(default)s)")
+    _add_user_key_argument(demo)
 
     pseudonym = commands.add_parser(
         "pseudonym", help="print the pseudonym the model knows each user by, for clients that "
                           "hash no ids themselves (curl, other languages)")
     pseudonym.add_argument("users", nargs="+", metavar="USER")
-    pseudonym.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
-                           help="the key users were pseudonymised with (pipeline.user_key_file "
-                                "of the run; default %(default)s)")
+    _add_user_key_argument(pseudonym)
 
     catalog = commands.add_parser(
         "catalog", help="add or remove products in the pushed model without retraining")
