@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from demo import app as demo_app
-from serving.conftest import ITEMS, USER_KEY, save_tiny_model, small_batches
+from serving.conftest import (  # noqa: F401 - user_key_file: a fixture the demo tests use
+    ITEMS, USER_KEY, save_tiny_model, small_batches, user_key_file)
 from serving.server import ModelServer
 
 # The tiny model's items, less the last (served with the model's title and no
@@ -71,14 +72,6 @@ def dataset_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("demo-data") / "shop"
     write_dataset(str(directory))
     return directory
-
-
-@pytest.fixture(scope="session")
-def user_key_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo-key") / "user_key"
-    path.write_bytes(USER_KEY)
-    path.chmod(0o600)
-    return path
 
 
 def model_of(server, user_key=USER_KEY, **settings) -> demo_app.Model:
