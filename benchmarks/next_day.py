@@ -37,23 +37,23 @@ SECTION = "next-day"
 def make_days(source: str, out: str, new_items: float, new_interactions: float,
               seed: int = 0) -> Dict[str, object]:
     """Writes OUT/day1 and OUT/day2 (images hard-linked) and returns their
-    sizes."""
-    with open(os.path.join(source, "items.csv"), newline="", encoding="utf-8") as handle:
-        item_rows = list(csv.reader(handle))
-    with open(os.path.join(source, "interactions.csv"), newline="", encoding="utf-8") as handle:
-        interaction_rows = list(csv.reader(handle))
-    item_header, items = item_rows[0], item_rows[1:]
-    header, interactions = interaction_rows[0], interaction_rows[1:]
-    item_column, time_column = header.index("item_id"), header.index("timestamp") \
-        if "timestamp" in header else None
+    sizes. A catalogue without interactions (fashion) changes by its items only."""
+    item_header, items = _read_csv(os.path.join(source, "items.csv"))
+    interactions_path = os.path.join(source, "interactions.csv")
+    has_interactions = os.path.exists(interactions_path)
+    header, interactions = _read_csv(interactions_path) if has_interactions else ([], [])
     rng = random.Random(seed)
     held_items = {row[0] for row in rng.sample(items, max(1, round(new_items * len(items))))}
-    # Day 2 has `new_interactions` more rows than day 1: day 1 keeps n / (1 + share).
-    keep = round(len(interactions) / (1 + new_interactions))
-    order = sorted(range(len(interactions)),
-                   key=lambda i: (int(interactions[i][time_column]) if time_column is not None
-                                  and interactions[i][time_column] else 0, i))
-    day1_rows = [i for i in order if interactions[i][item_column] not in held_items][:keep]
+    day1_rows = []
+    if interactions:
+        item_column = header.index("item_id")
+        time_column = header.index("timestamp") if "timestamp" in header else None
+        # Day 2 has `new_interactions` more rows than day 1: day 1 keeps n / (1 + share).
+        keep = round(len(interactions) / (1 + new_interactions))
+        order = sorted(range(len(interactions)),
+                       key=lambda i: (int(interactions[i][time_column]) if time_column is not None
+                                      and interactions[i][time_column] else 0, i))
+        day1_rows = [i for i in order if interactions[i][item_column] not in held_items][:keep]
     days = {"day1": ([r for r in items if r[0] not in held_items],
                      [interactions[i] for i in sorted(day1_rows)]),
             "day2": (items, interactions)}
@@ -62,8 +62,10 @@ def make_days(source: str, out: str, new_items: float, new_interactions: float,
         if os.path.isdir(directory):
             shutil.rmtree(directory)
         os.makedirs(directory)
-        for name, head, rows in (("items.csv", item_header, day_items),
-                                 ("interactions.csv", header, day_interactions)):
+        files = [("items.csv", item_header, day_items)]
+        if has_interactions:
+            files.append(("interactions.csv", header, day_interactions))
+        for name, head, rows in files:
             with open(os.path.join(directory, name), "w", newline="", encoding="utf-8") as handle:
                 csv.writer(handle).writerows([head] + rows)
         for entry in os.listdir(source):
@@ -71,6 +73,13 @@ def make_days(source: str, out: str, new_items: float, new_interactions: float,
                 _hard_link(os.path.join(source, entry), os.path.join(directory, entry))
     return {"items": (len(days["day1"][0]), len(items)),
             "interactions": (len(days["day1"][1]), len(interactions))}
+
+
+def _read_csv(path: str):
+    """(header, rows) of a CSV file."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    return rows[0], rows[1:]
 
 
 def _hard_link(source: str, target: str) -> None:
@@ -189,9 +198,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = shlex.join(["python", "-m", "benchmarks.next_day", "--data", options.data,
                           "--out", options.out,
                           *[a for o in options.overrides for a in ("--set", o)]])
-    notes = [f"{name}: day 1 {sizes['items'][0]} items, {sizes['interactions'][0]} interactions; "
-             f"day 2 {sizes['items'][1]} items ({options.new_items:.0%} new), "
-             f"{sizes['interactions'][1]} interactions ({options.new_interactions:.0%} more). "
+    interactions = (f"{sizes['interactions'][0]} interactions",
+                    f"{sizes['interactions'][1]} interactions ({options.new_interactions:.0%} more)")
+    if not sizes["interactions"][1]:
+        interactions = ("no interactions (it trains on searches made from the catalogue)",) * 2
+    notes = [f"{name}: day 1 {sizes['items'][0]} items, {interactions[0]}; "
+             f"day 2 {sizes['items'][1]} items ({options.new_items:.0%} new), {interactions[1]}. "
              f"`day1`: day 1 into an empty run directory; `next-day`: day 2 into day 1's, "
              f"reusing its feature cache and warm-starting from its blessed model "
              f"(`trainer.warm_start_epochs` instead of `trainer.epochs`); `full`: day 2 into a "
@@ -207,6 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _count_rows(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
     with open(path, newline="", encoding="utf-8") as handle:
         return sum(1 for _ in csv.reader(handle)) - 1
 
