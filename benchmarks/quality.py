@@ -450,7 +450,9 @@ def _specs(options) -> Dict[str, DataSpec]:
 
 # --- Variants -----------------------------------------------------------------------------
 
-def _baseline(variant: str, dataset: Dataset, split: str = "random") -> rankers.Ranker:
+def _baseline(variant: str, dataset: Dataset, split: str, config: Config) -> rankers.Ranker:
+    """A baseline fitted on the split's train rows; `config` sets what it shares
+    with the model runs (the buy-again mix's weight)."""
     if variant == "bm25":
         return rankers.BM25(dataset.items)
     train, _ = split_rows(dataset, split)
@@ -459,7 +461,8 @@ def _baseline(variant: str, dataset: Dataset, split: str = "random") -> rankers.
     if variant == "own-history":
         return rankers.OwnHistory(list(dataset.items), train)
     if variant == "ease+buy-again":
-        return rankers.BuyAgainMix(rankers.EASE(list(dataset.items), train, l2=EASE_L2), train)
+        return rankers.BuyAgainMix(rankers.EASE(list(dataset.items), train, l2=EASE_L2), train,
+                                   config.export.new_item_weight)
     return rankers.EASE(list(dataset.items), train, l2=EASE_L2)
 
 
@@ -578,7 +581,8 @@ def _run_variant(options, name: str, spec: DataSpec, data_dir: str, dataset: Dat
     if variant in BASELINES:
         started = time.time()
         try:
-            ranker = _baseline(variant, dataset, spec.split)
+            ranker = _baseline(variant, dataset, spec.split,
+                               load_config(options.config, user_overrides(options)))
         except ValueError as error:
             add([{"note": f"n/a: {error}"}] * len(tables))
             return

@@ -172,10 +172,12 @@ class OwnHistory(Popularity):
 class BuyAgainMix(_CatalogueScorer):
     """`base`'s scores with the buy-again mix of trainer/repeat_buying.py, fitted
     on `train`: each user's RECENT latest rows (by timestamp, then row), their
-    item counts and how many rows their last visit (latest timestamp) has."""
+    item counts and how many rows their last visit (latest timestamp) has;
+    `new_item_weight` is the configuration's `export.new_item_weight`."""
     questions = frozenset({RECOMMEND})
 
-    def __init__(self, base: _CatalogueScorer, train: Sequence[Interaction]):
+    def __init__(self, base: _CatalogueScorer, train: Sequence[Interaction],
+                 new_item_weight: float):
         import tensorflow as tf
 
         from trainer import repeat_buying
@@ -204,7 +206,8 @@ class BuyAgainMix(_CatalogueScorer):
                                             if latest else 1)
             counts.append(dict(collections.Counter(items)))
             np.add.at(item_counts, items, 1)
-        self.model = repeat_buying.fit(recent, counts, item_counts, last_visit_rows)
+        self.model = repeat_buying.fit(recent, counts, item_counts, new_item_weight,
+                                       last_visit_rows)
         self.tables = (None if self.model is None else
                        repeat_buying.BuyAgainTables(self.model, repeat_buying.past_items(recent, counts)))
 

@@ -5,6 +5,7 @@ import pytest
 
 from dataset.contract import Interaction, Item
 from evaluation import rankers
+from mmfuse.config import ExportSettings
 
 
 def _rows(pairs):
@@ -126,10 +127,11 @@ def test_buy_again_mix_brings_back_what_users_rebuy_and_keeps_out_what_they_do_n
 
     catalogue = [f"s{n}" for n in range(5)] + [f"i{n}" for n in range(30)]
     rebuying = shop(rebuy=True)
-    mix = rankers.BuyAgainMix(rankers.Popularity(catalogue, rebuying), rebuying)
+    mix = rankers.BuyAgainMix(rankers.Popularity(catalogue, rebuying), rebuying,
+                              ExportSettings().new_item_weight)
     assert mix.name == "popularity+buy-again"
     assert mix.recommend(["u3"], k=3).item_ids[0][0] == "s3"
     once = shop(rebuy=False)
-    mix = rankers.BuyAgainMix(rankers.Popularity(catalogue, once), once)
+    mix = rankers.BuyAgainMix(rankers.Popularity(catalogue, once), once, ExportSettings().new_item_weight)
     had = {row.item_id for row in once if row.user_id == "u3"}
     assert not had & set(mix.recommend(["u3"], k=5).item_ids[0])

@@ -156,6 +156,12 @@ class ExportSettings:
     buy_again: bool = setting(True, "`recommend` mixes in the user's past items by their "
                               "buy-again probability, learned from the training data "
                               "(trainer/repeat_buying.py); false: the towers' ranking alone")
+    # 4.7: the smallest weight that kept recall@20 on new items at EASE's on a validation carve
+    # of Online Retail's training data; the trade-off it sets: RESULTS.md, buy-again-tradeoff.
+    new_item_weight: float = setting(4.7, "how much the buy-again mix favours items new to the "
+                                     "user: a past item takes a slot of `recommend` when its "
+                                     "probability beats this times popularity's hit rate there; "
+                                     "higher: more new items, fewer past ones", minimum=0.0)
 
 
 @dataclasses.dataclass(frozen=True)

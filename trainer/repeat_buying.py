@@ -27,7 +27,9 @@ who rebuys what.
 The probability is mixed with the two-tower ranking by the slots it earns:
 `new_item_rates[r]` is the chance, on the same carve, that the r-th most
 popular item the user does not have is in the last visit (popularity stands
-in for the towers, which trained on that part), times `NEW_ITEM_WEIGHT`. A
+in for the towers, which trained on that part), times `new_item_weight`
+(the configuration's `export.new_item_weight`: popularity finds fewer new items
+than the towers do, and a shop may want more of them). A
 past item goes in front of the towers' r-th new item when its probability is
 higher. `mix_scores` does
 it inside the exported graph (standard ops only).
@@ -43,11 +45,6 @@ import tensorflow as tf
 
 RECENT = 50  # transform/features.py RECENT_ITEMS_LENGTH
 NEW_ITEM_RANKS = 200
-# Popularity finds fewer new items than the towers do. 4.7: about the smallest
-# weight that kept recall@20 on new items at EASE's on a validation carve of
-# Online Retail's training data (each customer's last training purchase held
-# out; towers played by EASE); 3 gave more recall overall and 40% of EASE's on new items.
-NEW_ITEM_WEIGHT = 4.7
 # Width of the per-user table of past items: every past item of all but the
 # heaviest users (a past item left out of it can come back from the towers).
 MAX_PAST_ITEMS = 1000
@@ -139,7 +136,7 @@ def _carve(recent: np.ndarray, user_item_counts, last_visit_rows, max_items: int
     return past_items(np.asarray(older_recent), older_counts, max_items), newer
 
 
-def fit(recent: np.ndarray, user_item_counts, item_counts: np.ndarray,
+def fit(recent: np.ndarray, user_item_counts, item_counts: np.ndarray, new_item_weight: float,
         last_visit_rows=None, max_items: int = MAX_PAST_ITEMS) -> "BuyAgain | None":
     """Fits the model.
 
@@ -147,6 +144,7 @@ def fit(recent: np.ndarray, user_item_counts, item_counts: np.ndarray,
       recent: [users, RECENT] each user's recent item indices, most recent first (0 pads).
       user_item_counts: each user's {item: rows} over all their rows (index = user).
       item_counts: [items] rows per item; orders the stand-in for the towers' new items.
+      new_item_weight: the stand-in's hit rates are multiplied by it (`export.new_item_weight`).
       last_visit_rows: [users] how many rows the user's last visit has (rows sharing
         their latest timestamp); None: each row is a visit of its own.
       max_items: width of the past-item tables.
@@ -173,7 +171,7 @@ def fit(recent: np.ndarray, user_item_counts, item_counts: np.ndarray,
     repeated = sum(len(items_after & set(row)) for row, items_after in zip(older.items.tolist(), newer))
     shop_repeat_rate = repeated / max(sum(len(items_after) for items_after in newer), 1)
     return BuyAgain(weights.astype(np.float32), float(bias), rate_logits,
-                    NEW_ITEM_WEIGHT * _new_item_rates(older.items, newer, item_counts),
+                    new_item_weight * _new_item_rates(older.items, newer, item_counts),
                     float(shop_repeat_rate),
                     int(present.sum()))
 

@@ -5,7 +5,10 @@ import collections
 import numpy as np
 import tensorflow as tf
 
+from mmfuse.config import ExportSettings
 from trainer import repeat_buying as rb
+
+WEIGHT = ExportSettings().new_item_weight
 
 ITEMS = 60
 
@@ -31,7 +34,7 @@ def histories(rebuy: bool, users: int = 80, length: int = 20, seed: int = 0):
 
 def test_rebuying_shop_ranks_staples_first_and_the_towers_fill_the_rest():
     recent, counts, item_counts = histories(rebuy=True)
-    model = rb.fit(recent, counts, item_counts)
+    model = rb.fit(recent, counts, item_counts, WEIGHT)
     assert model.shop_repeat_rate > 0.5
     tables = rb.BuyAgainTables(model, rb.past_items(recent, counts))
     past = tables.user_past_items(tf.constant([1, 2]))
@@ -48,7 +51,7 @@ def test_rebuying_shop_ranks_staples_first_and_the_towers_fill_the_rest():
 
 def test_shop_without_repeats_keeps_past_items_out():
     recent, counts, item_counts = histories(rebuy=False)
-    model = rb.fit(recent, counts, item_counts)
+    model = rb.fit(recent, counts, item_counts, WEIGHT)
     assert model.shop_repeat_rate == 0
     tables = rb.BuyAgainTables(model, rb.past_items(recent, counts))
     past = tables.user_past_items(tf.constant([3]))
@@ -66,7 +69,7 @@ def test_shop_without_repeats_keeps_past_items_out():
 
 def test_a_user_without_past_items_keeps_the_towers_scores():
     recent, counts, item_counts = histories(rebuy=True)
-    tables = rb.BuyAgainTables(rb.fit(recent, counts, item_counts), rb.past_items(recent, counts))
+    tables = rb.BuyAgainTables(rb.fit(recent, counts, item_counts, WEIGHT), rb.past_items(recent, counts))
     past = tables.user_past_items(tf.constant([0, 1]))  # row 0: no user, no past items
     scores = tf.random.uniform([2, ITEMS], seed=3)
     mixed = rb.mix_scores(scores, past[0], tables.probabilities(*past), tables.new_item_rates,
@@ -77,7 +80,7 @@ def test_a_user_without_past_items_keeps_the_towers_scores():
 
 def test_tf_twin_and_request_histories_match_numpy():
     recent, counts, item_counts = histories(rebuy=True, seed=3)
-    model = rb.fit(recent, counts, item_counts)
+    model = rb.fit(recent, counts, item_counts, WEIGHT)
     table = rb.past_items(recent, counts)
     tables = rb.BuyAgainTables(model, table)
     users = np.arange(len(recent))
@@ -126,24 +129,24 @@ def mean_probability(model, recent, counts, repeated: bool) -> float:
 
 def test_fitted_on_the_last_visit_a_staple_gets_its_chance_of_being_in_the_next_basket():
     recent, counts, item_counts, last_visit_rows = baskets()
-    by_visit = rb.fit(recent, counts, item_counts, last_visit_rows)
+    by_visit = rb.fit(recent, counts, item_counts, WEIGHT, last_visit_rows)
     # Each staple is in half of the baskets.
     assert 0.4 < mean_probability(by_visit, recent, counts, repeated=True) < 0.65
     assert mean_probability(by_visit, recent, counts, repeated=False) < 0.3
     # Carved by row, the rest of the last basket reads as "had, did not come back".
-    by_row = rb.fit(recent, counts, item_counts)
+    by_row = rb.fit(recent, counts, item_counts, WEIGHT)
     assert mean_probability(by_row, recent, counts, repeated=True) < 0.25
 
 
 def test_no_history_no_model():
     recent = np.zeros((3, rb.RECENT), np.int64)
     recent[1, 0] = 5
-    assert rb.fit(recent, [{}, {5: 1}, {}], np.ones(10)) is None
+    assert rb.fit(recent, [{}, {5: 1}, {}], np.ones(10), WEIGHT) is None
 
 
 def test_the_mix_is_served_from_a_saved_model(tmp_path):
     recent, counts, item_counts = histories(rebuy=True, seed=4)
-    tables = rb.BuyAgainTables(rb.fit(recent, counts, item_counts), rb.past_items(recent, counts))
+    tables = rb.BuyAgainTables(rb.fit(recent, counts, item_counts, WEIGHT), rb.past_items(recent, counts))
     module = tf.Module()
     module.tables = tables
     module.candidates = tf.Variable(tf.random.normal([ITEMS, 8], seed=5))
@@ -162,3 +165,20 @@ def test_the_mix_is_served_from_a_saved_model(tmp_path):
     loaded = tf.saved_model.load(str(tmp_path)).signatures["recommend"]
     answer = loaded(user_index=tf.constant([1, 2, 0], tf.int64), k=tf.constant(5))
     np.testing.assert_array_equal(next(iter(answer.values())).numpy(), expected)
+
+
+def test_a_higher_new_item_weight_leaves_more_slots_to_new_items():
+    recent, counts, item_counts = histories(rebuy=True, seed=5)
+    table = rb.past_items(recent, counts)
+    users = tf.constant(np.arange(1, len(recent)))
+    scores = tf.random.uniform([len(recent) - 1, ITEMS], seed=7)
+    past_in_top = []
+    for weight in (1.0, 200.0):
+        tables = rb.BuyAgainTables(rb.fit(recent, counts, item_counts, weight), table)
+        past = tables.user_past_items(users)
+        mixed = rb.mix_scores(scores, past[0], tables.probabilities(*past), tables.new_item_rates,
+                              tf.constant(10))
+        top = tf.math.top_k(mixed, 10).indices.numpy()
+        past_in_top.append(np.mean([len(set(row) & set(counts[user]))
+                                    for user, row in enumerate(top, start=1)]))
+    assert past_in_top[0] > past_in_top[1] + 1

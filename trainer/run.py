@@ -206,7 +206,8 @@ def run_fn(fn_args: FnArgs) -> None:
     ]
     model.fit(train, epochs=epochs, validation_data=evaluation, callbacks=callbacks,
               verbose=2)
-    buy_again = (_fit_buy_again(recent_items, train_files, tft_output, counts)
+    buy_again = (_fit_buy_again(recent_items, train_files, tft_output, counts,
+                                settings.export.new_item_weight)
                  if settings.export.buy_again else None)
     progress_log.info("exporting the serving model")
     export.export_serving_model(
@@ -215,10 +216,10 @@ def run_fn(fn_args: FnArgs) -> None:
         buy_again=buy_again)
 
 
-def _fit_buy_again(recent_items, train_files, tft_output, counts):
+def _fit_buy_again(recent_items, train_files, tft_output, counts, new_item_weight):
     """The buy-again tables of the export, or None without users with 2+ rows."""
     user_counts = data.user_item_counts(train_files, tft_output)
-    fitted = repeat_buying.fit(recent_items, user_counts, counts,
+    fitted = repeat_buying.fit(recent_items, user_counts, counts, new_item_weight,
                                data.last_visit_rows(train_files, tft_output))
     if fitted is None:
         progress_log.info("buy-again: no user has a visit before their last; recommend is the towers' alone")
