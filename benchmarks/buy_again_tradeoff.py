@@ -117,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results.write_section(options.results, f"{SECTION}-{name}", results.render_section(
         f"Buy-again trade-off, {name} (benchmarks/buy_again_tradeoff.py)", command, [table],
         measured=results.measured_line(date, commit, machine, time.time() - started),
-        notes=[f"{name}: each customer's last purchase held out; validation: the training "
+        notes=[f"{name} (`--data`: a dataset directory as `mmfuse convert` writes it): each "
+               "customer's last purchase held out; validation: the training "
                "rows alone, each customer's last training purchase held out. EASE (L2 "
                f"{EASE_L2:g}) stands in for the towers. Meets the goal: recall@20 above "
                "own-history's and recall@20 on new items at or above EASE's, on the same split."]))
