@@ -113,6 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(table)
     command = shlex.join([".venv/bin/python", "-m", "benchmarks.buy_again_tradeoff",
                           "--data", options.data,
+                          *(["--name", options.name] if options.name else []),
                           "--weights", ",".join(f"{weight:g}" for weight in options.weights)])
     results.write_section(options.results, f"{SECTION}-{name}", results.render_section(
         f"Buy-again trade-off, {name} (benchmarks/buy_again_tradeoff.py)", command, [table],
