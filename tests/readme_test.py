@@ -118,17 +118,6 @@ NEEDS_OUTSIDE: Dict[str, Tuple[str, ...]] = {
         "serving/deploy_test.py::test_kubernetes_deployment_service_and_config_fit_together"),
     "docker build": ("a Docker engine (the image installs what the Makefile installs)",),
     "docker push": ("a container registry",),
-    "python -m benchmarks.quality --data-root --datasets --variants": (
-        "the real data sets",
-        "benchmarks/quality_test.py::test_the_baselines_on_the_sample_write_their_section"),
-    "python -m benchmarks.live --data-root --datasets --out": (
-        "the real data sets",
-        "benchmarks/live_test.py::test_the_live_split_gives_each_user_a_recent_history",
-        "tests/live_test.py::test_recent_items_move_the_answer_for_users_and_visitors"),
-    "python -m benchmarks.fashion_validation --out --seeds --variant": (
-        "a fashion benchmark run",
-        "benchmarks/fashion_validation_test.py::"
-        "test_each_variant_trains_once_per_seed_from_the_configuration_file"),
 }
 
 
