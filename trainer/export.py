@@ -76,35 +76,33 @@ def display_tables(display: Dict[str, Sequence[bytes]], settings: ExportSettings
             "attributes": shortened(display[f.DISPLAY_ATTRIBUTES], settings.attributes_length)}
 
 
-class ServingModule(tf.Module):
-    def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
-                 lexical_weight: float, display: Optional[Dict[str, Sequence[bytes]]] = None,
-                 buy_again: Optional[repeat_buying.BuyAgainTables] = None,
-                 settings: ExportSettings = ExportSettings()):
+class CatalogueModule(tf.Module):
+    """The catalogue (ids, vectors, display fields, the id -> row table), its
+    index and the top-k over it: what `ServingModule` answers from, and the
+    serving benchmark's stand-in model (benchmarks/serving.py) too."""
+    # None: no buy-again mix; 0: no lexical scores (ServingModule sets both).
+    buy_again = None
+    lexical_weight = 0.0
+
+    def __init__(self, item_ids: Sequence[bytes], candidates: np.ndarray,
+                 display: Optional[Dict[str, Sequence[bytes]]], settings: ExportSettings):
         super().__init__()
-        # None: `recommend` is the towers' ranking alone.
-        self.buy_again = buy_again
-        self.model = model
-        self.tft_layer = tft_output.transform_features_layer()
-        self._raw_spec = tft_output.raw_feature_spec()
-        # Index -> item id; index 0 is "unknown" and is never returned.
-        item_ids = [b"<unknown>"] + tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
-        # Fixed, unlike `item_ids`: what each item index of the towers names.
-        self.item_vocabulary = tf.constant(item_ids, tf.string)
-        candidates = model.catalog_embeddings()
         # Variables of unknown length, so that a loaded model's catalogue can be
         # replaced by one of another size and re-saved without retraining.
         self.item_ids = tf.Variable(item_ids, trainable=False, shape=[None], name="item_ids")
         self.candidates = tf.Variable(candidates, trainable=False, shape=[None, candidates.shape[1]],
                                       name="candidates")
-        # None: every top-k is exact. Catalogue edits refresh it (index.refresh).
+        # None: every top-k is exact. Catalogue edits refresh it (index.refresh_model).
         self.index = None
         if settings.index != "exact":
             self.index = catalogue_index.PartitionedIndex(
                 candidates, settings.index_partitions, settings.index_probes,
                 settings.index_shortlist, settings.index_dtype)
-        # Catalogue items from which the index answers (`auto`); 1: always.
-        self.index_min_items = settings.index_min_items if settings.index == "auto" else 1
+        # Catalogue size from which the index answers (`auto`; 1: always). A
+        # variable, so that a benchmark can serve one model both ways.
+        self.index_from_items = tf.Variable(
+            settings.index_min_items if settings.index == "auto" else 1, trainable=False,
+            dtype=tf.int64, name="index_from_items")
         # What answers show of each item, by item index (`display_tables`; row 0 empty).
         for output, table in DISPLAY_TABLES.items():
             rows = (display or {}).get(output)
@@ -112,30 +110,6 @@ class ServingModule(tf.Module):
             if len(rows) != len(item_ids):
                 raise ValueError(f"{len(rows)} {output} for a catalogue of {len(item_ids)} rows")
             setattr(self, table, tf.Variable(rows, trainable=False, shape=[None], name=table))
-        # A user's recommend query depends on nothing but the user (id and
-        # training history), so it is computed once here instead of per request.
-        self.user_queries = tf.Variable(model.user_embeddings(), trainable=False, name="user_queries")
-        # Weight 0: search is the towers' alone, and no table is saved.
-        self.lexical_weight = lexical_weight
-        if lexical_weight > 0:
-            entries, weights = lexical.bm25_weights(model.catalog.content[f.ITEM_TOKENS].numpy())
-            # Variables of unknown length, as the catalogue's are
-            # (serving/model_store.py replace_catalogue keeps them in step).
-            self.lexical_entries = tf.Variable(entries, trainable=False, shape=[None, 2],
-                                               name="lexical_entries")
-            self.lexical_weights = tf.Variable(weights, trainable=False, shape=[None],
-                                               name="lexical_weights")
-            self.token_vocabulary_size = vocabulary_sizes(tft_output)[f.TOKEN_VOCABULARY]
-            # What BM25 is computed from, so that `mmfuse catalog` can
-            # recompute the table over an edited catalogue.
-            pairs, counts, lengths = lexical.term_counts(model.catalog.content[f.ITEM_TOKENS].numpy())
-            self.lexical_counts = tf.Variable(counts, trainable=False, shape=[None],
-                                              name="lexical_counts")
-            self.item_lengths = tf.Variable(lengths, trainable=False, shape=[None],
-                                            name="item_lengths")
-        self.user_index = IdLookup(tft_output.vocabulary_file_by_name(f.USER_VOCABULARY))
-        # The Transform's item index: what the towers' id embeddings know.
-        self.item_index = IdLookup(tft_output.vocabulary_file_by_name(f.ITEM_VOCABULARY))
         # Item id -> catalogue row. Mutable (`set_item_rows`), since `mmfuse
         # catalog` adds and removes rows, after which they differ from the
         # item index; 0 (the unknown item) for an id not in the catalogue.
@@ -143,40 +117,6 @@ class ServingModule(tf.Module):
                                                                  name="item_rows")
         self.item_rows.insert(tf.constant(item_ids[1:], tf.string),
                               tf.range(1, len(item_ids), dtype=tf.int64))
-
-    def _transform(self, **raw: tf.Tensor):
-        """Raw [batch] tensors -> transformed features. Features a request does
-        not carry are fed empty, so the Transform graph always sees its full
-        input signature, exactly as in training."""
-        batch_size = tf.shape(next(iter(raw.values())), out_type=tf.int64)[0]
-        inputs = {}
-        for name, spec in self._raw_spec.items():
-            if name in raw:
-                # [batch] single values; [batch, n] lists (attributes), "" = none.
-                value = raw[name] if raw[name].shape.rank == 2 else tf.reshape(raw[name], [-1, 1])
-                inputs[name] = tf.sparse.from_dense(value)
-            else:
-                inputs[name] = tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], spec.dtype),
-                                               tf.stack([batch_size, 1]))
-        return dense_embeddings(self.tft_layer(inputs))
-
-    def _query_embeddings(self, transformed):
-        return self.model.query_tower({name: transformed[name] for name in QUERY_FEATURES})
-
-    def _history(self, user_index: tf.Tensor, recent_item_index: tf.Tensor) -> tf.Tensor:
-        """[batch, RECENT_ITEMS_LENGTH] item indices, newest first (0 pads): a
-        request's recent items (`recent_item_index` [batch, n], 0 = none)
-        before the history training saw."""
-        known = self.model.users.recent_items(user_index)
-        merged = tf.concat([recent_item_index, known], axis=1)
-        merged = tf.ragged.boolean_mask(merged, merged > 0)[:, :f.RECENT_ITEMS_LENGTH]
-        return merged.to_tensor(default_value=0, shape=[None, f.RECENT_ITEMS_LENGTH])
-
-    def _user_query_embeddings(self, transformed):
-        """A request names its user; the user's recent items are the ones
-        training saw (the users split), looked up by user index."""
-        transformed[f.RECENT_ITEM_INDICES] = self.model.users.recent_items(transformed[f.USER_INDEX])
-        return self._query_embeddings(transformed)
 
     def _scores(self, query: tf.Tensor, query_tokens: tf.Tensor = None) -> tf.Tensor:
         """[batch, catalogue]: the towers' cosine and, given the query's
@@ -287,10 +227,8 @@ class ServingModule(tf.Module):
 
             return tf.cond(enough, answer, exact)
 
-        if self.index_min_items <= 1:
-            return shortlisted()
-        items = tf.shape(self.candidates.value())[0] - 1
-        return tf.cond(items >= self.index_min_items, shortlisted, exact)
+        items = tf.shape(self.candidates.value(), out_type=tf.int64)[0] - 1
+        return tf.cond(items >= self.index_from_items, shortlisted, exact)
 
     def _with_lexical_best(self, rows: tf.Tensor, query_tokens: tf.Tensor, size: tf.Tensor):
         """The index's shortlist `rows` [batch, n] followed by the items of
@@ -303,6 +241,106 @@ class ServingModule(tf.Module):
         best_rows = tf.where(best.values > 0, tf.cast(best.indices, tf.int64), 0)
         listed = tf.reduce_any(best_rows[:, :, None] == rows[:, None, :], axis=2)
         return tf.concat([rows, tf.where(listed, tf.zeros_like(best_rows), best_rows)], axis=1), scores
+
+    @tf.function(input_signature=[_STRINGS, _K])
+    def similar_items(self, item_id, k):
+        # A mutable table (`mmfuse catalog` edits it) has no static shape; the top-k needs one.
+        item_row = tf.reshape(self.item_rows.lookup(item_id), tf.shape(item_id))
+        known = item_row > 0
+        # An in-graph check, so that TF Serving too answers INVALID_ARGUMENT naming the id.
+        check = tf.debugging.Assert(
+            tf.reduce_all(known),
+            ["similar_items: item id(s) unknown to the model:", tf.boolean_mask(item_id, ~known)],
+            summarize=10)
+        with tf.control_dependencies([check]):
+            item_row = tf.identity(item_row)
+        return self._ranked(_rows(self.candidates, item_row), k, exclude=item_row)
+
+    @tf.function(input_signature=[_STRINGS])
+    def set_item_rows(self, item_ids):
+        """Rebuilds the id -> row table from the catalogue's ids [n] (row 0
+        unknown); `mmfuse catalog` calls it after changing `item_ids`."""
+        self.item_rows.remove(self.item_rows.export()[0])
+        self.item_rows.insert(item_ids[1:], tf.range(1, tf.size(item_ids, out_type=tf.int64)))
+        return self.item_rows.size()
+
+
+class ServingModule(CatalogueModule):
+    """The exported model: the towers, the Transform graph and the tables
+    computed at export, over the catalogue of `CatalogueModule`."""
+
+    def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
+                 lexical_weight: float, display: Optional[Dict[str, Sequence[bytes]]] = None,
+                 buy_again: Optional[repeat_buying.BuyAgainTables] = None,
+                 settings: ExportSettings = ExportSettings()):
+        # Index -> item id; index 0 is "unknown" and is never returned.
+        item_ids = [b"<unknown>"] + tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
+        super().__init__(item_ids, model.catalog_embeddings(), display, settings)
+        # None: `recommend` is the towers' ranking alone.
+        self.buy_again = buy_again
+        self.model = model
+        self.tft_layer = tft_output.transform_features_layer()
+        self._raw_spec = tft_output.raw_feature_spec()
+        # Fixed, unlike `item_ids`: what each item index of the towers names.
+        self.item_vocabulary = tf.constant(item_ids, tf.string)
+        # A user's recommend query depends on nothing but the user (id and
+        # training history), so it is computed once here instead of per request.
+        self.user_queries = tf.Variable(model.user_embeddings(), trainable=False, name="user_queries")
+        # Weight 0: search is the towers' alone, and no table is saved.
+        self.lexical_weight = lexical_weight
+        if lexical_weight > 0:
+            entries, weights = lexical.bm25_weights(model.catalog.content[f.ITEM_TOKENS].numpy())
+            # Variables of unknown length, as the catalogue's are
+            # (serving/model_store.py replace_catalogue keeps them in step).
+            self.lexical_entries = tf.Variable(entries, trainable=False, shape=[None, 2],
+                                               name="lexical_entries")
+            self.lexical_weights = tf.Variable(weights, trainable=False, shape=[None],
+                                               name="lexical_weights")
+            self.token_vocabulary_size = vocabulary_sizes(tft_output)[f.TOKEN_VOCABULARY]
+            # What BM25 is computed from, so that `mmfuse catalog` can
+            # recompute the table over an edited catalogue.
+            pairs, counts, lengths = lexical.term_counts(model.catalog.content[f.ITEM_TOKENS].numpy())
+            self.lexical_counts = tf.Variable(counts, trainable=False, shape=[None],
+                                              name="lexical_counts")
+            self.item_lengths = tf.Variable(lengths, trainable=False, shape=[None],
+                                            name="item_lengths")
+        self.user_index = IdLookup(tft_output.vocabulary_file_by_name(f.USER_VOCABULARY))
+        # The Transform's item index: what the towers' id embeddings know.
+        self.item_index = IdLookup(tft_output.vocabulary_file_by_name(f.ITEM_VOCABULARY))
+
+    def _transform(self, **raw: tf.Tensor):
+        """Raw [batch] tensors -> transformed features. Features a request does
+        not carry are fed empty, so the Transform graph always sees its full
+        input signature, exactly as in training."""
+        batch_size = tf.shape(next(iter(raw.values())), out_type=tf.int64)[0]
+        inputs = {}
+        for name, spec in self._raw_spec.items():
+            if name in raw:
+                # [batch] single values; [batch, n] lists (attributes), "" = none.
+                value = raw[name] if raw[name].shape.rank == 2 else tf.reshape(raw[name], [-1, 1])
+                inputs[name] = tf.sparse.from_dense(value)
+            else:
+                inputs[name] = tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], spec.dtype),
+                                               tf.stack([batch_size, 1]))
+        return dense_embeddings(self.tft_layer(inputs))
+
+    def _query_embeddings(self, transformed):
+        return self.model.query_tower({name: transformed[name] for name in QUERY_FEATURES})
+
+    def _history(self, user_index: tf.Tensor, recent_item_index: tf.Tensor) -> tf.Tensor:
+        """[batch, RECENT_ITEMS_LENGTH] item indices, newest first (0 pads): a
+        request's recent items (`recent_item_index` [batch, n], 0 = none)
+        before the history training saw."""
+        known = self.model.users.recent_items(user_index)
+        merged = tf.concat([recent_item_index, known], axis=1)
+        merged = tf.ragged.boolean_mask(merged, merged > 0)[:, :f.RECENT_ITEMS_LENGTH]
+        return merged.to_tensor(default_value=0, shape=[None, f.RECENT_ITEMS_LENGTH])
+
+    def _user_query_embeddings(self, transformed):
+        """A request names its user; the user's recent items are the ones
+        training saw (the users split), looked up by user index."""
+        transformed[f.RECENT_ITEM_INDICES] = self.model.users.recent_items(transformed[f.USER_INDEX])
+        return self._query_embeddings(transformed)
 
     @tf.function(input_signature=[_STRINGS, _K])
     def recommend(self, user_id, k):
@@ -337,20 +375,6 @@ class ServingModule(tf.Module):
         return answer
 
     @tf.function(input_signature=[_STRINGS, _K])
-    def similar_items(self, item_id, k):
-        # A mutable table (`mmfuse catalog` edits it) has no static shape; the top-k needs one.
-        item_row = tf.reshape(self.item_rows.lookup(item_id), tf.shape(item_id))
-        known = item_row > 0
-        # An in-graph check, so that TF Serving too answers INVALID_ARGUMENT naming the id.
-        check = tf.debugging.Assert(
-            tf.reduce_all(known),
-            ["similar_items: item id(s) unknown to the model:", tf.boolean_mask(item_id, ~known)],
-            summarize=10)
-        with tf.control_dependencies([check]):
-            item_row = tf.identity(item_row)
-        return self._ranked(_rows(self.candidates, item_row), k, exclude=item_row)
-
-    @tf.function(input_signature=[_STRINGS, _K])
     def image_search(self, image, k):
         # A query of the photo alone, as training's photo queries are (trainer/model.py).
         return self._ranked(self._query_embeddings(self._transform(image=image)), k)
@@ -371,14 +395,6 @@ class ServingModule(tf.Module):
         return {"embeddings": self.model.item_tower(item), "item_tokens": transformed[f.ITEM_TOKENS],
                 "titles": transformed[f.DISPLAY_TITLE],
                 "attributes": transformed[f.DISPLAY_ATTRIBUTES]}
-
-    @tf.function(input_signature=[_STRINGS])
-    def set_item_rows(self, item_ids):
-        """Rebuilds the id -> row table from the catalogue's ids [n] (row 0
-        unknown); `mmfuse catalog` calls it after changing `item_ids`."""
-        self.item_rows.remove(self.item_rows.export()[0])
-        self.item_rows.insert(item_ids[1:], tf.range(1, tf.size(item_ids, out_type=tf.int64)))
-        return self.item_rows.size()
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def rank_examples(self, examples):

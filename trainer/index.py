@@ -27,12 +27,12 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-CAPACITY_FACTOR = 1.5
+CAPACITY_FACTOR = 1.25
 # Iterations of k-means, and the sample it is fitted on: points per partition.
 ITERATIONS = 10
-SAMPLE_PER_PARTITION = 64
+SAMPLE_PER_PARTITION = 32
 # Nearest partitions an item may be placed in when nearer ones are full.
-PLACEMENT_CHOICES = 8
+PLACEMENT_CHOICES = 4
 # Refit the centroids when the catalogue is this many times larger or smaller
 # than the one they were fitted on.
 REFIT_RATIO = 4.0
@@ -72,14 +72,12 @@ def _nearest(vectors: np.ndarray, centroids: np.ndarray, count: int):
     """([n, count] the `count` centroids of highest inner product with each
     vector, best first; [n, count] those inner products)."""
     count = min(count, len(centroids))
-    found, found_scores = [np.zeros((0, count), np.int64)], [np.zeros((0, count), np.float32)]
+    found, found_scores = [np.zeros((0, count), np.int32)], [np.zeros((0, count), np.float32)]
     for start in range(0, len(vectors), _CHUNK):
-        scores = vectors[start:start + _CHUNK] @ centroids.T
-        top = np.argpartition(-scores, count - 1, axis=1)[:, :count]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1)
-        found.append(np.take_along_axis(top, order, axis=1))
-        found_scores.append(np.take_along_axis(top_scores, order, axis=1))
+        top = tf.math.top_k(tf.matmul(vectors[start:start + _CHUNK], centroids, transpose_b=True),
+                            k=count)
+        found.append(top.indices.numpy())
+        found_scores.append(top.values.numpy())
     return np.concatenate(found), np.concatenate(found_scores)
 
 
@@ -162,13 +160,16 @@ class PartitionedIndex(tf.Module):
         probes = tf.minimum(self.probes, tf.shape(centroids)[0])
         near = tf.math.top_k(tf.matmul(query, centroids, transpose_b=True), k=probes).indices
         rows = tf.gather(self.rows.value(), near)  # [batch, probes, capacity]
-        vectors = tf.cast(tf.gather(self.vectors.value(), near), tf.float32)
-        scores = tf.einsum("bpcd,bd->bpc", vectors, query)
+        batch, dim = tf.shape(query)[0], tf.shape(query)[1]
+        vectors = tf.reshape(tf.gather(self.vectors.value(), near), [batch, -1, dim])
+        if self.dtype == "bfloat16":  # a bfloat16 product: half the memory read of float32
+            scores = tf.cast(tf.linalg.matvec(vectors, tf.cast(query, tf.bfloat16)), tf.float32)
+        else:
+            scores = tf.linalg.matvec(tf.cast(vectors, tf.float32), query)
         if self.dtype == "int8":
-            scores *= tf.gather(self.scales.value(), near)
-        batch = tf.shape(query)[0]
+            scores *= tf.reshape(tf.gather(self.scales.value(), near), [batch, -1])
         rows = tf.reshape(rows, [batch, -1])
-        scores = tf.where(rows > 0, tf.reshape(scores, [batch, -1]), -np.inf)
+        scores = tf.where(rows > 0, scores, -np.inf)
         top = tf.math.top_k(scores, k=tf.minimum(size, tf.shape(scores)[1]))
         return tf.where(tf.math.is_finite(top.values), tf.gather(rows, top.indices, batch_dims=1),
                         tf.zeros_like(top.indices, tf.int64))

@@ -44,9 +44,9 @@ def test_the_shortlist_rescored_finds_the_exact_top_10(dtype):
     candidates = clustered(6000)
     queries = clustered(64, seed=1)[1:]
     built = index.PartitionedIndex(candidates, None, probes=12, shortlist=100, dtype=dtype)
-    # 2 sqrt(6000) partitions, each at most 1.5x the mean.
+    # 2 sqrt(6000) partitions, each at most CAPACITY_FACTOR times the mean.
     assert len(built.centroids.numpy()) == 155
-    assert built.rows.numpy().shape[1] <= np.ceil(1.5 * 6000 / 155)
+    assert built.rows.numpy().shape[1] <= np.ceil(index.CAPACITY_FACTOR * 6000 / 155)
     shortlist = built.shortlist(tf.constant(queries), tf.constant(100)).numpy()
     assert shortlist.shape == (64, 100)
     assert recall(top_rows(candidates, queries, shortlist, 10),
@@ -63,7 +63,7 @@ def test_every_item_has_one_place_and_skipped_ones_none():
     table = index.place(candidates, centroids, skip)
     placed = table[table > 0]
     assert sorted(placed.tolist()) == [row for row in range(1, 1001) if not skip[row]]
-    assert table.shape == (20, int(np.ceil(1.5 * 997 / 20)))
+    assert table.shape == (20, int(np.ceil(index.CAPACITY_FACTOR * 997 / 20)))
 
 
 def test_an_added_item_is_found_and_a_removed_one_never():
