@@ -32,7 +32,7 @@ CAPACITY_FACTOR = 1.25
 ITERATIONS = 10
 SAMPLE_PER_PARTITION = 32
 # Nearest partitions an item may be placed in when nearer ones are full.
-PLACEMENT_CHOICES = 4
+PLACEMENT_CHOICES = 16
 # Refit the centroids when the catalogue is this many times larger or smaller
 # than the one they were fitted on.
 REFIT_RATIO = 4.0
@@ -49,7 +49,10 @@ def partitions_for(items: int) -> int:
 def fit_centroids(vectors: np.ndarray, partitions: int, seed: int = 0,
                   iterations: int = ITERATIONS) -> np.ndarray:
     """[partitions, dim] unit centroids of spherical k-means over the unit
-    `vectors` [n, dim], fitted on at most SAMPLE_PER_PARTITION * partitions of them."""
+    `vectors` [n, dim], fitted on at most SAMPLE_PER_PARTITION * partitions
+    of them. Each step assigns as `place` does, within the partitions'
+    capacity, so the centroids move to where the items will be placed and
+    few items end up outside their nearest partition."""
     rng = np.random.default_rng(seed)
     vectors = np.asarray(vectors, np.float32)
     partitions = max(1, min(partitions, len(vectors)))
@@ -57,9 +60,9 @@ def fit_centroids(vectors: np.ndarray, partitions: int, seed: int = 0,
                                 replace=False)]
     centroids = sample[rng.choice(len(sample), partitions, replace=False)]
     for _ in range(iterations):
-        nearest = _nearest(sample, centroids, 1)[0][:, 0]
+        home = _balanced(*_nearest(sample, centroids, PLACEMENT_CHOICES), partitions)
         sums = np.zeros_like(centroids)
-        np.add.at(sums, nearest, sample)
+        np.add.at(sums, home, sample)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         # An empty partition takes a random point, so none stays empty.
         empty = norms[:, 0] == 0
@@ -81,34 +84,42 @@ def _nearest(vectors: np.ndarray, centroids: np.ndarray, count: int):
     return np.concatenate(found), np.concatenate(found_scores)
 
 
-def place(vectors: np.ndarray, centroids: np.ndarray, skip: Optional[np.ndarray] = None) -> np.ndarray:
-    """[partitions, capacity] catalogue rows of each partition (0 pads) for
-    the rows of `vectors` [n, dim] other than row 0 (the unknown item) and
-    those `skip` marks: each in its nearest partition with room."""
-    rows = np.arange(1, len(vectors))
-    if skip is not None:
-        rows = rows[~np.asarray(skip, bool)[1:]]
-    partitions = len(centroids)
-    capacity = max(1, math.ceil(CAPACITY_FACTOR * len(rows) / partitions))
-    choices, scores = _nearest(vectors[rows], centroids, PLACEMENT_CHOICES)
-    home = np.full(len(rows), -1)
+def _balanced(choices: np.ndarray, scores: np.ndarray, partitions: int) -> np.ndarray:
+    """[n] the partition of each item given its nearest ones (`choices`,
+    their `scores`; [n, c]): the nearest with room, a partition holding at
+    most CAPACITY_FACTOR times the mean; the items nearest a partition get
+    its room first. An item whose c partitions are all full goes to the
+    emptiest."""
+    capacity = max(1, math.ceil(CAPACITY_FACTOR * len(choices) / partitions))
+    home = np.full(len(choices), -1)
     filled = np.zeros(partitions, np.int64)
     for choice in range(choices.shape[1]):
         waiting = np.flatnonzero(home < 0)
         if not len(waiting):
             break
         wanted = choices[waiting, choice]
-        # Per partition, the waiting rows nearest to it first, up to its room left.
         order = np.lexsort((-scores[waiting, choice], wanted))
         wanted, waiting = wanted[order], waiting[order]
         first = np.searchsorted(wanted, wanted, side="left")
         taken = np.arange(len(wanted)) - first < capacity - filled[wanted]
         home[waiting[taken]] = wanted[taken]
         filled += np.bincount(wanted[taken], minlength=partitions)
-    for row in np.flatnonzero(home < 0):  # every near partition full: any with room
+    for row in np.flatnonzero(home < 0):
         home[row] = int(np.argmin(filled))
         filled[home[row]] += 1
-    table = np.zeros((partitions, max(int(filled.max(initial=0)), 1)), np.int64)
+    return home
+
+
+def place(vectors: np.ndarray, centroids: np.ndarray, skip: Optional[np.ndarray] = None) -> np.ndarray:
+    """[partitions, capacity] catalogue rows of each partition (0 pads) for
+    the rows of `vectors` [n, dim] other than row 0 (the unknown item) and
+    those `skip` marks, each in its nearest partition with room (`_balanced`)."""
+    rows = np.arange(1, len(vectors))
+    if skip is not None:
+        rows = rows[~np.asarray(skip, bool)[1:]]
+    home = _balanced(*_nearest(vectors[rows], centroids, PLACEMENT_CHOICES), len(centroids))
+    filled = np.bincount(home, minlength=len(centroids))
+    table = np.zeros((len(centroids), max(int(filled.max(initial=0)), 1)), np.int64)
     order = np.argsort(home, kind="stable")
     slots = np.arange(len(order)) - np.searchsorted(home[order], home[order], side="left")
     table[home[order], slots] = rows[order]
