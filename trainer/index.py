@@ -1,7 +1,7 @@
 """An approximate top-k over the catalogue from ops stock TF Serving has.
 
 The catalogue's unit vectors are split into partitions by spherical k-means
-(fitted at export on a sample, numpy). A query scores the partitions'
+(fitted at export on a sample, eagerly). A query scores the partitions'
 centroids, reads only its `probes` nearest partitions, keeps the best
 `shortlist` of their items by those (possibly bfloat16 or int8) vectors, and
 the caller re-scores the shortlist exactly with the float32 catalogue. In the
@@ -110,13 +110,11 @@ def _balanced(choices: np.ndarray, scores: np.ndarray, partitions: int) -> np.nd
     return home
 
 
-def place(vectors: np.ndarray, centroids: np.ndarray, skip: Optional[np.ndarray] = None) -> np.ndarray:
+def place(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """[partitions, capacity] catalogue rows of each partition (0 pads) for
-    the rows of `vectors` [n, dim] other than row 0 (the unknown item) and
-    those `skip` marks, each in its nearest partition with room (`_balanced`)."""
+    the rows of `vectors` [n, dim] but row 0 (the unknown item), each in its
+    nearest partition with room (`_balanced`)."""
     rows = np.arange(1, len(vectors))
-    if skip is not None:
-        rows = rows[~np.asarray(skip, bool)[1:]]
     home = _balanced(*_nearest(vectors[rows], centroids, PLACEMENT_CHOICES), len(centroids))
     filled = np.bincount(home, minlength=len(centroids))
     table = np.zeros((len(centroids), max(int(filled.max(initial=0)), 1)), np.int64)
@@ -186,11 +184,11 @@ class PartitionedIndex(tf.Module):
                         tf.zeros_like(top.indices, tf.int64))
 
 
-def refresh(index, candidates: np.ndarray, skip: Optional[np.ndarray] = None) -> None:
+def refresh(index, candidates: np.ndarray) -> None:
     """Rewrites `index`'s partitions (a PartitionedIndex, or one loaded from
-    a SavedModel) for the catalogue `candidates` [n, dim] (row 0 unknown;
-    rows `skip` marks left out): the same centroids, unless there are none
-    yet or the catalogue's size has moved past REFIT_RATIO from theirs."""
+    a SavedModel) for the catalogue `candidates` [n, dim] (row 0 unknown):
+    the same centroids, unless there are none yet or the catalogue's size
+    has moved past REFIT_RATIO from theirs."""
     candidates = np.asarray(candidates, np.float32)
     items = len(candidates) - 1
     fitted = int(index.fitted_items.numpy())
@@ -198,7 +196,7 @@ def refresh(index, candidates: np.ndarray, skip: Optional[np.ndarray] = None) ->
         partitions = int(index.partitions.numpy()) or partitions_for(items)
         index.centroids.assign(fit_centroids(candidates[1:], partitions))
         index.fitted_items.assign(items)
-    rows = place(candidates, index.centroids.numpy(), skip)
+    rows = place(candidates, index.centroids.numpy())
     vectors, scales = encode(candidates[rows], _dtype_of(index))
     index.rows.assign(rows)
     index.vectors.assign(vectors)

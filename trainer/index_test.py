@@ -55,15 +55,18 @@ def test_the_shortlist_rescored_finds_the_exact_top_10(dtype):
     assert 12 * built.rows.numpy().shape[1] < 6000 / 10
 
 
-def test_every_item_has_one_place_and_skipped_ones_none():
+def test_every_item_has_one_place_within_the_capacity():
     candidates = clustered(1000)
     centroids = index.fit_centroids(candidates[1:], 20)
-    skip = np.zeros(len(candidates), bool)
-    skip[[5, 17, 999]] = True
-    table = index.place(candidates, centroids, skip)
-    placed = table[table > 0]
-    assert sorted(placed.tolist()) == [row for row in range(1, 1001) if not skip[row]]
-    assert table.shape == (20, int(np.ceil(index.CAPACITY_FACTOR * 997 / 20)))
+    table = index.place(candidates, centroids)
+    assert sorted(table[table > 0].tolist()) == list(range(1, 1001))
+    assert table.shape == (20, int(np.ceil(index.CAPACITY_FACTOR * 1000 / 20)))
+    # Balanced k-means: nearly every item sits in its nearest partition.
+    home = np.zeros(1001, int)
+    partition, _ = np.nonzero(table)
+    home[table[table > 0]] = partition
+    nearest = np.argmax(candidates[1:] @ centroids.T, axis=1)
+    assert np.mean(home[1:] == nearest) > 0.9
 
 
 def test_an_added_item_is_found_and_a_removed_one_never():
