@@ -16,7 +16,8 @@ of them moved by noise) or, without `--model-base`, a stand-in that answers
 code (trainer/export.py CatalogueModule) over a synthetic catalogue: unit
 vectors in groups of about 100 around centres that themselves gather around
 64 directions, users drawn like items. The answers are meaningless, the cost
-is real, and the recall is that of a catalogue with groups of similar items.
+is real, and the recall is that of a catalogue with groups of similar items
+asked by users whose best items lie in several groups.
 
     .venv/bin/python -m benchmarks.serving --sizes 1000000 --signatures recommend --json
     .venv/bin/python -m benchmarks.serving --model-base runs/sample/serving/mmfuse \\
@@ -155,7 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--indexes", type=_indexes, default=list(INDEXES),
                         help="top-k of each size: exact, partitioned (trainer/index.py)")
     parser.add_argument("--recall-requests", type=int, default=200,
-                        help="requests whose answers are compared with the exact ones")
+                        help="requests whose answers are compared with the exact ones (ties "
+                             "with the exact k-th score count as found)")
     parser.add_argument("--json", action="store_true",
                         help="also print one JSON line per size, index and signature")
     parser.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
@@ -192,11 +194,14 @@ def near_rows(count: int, centres: np.ndarray, spread: float, seed: int) -> np.n
 
 def synthetic_catalogue(size: int, users: int, dim: int = STAND_IN_DIM, seed: int = 0):
     """(items [size, dim], users [users, dim]): items in groups of about 100
-    around centres, which gather around 64 directions; users drawn like items."""
+    around centres, which gather around 64 directions (kinds of item); a
+    user is drawn around a direction as a group's centre is, a taste for a
+    kind of item with no group of its own, so that its best items come from
+    several groups (a user drawn like an item finds them in one)."""
     directions = near_rows(64, np.eye(dim, dtype=np.float32), 10.0, seed)
     centres = near_rows(max(size // 100, 1), directions, 1.0, seed + 1)
     return (near_rows(size, centres, ITEM_SPREAD, seed + 2),
-            near_rows(users, centres, ITEM_SPREAD, seed + 3))
+            near_rows(users, directions, 1.0, seed + 3))
 
 
 def grown_model_base(version_dir: str, item_ids: np.ndarray, candidates: np.ndarray, size: int,
@@ -425,9 +430,20 @@ def _measure_size(args, model_base: str, items: int, known_items: Set[str], user
     return results
 
 
-def recall(found: List[List[bytes]], expected: List[List[bytes]]) -> float:
-    """Mean share of each expected answer's items that the found one holds."""
-    shares = [len(set(a) & set(b)) / len(b) for a, b in zip(found, expected) if len(b)]
+# Scores this close are a tie: either item is a right answer.
+TIE = 1e-5
+
+
+def recall(found: List[tuple], expected: List[tuple]) -> float:
+    """Mean share of each expected answer (item ids, scores) that the found
+    one holds, counting a found item that scores at least the expected
+    answer's last (a tie with it, ann-benchmarks' rule) as held."""
+    shares = []
+    for (ids, scores), (expected_ids, expected_scores) in zip(found, expected):
+        if len(expected_ids):
+            held = [item in expected_ids or score >= expected_scores[-1] - TIE
+                    for item, score in zip(ids, scores)]
+            shares.append(min(sum(held), len(expected_ids)) / len(expected_ids))
     return float(np.mean(shares)) if shares else float("nan")
 
 
@@ -464,8 +480,8 @@ def _measure(args, model_base: str, items: int, known_items: Set[str], user_key:
             for signature in args.signatures:
                 requests = requests_for(signature, args, seed_items, model_name, user_key)
                 answers[signature] = [
-                    client.ask(channel, request).item_ids[0]
-                    for request in requests[:args.recall_requests]]
+                    (answer.item_ids[0], answer.scores[0]) for answer in
+                    (client.ask(channel, request) for request in requests[:args.recall_requests])]
                 if not timed:
                     continue
                 drive(server.address, requests, args.clients, args.warm_up_seconds)

@@ -90,8 +90,11 @@ def test_indexes_and_the_stand_in_defaults():
         bench._defaults(bench._parser().parse_args(["--signatures", "search"]))
 
 
-def test_recall_is_the_share_of_the_exact_answer_found():
-    assert bench.recall([["a", "b"], ["c", "d"]], [["a", "x"], ["d", "c"]]) == 0.75
+def test_recall_is_the_share_of_the_exact_answer_found_ties_included():
+    assert bench.recall([(["a", "b"], [0.9, 0.5]), (["c", "d"], [0.9, 0.8])],
+                        [(["a", "x"], [0.9, 0.7]), (["d", "c"], [0.9, 0.8])]) == 0.75
+    # "y" scores what the exact answer's last does: as right as "x".
+    assert bench.recall([(["a", "y"], [0.9, 0.7])], [(["a", "x"], [0.9, 0.7])]) == 1.0
 
 
 def test_a_json_line_has_the_issue_keys():
@@ -112,7 +115,8 @@ def test_the_stand_in_model_answers_with_either_index(tmp_path):
         answer = model.signatures["recommend"](user_id=tf.constant(users + [b"nobody"]),
                                                k=tf.constant(10))
         assert answer["known_user"].numpy().tolist() == [True, True, True, False]
-        answers[index] = answer["item_ids"].numpy().tolist()[:3]  # "nobody": all ties
+        answers[index] = list(zip(answer["item_ids"].numpy().tolist(),
+                                  answer["scores"].numpy().tolist()))[:3]
         similar = model.signatures["similar_items"](item_id=tf.constant([b"item00000001"]),
                                                     k=tf.constant(10))["item_ids"].numpy()
         assert b"item00000001" not in similar[0] and len(set(similar[0])) == 10
