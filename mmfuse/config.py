@@ -161,14 +161,14 @@ class ExportSettings:
                          "ones, the shortlist re-scored exactly: trainer/index.py) or `auto` "
                          "(partitioned from `index_min_items` items on)",
                          choices=("auto", "exact", "partitioned"))
-    index_min_items: int = setting(50_000, "catalogue size from which `auto` uses the "
-                                   "partitioned index; below it exact cost about as much CPU "
-                                   "per answer (44k items: 1.8-2.2 ms either way; "
-                                   "benchmarks/RESULTS.md)", minimum=1)
+    index_min_items: int = setting(20_000, "catalogue size from which `auto` uses the "
+                                   "partitioned index: from about there it takes less CPU per "
+                                   "answer than exact (benchmarks/RESULTS.md)", minimum=1)
     index_partitions: Optional[int] = setting(None, "k-means partitions of the index; `null`: "
                                               "2 sqrt(items), fitted again when the catalogue "
                                               "has grown or shrunk 4x", minimum=1)
-    index_probes: int = setting(12, "nearest partitions each query reads", minimum=1)
+    index_probes: int = setting(24, "nearest partitions each query reads (recall against "
+                                "cost: benchmarks/RESULTS.md)", minimum=1)
     index_shortlist: int = setting(100, "items per query re-scored exactly (at least k + 2)",
                                    minimum=1)
     index_dtype: str = setting("float32", "how the index stores the vectors it scans: "
