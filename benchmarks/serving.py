@@ -158,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--recall-requests", type=int, default=200,
                         help="requests whose answers are compared with the exact ones (ties "
                              "with the exact k-th score count as found)")
+    parser.add_argument("--index-dtype", default="float32", choices=("float32", "bfloat16", "int8"),
+                        help="the stand-in model's export.index_dtype (a pushed model keeps its own)")
     parser.add_argument("--json", action="store_true",
                         help="also print one JSON line per size, index and signature")
     parser.add_argument("--user-key-file", default=PipelineSettings().user_key_file,
@@ -227,10 +229,11 @@ class StandInModel(export.CatalogueModule):
     `recommend` (a user's vector from a table, by pseudonym) and
     `similar_items` (inherited): the serving cost of a model without one."""
 
-    def __init__(self, items: np.ndarray, users: np.ndarray, user_ids: Sequence[bytes]):
+    def __init__(self, items: np.ndarray, users: np.ndarray, user_ids: Sequence[bytes],
+                 settings: ExportSettings = ExportSettings()):
         item_ids = [b"<unknown>"] + [b"item%08d" % row for row in range(1, len(items) + 1)]
         super().__init__(item_ids, np.concatenate([np.zeros_like(items[:1]), items]), None,
-                         ExportSettings())
+                         settings)
         self.user_queries = tf.Variable(np.concatenate([np.zeros_like(users[:1]), users]),
                                         trainable=False, name="user_queries")
         self.users = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
@@ -244,10 +247,11 @@ class StandInModel(export.CatalogueModule):
         return answer
 
 
-def stand_in_model_base(size: int, user_ids: Sequence[bytes], workdir: str) -> str:
+def stand_in_model_base(size: int, user_ids: Sequence[bytes], workdir: str,
+                        index_dtype: str = "float32") -> str:
     """A model base of a `StandInModel` over `synthetic_catalogue(size)`."""
     items, users = synthetic_catalogue(size, len(user_ids))
-    model = StandInModel(items, users, user_ids)
+    model = StandInModel(items, users, user_ids, ExportSettings(index_dtype=index_dtype))
     base = os.path.join(workdir, f"stand-in-{size}", "mmfuse")
     tf.saved_model.save(model, os.path.join(base, "1"), signatures={
         "recommend": model.recommend, "similar_items": model.similar_items})
@@ -388,7 +392,7 @@ def benchmark(args) -> List[Result]:
         if args.model_base is None:
             users = [pseudonyms.pseudonym(user, user_key).encode() for user in user_ids(args)]
             for size in args.sizes:
-                base = stand_in_model_base(size, users, workdir)
+                base = stand_in_model_base(size, users, workdir, args.index_dtype)
                 known = {b"item%08d" % row for row in range(1, min(size, 1000) + 1)}
                 results += _measure_size(args, base, size, {item.decode() for item in known},
                                          user_key, workdir)
