@@ -162,6 +162,25 @@ class ExportSettings:
                                      "user: a past item takes a slot of `recommend` when its "
                                      "probability beats this times popularity's hit rate there; "
                                      "higher: more new items, fewer past ones", minimum=0.0)
+    index: str = setting("auto", "top-k over the catalogue: `exact` (every item scored), "
+                         "`partitioned` (k-means partitions, each query reading its nearest "
+                         "ones, the shortlist re-scored exactly: trainer/index.py) or `auto` "
+                         "(partitioned from `index_min_items` items on)",
+                         choices=("auto", "exact", "partitioned"))
+    index_min_items: int = setting(20_000, "catalogue size from which `auto` uses the "
+                                   "partitioned index: from about there it takes less CPU per "
+                                   "answer than exact (benchmarks/RESULTS.md)", minimum=1)
+    index_partitions: Optional[int] = setting(None, "k-means partitions of the index; `null`: "
+                                              "2 sqrt(items), fitted again when the catalogue "
+                                              "has grown or shrunk 4x", minimum=1)
+    index_probes: int = setting(24, "nearest partitions each query reads (recall against "
+                                "cost: benchmarks/RESULTS.md)", minimum=1)
+    index_shortlist: int = setting(100, "items per query re-scored exactly (at least k + 2)",
+                                   minimum=1)
+    index_dtype: str = setting("float32", "how the index stores the vectors it scans: "
+                               "`float32`, `bfloat16` or `int8` (a scale per vector); the "
+                               "shortlist is re-scored in float32", choices=("float32", "bfloat16",
+                                                                          "int8"))
 
 
 @dataclasses.dataclass(frozen=True)

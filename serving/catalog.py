@@ -8,7 +8,8 @@ trainer/export.py), so it lands where training would have put an item with
 that content and no interactions; its id is unknown to the towers' id
 embeddings, so it enters no one's history vector until the next training.
 A removed item leaves every signature's answers: its row is taken out of the
-catalogue, the id -> row table and search's BM25 table.
+catalogue, the id -> row table, search's BM25 table and the partitioned
+index (trainer/index.py), where an added item joins its nearest partition.
 
 A version is written whole before it appears: saved to a staging directory
 in the model base (a name TF Serving ignores), copied with its manifest last
@@ -26,6 +27,7 @@ from dataset.contract import DatasetError, Item, attribute_tokens, read_bytes, r
 from mmfuse.config import ExportSettings
 from serving import model_store
 from trainer import export, lexical
+from trainer import index as catalogue_index
 
 EMBED_BATCH_SIZE = 64
 _NEEDED = ("embed_items", "set_item_rows", "item_ids", "candidates")
@@ -114,6 +116,8 @@ def _set_catalogue(model, item_ids: np.ndarray, candidates: np.ndarray,
         if isinstance(getattr(model, table, None), tf.Variable):
             getattr(model, table).assign(display[output])
     model.set_item_rows(tf.constant(item_ids))
+    # Added items join their nearest partition; removed ones leave theirs.
+    catalogue_index.refresh_model(model)
     if lexical_table is not None:
         pairs, counts, lengths = lexical_table
         model.lexical_entries.assign(pairs.reshape(-1, 2).astype(np.int64))

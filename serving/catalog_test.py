@@ -1,6 +1,11 @@
+import numpy as np
 import pytest
+import tensorflow as tf
 
+from mmfuse.config import ExportSettings
 from serving import catalog
+from trainer import export
+from trainer.index_test import clustered
 
 HEADER = "item_id,title,description,image,colour\n"
 
@@ -35,3 +40,28 @@ def test_an_empty_model_base_is_refused(tmp_path):
     (tmp_path / "base").mkdir()
     with pytest.raises(catalog.CatalogError, match="no model version"):
         catalog.add_items(str(tmp_path / "base"), _write(tmp_path, "n1,New mug,,,red\n"))
+
+
+def test_an_edit_keeps_the_partitioned_index_in_step():
+    """Removed items are never answered; an added one is found through the
+    index (trainer/index.py) at once."""
+    candidates = clustered(3000)
+    ids = np.array([b"<unknown>"] + [b"i%04d" % row for row in range(1, 3001)], object)
+    model = export.CatalogueModule(ids, candidates, None,
+                                   ExportSettings(index="partitioned", index_probes=4))
+    removed = set(range(1, 51))
+    keep = np.array([row not in removed for row in range(3001)])
+    # The new item is a twin of i0100: the best answer to it.
+    new_ids = np.concatenate([ids[keep], [b"new"]])
+    new_candidates = np.concatenate([candidates[keep], candidates[100:101]])
+    display = {output: np.full(len(new_ids), b"", object) for output in export.DISPLAY_TABLES}
+    catalog._set_catalogue(model, new_ids, new_candidates, None, display)
+    neighbour = new_ids[1:-1][np.argmax(new_candidates[1:-1] @ candidates[1])]
+    answer = model.similar_items(item_id=tf.constant([b"i0100", neighbour]), k=tf.constant(10))
+    found = [[item.decode() for item in row] for row in answer["item_ids"].numpy()]
+    assert found[0][0] == "new"
+    # The nearest kept item of the removed i0001 has removed ones near it, never answered.
+    before = np.argsort(-(candidates[1:] @ candidates[int(neighbour[1:])]))[:11] + 1
+    assert 1 in before  # i0001 was among its best before the edit
+    gone = {"i%04d" % row for row in removed}
+    assert not gone & set(found[1])

@@ -32,6 +32,8 @@ import tensorflow as tf
 # them linked in; a Python process has to import them.
 import tensorflow_text  # noqa: F401
 
+from trainer import index as catalogue_index
+
 SAVED_MODEL_FILE = "saved_model.pb"
 MANIFEST_FILE = "mmfuse_manifest.json"
 PARTIAL_MANIFEST_FILE = MANIFEST_FILE + ".partial"
@@ -206,6 +208,8 @@ def replace_catalogue(version_dir: str, out_dir: str, item_ids: Sequence[bytes],
         variable.assign(np.asarray(given, dtype=object))
     if hasattr(model, "set_item_rows"):
         model.set_item_rows(tf.constant(np.asarray(item_ids, dtype=object)))
+    # The partitioned index (trainer/index.py), when the model has one.
+    catalogue_index.refresh_model(model)
     if isinstance(getattr(model, "lexical_entries", None), tf.Variable):
         # Search's lexical table (trainer/lexical.py) keeps the words of the
         # rows that stay; appended items have none.

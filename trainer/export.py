@@ -15,6 +15,14 @@ ago counts. `embed_items` and `set_item_rows` are for `mmfuse catalog`
 (serving/catalog.py): new items embedded by this model's own Transform graph
 and item tower, and the id -> catalogue row table rebuilt after an edit.
 
+With `export.index` partitioned (or `auto` on a large catalogue) the
+signatures that answer a top-k read only a shortlist that the partitioned
+index (trainer/index.py) finds, and re-score it exactly; `search` adds its
+lexical best to the shortlist and `recommend` the user's past items, so the
+buy-again mix sees every item it would have. An index that finds fewer than
+k + 2 items falls back to the exact top-k. `rank_examples` (the release gate)
+stays exact.
+
 Every top-k answer also carries what a person reads of each item, `titles`
 and `attributes` (strings aligned with `item_ids`, cut to the `export`
 settings' lengths), so that any client of TF Serving can show them without a
@@ -31,10 +39,12 @@ request, so clients send it; `mmfuse serve` fills in k=10 (and an empty
 
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from mmfuse.config import ExportSettings
+from trainer import index as catalogue_index
 from trainer import lexical, repeat_buying
 from trainer.data import CATALOG_FEATURES, QUERY_FEATURES, dense_embeddings, vocabulary_sizes
 from trainer.model import RetrievalModel, no_text_queries, ranks_of_items
@@ -66,26 +76,33 @@ def display_tables(display: Dict[str, Sequence[bytes]], settings: ExportSettings
             "attributes": shortened(display[f.DISPLAY_ATTRIBUTES], settings.attributes_length)}
 
 
-class ServingModule(tf.Module):
-    def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
-                 lexical_weight: float, display: Optional[Dict[str, Sequence[bytes]]] = None,
-                 buy_again: Optional[repeat_buying.BuyAgainTables] = None):
+class CatalogueModule(tf.Module):
+    """The catalogue (ids, vectors, display fields, the id -> row table), its
+    index and the top-k over it: what `ServingModule` answers from, and the
+    serving benchmark's stand-in model (benchmarks/serving.py) too."""
+    # None: no buy-again mix; 0: no lexical scores (ServingModule sets both).
+    buy_again = None
+    lexical_weight = 0.0
+
+    def __init__(self, item_ids: Sequence[bytes], candidates: np.ndarray,
+                 display: Optional[Dict[str, Sequence[bytes]]], settings: ExportSettings):
         super().__init__()
-        # None: `recommend` is the towers' ranking alone.
-        self.buy_again = buy_again
-        self.model = model
-        self.tft_layer = tft_output.transform_features_layer()
-        self._raw_spec = tft_output.raw_feature_spec()
-        # Index -> item id; index 0 is "unknown" and is never returned.
-        item_ids = [b"<unknown>"] + tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
-        # Fixed, unlike `item_ids`: what each item index of the towers names.
-        self.item_vocabulary = tf.constant(item_ids, tf.string)
-        candidates = model.catalog_embeddings()
         # Variables of unknown length, so that a loaded model's catalogue can be
         # replaced by one of another size and re-saved without retraining.
         self.item_ids = tf.Variable(item_ids, trainable=False, shape=[None], name="item_ids")
         self.candidates = tf.Variable(candidates, trainable=False, shape=[None, candidates.shape[1]],
                                       name="candidates")
+        # None: every top-k is exact. Catalogue edits refresh it (index.refresh_model).
+        self.index = None
+        if settings.index != "exact":
+            self.index = catalogue_index.PartitionedIndex(
+                candidates, settings.index_partitions, settings.index_probes,
+                settings.index_shortlist, settings.index_dtype)
+        # Catalogue size from which the index answers (`auto`; 1: always). A
+        # variable, so that a benchmark can serve one model both ways.
+        self.index_from_items = tf.Variable(
+            settings.index_min_items if settings.index == "auto" else 1, trainable=False,
+            dtype=tf.int64, name="index_from_items")
         # What answers show of each item, by item index (`display_tables`; row 0 empty).
         for output, table in DISPLAY_TABLES.items():
             rows = (display or {}).get(output)
@@ -93,6 +110,179 @@ class ServingModule(tf.Module):
             if len(rows) != len(item_ids):
                 raise ValueError(f"{len(rows)} {output} for a catalogue of {len(item_ids)} rows")
             setattr(self, table, tf.Variable(rows, trainable=False, shape=[None], name=table))
+        # Item id -> catalogue row. Mutable (`set_item_rows`), since `mmfuse
+        # catalog` adds and removes rows, after which they differ from the
+        # item index; 0 (the unknown item) for an id not in the catalogue.
+        self.item_rows = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, 0,
+                                                                 name="item_rows")
+        self.item_rows.insert(tf.constant(item_ids[1:], tf.string),
+                              tf.range(1, len(item_ids), dtype=tf.int64))
+
+    def _scores(self, query: tf.Tensor, query_tokens: tf.Tensor = None) -> tf.Tensor:
+        """[batch, catalogue]: the towers' cosine and, given the query's
+        words, their lexical score."""
+        # catalogue x query, then transposed: the faster product when the
+        # catalogue is much longer than the batch (2-5x at 44k-1M items).
+        scores = tf.transpose(tf.matmul(self.candidates, query, transpose_b=True))
+        if query_tokens is None or self.lexical_weight == 0:
+            return scores
+        return lexical.search_scores(scores, self.lexical_weight, self.lexical_entries.value(),
+                                     self.lexical_weights.value(), self.token_vocabulary_size,
+                                     query_tokens)
+
+    def _top_k(self, scores: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor = None,
+               rows: tf.Tensor = None):
+        """The answer of the best k of `scores` [batch, catalogue], or given
+        `rows` [batch, n] (the catalogue row of each column, 0: none) of a
+        shortlist's `scores` [batch, n]."""
+        # Index 0 (the unknown item) and `exclude` (an index per row) are never
+        # answers: take a few more than k and drop them, rather than masking
+        # the whole score matrix.
+        dropped = 1 if exclude is None else 2
+        k = tf.clip_by_value(k, 1, tf.shape(scores)[1] - dropped)
+        top = tf.math.top_k(scores, k=k + dropped)
+        indices = top.indices if rows is None else tf.cast(
+            tf.gather(rows, top.indices, batch_dims=1), tf.int32)
+        keep = indices != 0
+        if exclude is not None:
+            keep &= indices != tf.cast(exclude, tf.int32)[:, None]
+        indices = tf.ragged.boolean_mask(indices, keep)[:, :k].to_tensor()
+        values = tf.ragged.boolean_mask(top.values, keep)[:, :k].to_tensor()
+        return self._answer(indices, values)
+
+    def _answer(self, indices: tf.Tensor, scores: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The outputs of a top-k answer given its item indices [batch, k]:
+        ids, scores and the display fields, all aligned."""
+        answer = {"item_ids": _rows(self.item_ids, indices), "scores": scores}
+        for output, table in DISPLAY_TABLES.items():
+            answer[output] = _rows(getattr(self, table), indices)
+        return answer
+
+    def _with_buy_again(self, scores: tf.Tensor, past_items, k: tf.Tensor,
+                        shortlist: tf.Tensor = None, query: tf.Tensor = None):
+        """The towers' scores with the user's past items (items, counts,
+        recency, lengths: repeat_buying.PastItems rows, by item index) mixed
+        in by their buy-again probability. Given a `shortlist` [batch, n] of
+        catalogue rows that `scores` score, (mixed scores, rows) over the
+        shortlist and the past items, which are scored for `query` and
+        added after it (each item once)."""
+        items, counts, recency, lengths = past_items
+        # Item index -> catalogue row: they part after `mmfuse catalog` edits,
+        # and a removed item (row 0) must not come back as a past item.
+        past = self.item_rows.lookup(tf.gather(self.item_vocabulary, items))
+        past = tf.reshape(past, tf.shape(items))
+        probability = self.buy_again.probabilities(items, counts, recency, lengths)
+        if shortlist is None:
+            return repeat_buying.mix_scores(scores, past, probability,
+                                            self.buy_again.new_item_rates, k)
+        # mix_scores takes column 0 for the unknown item: a column of none
+        # first, then the shortlist less the past items, then the past items.
+        again = tf.reduce_any((shortlist[:, :, None] == past[:, None, :])
+                              & (past[:, None, :] > 0), axis=2)
+        shortlist = tf.where(again, tf.zeros_like(shortlist), shortlist)
+        none = tf.zeros_like(shortlist[:, :1])
+        rows = tf.concat([none, shortlist, past], axis=1)
+        scores = self._exact_scores(query, rows)
+        columns = 1 + tf.shape(shortlist, out_type=tf.int64)[1] + tf.range(
+            tf.shape(past, out_type=tf.int64)[1])
+        past_columns = tf.where(past > 0, columns[None, :], 0)
+        return repeat_buying.mix_scores(scores, past_columns, probability,
+                                        self.buy_again.new_item_rates, k), rows
+
+    def _exact_scores(self, query: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+        """[batch, n] the towers' cosine of each query with its catalogue
+        `rows` [batch, n]; -inf where a row is 0 (none)."""
+        scores = tf.einsum("bnd,bd->bn", _rows(self.candidates, rows), query)
+        return tf.where(rows > 0, scores, -np.inf)
+
+    def _ranked(self, query: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor = None,
+                query_tokens: tf.Tensor = None, past_items=None) -> Dict[str, tf.Tensor]:
+        """The top-k answer for `query` [batch, dim]: exact, or through the
+        index (module docstring); `query_tokens` adds search's lexical
+        scores, `past_items` mixes in buy-again."""
+        def exact():
+            scores = self._scores(query, query_tokens)
+            if past_items is not None:
+                scores = self._with_buy_again(scores, past_items, k)
+            return self._top_k(scores, k, exclude)
+
+        if self.index is None:
+            return exact()
+
+        def shortlisted():
+            size = tf.maximum(self.index.shortlist_size, k + 2)
+            rows = self.index.shortlist(query, size)
+            if query_tokens is not None and self.lexical_weight > 0:
+                rows, lexical_scores = self._with_lexical_best(rows, query_tokens, size)
+            enough = tf.reduce_all(tf.math.count_nonzero(rows, axis=1) >= tf.cast(k, tf.int64) + 2)
+
+            def answer():
+                if past_items is not None:
+                    scores, all_rows = self._with_buy_again(None, past_items, k, rows, query)
+                    return self._top_k(scores, k, exclude, all_rows)
+                scores = self._exact_scores(query, rows)
+                if query_tokens is not None and self.lexical_weight > 0:
+                    scores += self.lexical_weight * tf.gather(lexical_scores, rows, batch_dims=1)
+                return self._top_k(scores, k, exclude, rows)
+
+            return tf.cond(enough, answer, exact)
+
+        items = tf.shape(self.candidates.value(), out_type=tf.int64)[0] - 1
+        return tf.cond(items >= self.index_from_items, shortlisted, exact)
+
+    def _with_lexical_best(self, rows: tf.Tensor, query_tokens: tf.Tensor, size: tf.Tensor):
+        """The index's shortlist `rows` [batch, n] followed by the items of
+        the best lexical scores not in it (a rare word's match may be far
+        from the query's vector), and the lexical scores [batch, catalogue]."""
+        scores = lexical.normalised_scores(self.lexical_entries.value(), self.lexical_weights.value(),
+                                           tf.shape(self.candidates.value())[0],
+                                           self.token_vocabulary_size, query_tokens)
+        best = tf.math.top_k(scores, k=tf.minimum(size, tf.shape(scores)[1]))
+        best_rows = tf.where(best.values > 0, tf.cast(best.indices, tf.int64), 0)
+        listed = tf.reduce_any(best_rows[:, :, None] == rows[:, None, :], axis=2)
+        return tf.concat([rows, tf.where(listed, tf.zeros_like(best_rows), best_rows)], axis=1), scores
+
+    @tf.function(input_signature=[_STRINGS, _K])
+    def similar_items(self, item_id, k):
+        # A mutable table (`mmfuse catalog` edits it) has no static shape; the top-k needs one.
+        item_row = tf.reshape(self.item_rows.lookup(item_id), tf.shape(item_id))
+        known = item_row > 0
+        # An in-graph check, so that TF Serving too answers INVALID_ARGUMENT naming the id.
+        check = tf.debugging.Assert(
+            tf.reduce_all(known),
+            ["similar_items: item id(s) unknown to the model:", tf.boolean_mask(item_id, ~known)],
+            summarize=10)
+        with tf.control_dependencies([check]):
+            item_row = tf.identity(item_row)
+        return self._ranked(_rows(self.candidates, item_row), k, exclude=item_row)
+
+    @tf.function(input_signature=[_STRINGS])
+    def set_item_rows(self, item_ids):
+        """Rebuilds the id -> row table from the catalogue's ids [n] (row 0
+        unknown); `mmfuse catalog` calls it after changing `item_ids`."""
+        self.item_rows.remove(self.item_rows.export()[0])
+        self.item_rows.insert(item_ids[1:], tf.range(1, tf.size(item_ids, out_type=tf.int64)))
+        return self.item_rows.size()
+
+
+class ServingModule(CatalogueModule):
+    """The exported model: the towers, the Transform graph and the tables
+    computed at export, over the catalogue of `CatalogueModule`."""
+
+    def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
+                 lexical_weight: float, display: Optional[Dict[str, Sequence[bytes]]] = None,
+                 buy_again: Optional[repeat_buying.BuyAgainTables] = None,
+                 settings: ExportSettings = ExportSettings()):
+        # Index -> item id; index 0 is "unknown" and is never returned.
+        item_ids = [b"<unknown>"] + tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
+        super().__init__(item_ids, model.catalog_embeddings(), display, settings)
+        # None: `recommend` is the towers' ranking alone.
+        self.buy_again = buy_again
+        self.model = model
+        self.tft_layer = tft_output.transform_features_layer()
+        self._raw_spec = tft_output.raw_feature_spec()
+        # Fixed, unlike `item_ids`: what each item index of the towers names.
+        self.item_vocabulary = tf.constant(item_ids, tf.string)
         # A user's recommend query depends on nothing but the user (id and
         # training history), so it is computed once here instead of per request.
         self.user_queries = tf.Variable(model.user_embeddings(), trainable=False, name="user_queries")
@@ -117,13 +307,6 @@ class ServingModule(tf.Module):
         self.user_index = IdLookup(tft_output.vocabulary_file_by_name(f.USER_VOCABULARY))
         # The Transform's item index: what the towers' id embeddings know.
         self.item_index = IdLookup(tft_output.vocabulary_file_by_name(f.ITEM_VOCABULARY))
-        # Item id -> catalogue row. Mutable (`set_item_rows`), since `mmfuse
-        # catalog` adds and removes rows, after which they differ from the
-        # item index; 0 (the unknown item) for an id not in the catalogue.
-        self.item_rows = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, 0,
-                                                                 name="item_rows")
-        self.item_rows.insert(tf.constant(item_ids[1:], tf.string),
-                              tf.range(1, len(item_ids), dtype=tf.int64))
 
     def _transform(self, **raw: tf.Tensor):
         """Raw [batch] tensors -> transformed features. Features a request does
@@ -159,60 +342,11 @@ class ServingModule(tf.Module):
         transformed[f.RECENT_ITEM_INDICES] = self.model.users.recent_items(transformed[f.USER_INDEX])
         return self._query_embeddings(transformed)
 
-    def _scores(self, query: tf.Tensor, query_tokens: tf.Tensor = None) -> tf.Tensor:
-        """[batch, catalogue]: the towers' cosine and, given the query's
-        words, their lexical score."""
-        # catalogue x query, then transposed: the faster product when the
-        # catalogue is much longer than the batch (2-5x at 44k-1M items).
-        scores = tf.transpose(tf.matmul(self.candidates, query, transpose_b=True))
-        if query_tokens is None or self.lexical_weight == 0:
-            return scores
-        return lexical.search_scores(scores, self.lexical_weight, self.lexical_entries.value(),
-                                     self.lexical_weights.value(), self.token_vocabulary_size,
-                                     query_tokens)
-
-    def _top_k(self, scores: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor = None):
-        # Index 0 (the unknown item) and `exclude` (an index per row) are never
-        # answers: take a few more than k and drop them, rather than masking
-        # the whole score matrix.
-        dropped = 1 if exclude is None else 2
-        k = tf.clip_by_value(k, 1, tf.shape(scores)[1] - dropped)
-        top = tf.math.top_k(scores, k=k + dropped)
-        keep = top.indices != 0
-        if exclude is not None:
-            keep &= top.indices != tf.cast(exclude, tf.int32)[:, None]
-        indices = tf.ragged.boolean_mask(top.indices, keep)[:, :k].to_tensor()
-        values = tf.ragged.boolean_mask(top.values, keep)[:, :k].to_tensor()
-        return self._answer(indices, values)
-
-    def _answer(self, indices: tf.Tensor, scores: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """The outputs of a top-k answer given its item indices [batch, k]:
-        ids, scores and the display fields, all aligned."""
-        answer = {"item_ids": _rows(self.item_ids, indices), "scores": scores}
-        for output, table in DISPLAY_TABLES.items():
-            answer[output] = _rows(getattr(self, table), indices)
-        return answer
-
-    def _with_buy_again(self, scores: tf.Tensor, past_items, k: tf.Tensor) -> tf.Tensor:
-        """The towers' scores with the user's past items (items, counts,
-        recency, lengths: repeat_buying.PastItems rows, by item index) mixed
-        in by their buy-again probability."""
-        items, counts, recency, lengths = past_items
-        # Item index -> catalogue row: they part after `mmfuse catalog` edits,
-        # and a removed item (row 0) must not come back as a past item.
-        rows = self.item_rows.lookup(tf.gather(self.item_vocabulary, items))
-        rows = tf.reshape(rows, tf.shape(items))
-        return repeat_buying.mix_scores(scores, rows,
-                                        self.buy_again.probabilities(items, counts, recency, lengths),
-                                        self.buy_again.new_item_rates, k)
-
     @tf.function(input_signature=[_STRINGS, _K])
     def recommend(self, user_id, k):
         user_index = self.user_index(user_id)
-        scores = self._scores(_rows(self.user_queries, user_index))
-        if self.buy_again is not None:
-            scores = self._with_buy_again(scores, self.buy_again.user_past_items(user_index), k)
-        answer = self._top_k(scores, k)
+        past_items = None if self.buy_again is None else self.buy_again.user_past_items(user_index)
+        answer = self._ranked(_rows(self.user_queries, user_index), k, past_items=past_items)
         answer["known_user"] = user_index > 0
         return answer
 
@@ -225,39 +359,25 @@ class ServingModule(tf.Module):
         unknown = tf.reduce_sum(tf.cast((recent == 0) & (recent_item_ids != ""), tf.int32), axis=1)
         user_index = self.user_index(user_id)
         history = self._history(user_index, recent)
-        scores = self._scores(self.model.query_tower(no_text_queries(user_index, history)))
-        if self.buy_again is not None:
-            scores = self._with_buy_again(scores, repeat_buying.past_items_of_history(history), k)
-        return {**self._top_k(scores, k), "known_user": user_index > 0,
+        past_items = (None if self.buy_again is None
+                      else repeat_buying.past_items_of_history(history))
+        answer = self._ranked(self.model.query_tower(no_text_queries(user_index, history)), k,
+                              past_items=past_items)
+        return {**answer, "known_user": user_index > 0,
                 "unknown_recent_items": unknown}
 
     @tf.function(input_signature=[_STRINGS, _STRINGS, _K])
     def search(self, query, user_id, k):
         transformed = self._transform(query=query, user_id=user_id)
-        answer = self._top_k(self._scores(self._user_query_embeddings(transformed),
-                                          transformed[f.QUERY_TOKENS]), k)
+        answer = self._ranked(self._user_query_embeddings(transformed), k,
+                              query_tokens=transformed[f.QUERY_TOKENS])
         answer["known_user"] = transformed[f.USER_INDEX] > 0
         return answer
 
     @tf.function(input_signature=[_STRINGS, _K])
-    def similar_items(self, item_id, k):
-        # A mutable table (`mmfuse catalog` edits it) has no static shape; the top-k needs one.
-        item_row = tf.reshape(self.item_rows.lookup(item_id), tf.shape(item_id))
-        known = item_row > 0
-        # An in-graph check, so that TF Serving too answers INVALID_ARGUMENT naming the id.
-        check = tf.debugging.Assert(
-            tf.reduce_all(known),
-            ["similar_items: item id(s) unknown to the model:", tf.boolean_mask(item_id, ~known)],
-            summarize=10)
-        with tf.control_dependencies([check]):
-            item_row = tf.identity(item_row)
-        query = _rows(self.candidates, item_row)
-        return self._top_k(self._scores(query), k, exclude=item_row)
-
-    @tf.function(input_signature=[_STRINGS, _K])
     def image_search(self, image, k):
         # A query of the photo alone, as training's photo queries are (trainer/model.py).
-        return self._top_k(self._scores(self._query_embeddings(self._transform(image=image))), k)
+        return self._ranked(self._query_embeddings(self._transform(image=image)), k)
 
     @tf.function(input_signature=[_STRINGS, _STRINGS, _STRINGS, _STRING_ROWS, _STRINGS])
     def embed_items(self, item_id, title, description, attributes, image):
@@ -275,14 +395,6 @@ class ServingModule(tf.Module):
         return {"embeddings": self.model.item_tower(item), "item_tokens": transformed[f.ITEM_TOKENS],
                 "titles": transformed[f.DISPLAY_TITLE],
                 "attributes": transformed[f.DISPLAY_ATTRIBUTES]}
-
-    @tf.function(input_signature=[_STRINGS])
-    def set_item_rows(self, item_ids):
-        """Rebuilds the id -> row table from the catalogue's ids [n] (row 0
-        unknown); `mmfuse catalog` calls it after changing `item_ids`."""
-        self.item_rows.remove(self.item_rows.export()[0])
-        self.item_rows.insert(item_ids[1:], tf.range(1, tf.size(item_ids, out_type=tf.int64)))
-        return self.item_rows.size()
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def rank_examples(self, examples):
@@ -320,10 +432,12 @@ def _rows(variable: tf.Variable, indices: tf.Tensor) -> tf.Tensor:
 def export_serving_model(model: RetrievalModel, tft_output: tft.TFTransformOutput, path: str,
                          lexical_weight: float,
                          display: Optional[Dict[str, Sequence[bytes]]] = None,
-                         buy_again: Optional[repeat_buying.BuyAgainTables] = None) -> None:
+                         buy_again: Optional[repeat_buying.BuyAgainTables] = None,
+                         settings: ExportSettings = ExportSettings()) -> None:
     """Saves the serving model; `display` is `display_tables`' output (None:
-    empty titles and attributes); `buy_again` None: `recommend` is the towers' alone."""
-    module = ServingModule(model, tft_output, lexical_weight, display, buy_again)
+    empty titles and attributes); `buy_again` None: `recommend` is the towers' alone;
+    `settings`' index settings choose the top-k."""
+    module = ServingModule(model, tft_output, lexical_weight, display, buy_again, settings)
     signatures = {
         "recommend": module.recommend,
         "recommend_with_history": module.recommend_with_history,

@@ -7,7 +7,9 @@ import tensorflow as tf
 
 from mmfuse.config import ExportSettings
 from serving import client
-from trainer import export
+from trainer import export, repeat_buying
+from trainer import index as catalogue_index
+from trainer.index import partitions_for as index_partitions
 from trainer.model_test import SIZES, tiny_model
 from transform import features as f
 
@@ -137,3 +139,98 @@ def test_the_saved_signatures_have_the_display_outputs(module, tmp_path):
     answer = client.answer_from_outputs("recommend", 1, loaded.signatures["recommend"](
         user_id=tf.constant([b"a1b2"]), k=tf.constant(2)))
     assert answer.known_user == [True] and len(answer.titles[0]) == 2
+
+
+# The partitioned index (trainer/index.py) in the signatures, on the tiny
+# model's catalogue grown to GROWN_ITEMS clustered rows after its own four.
+GROWN_ITEMS = 3000
+
+
+def _buy_again_of_user_1(item_index: int) -> repeat_buying.BuyAgainTables:
+    """User index 1 (a1b2) had item `item_index` and is near certain to want it again."""
+    model = repeat_buying.BuyAgain(np.zeros(4, np.float32), 5.0, np.zeros(len(ITEMS) + 1, np.float32),
+                                   np.full(repeat_buying.NEW_ITEM_RANKS, 0.1, np.float32), 0.5, 1)
+    items = np.zeros((len(USERS) + 1, 1), np.int64)
+    items[1, 0] = item_index
+    ones = np.ones(items.shape, np.float32)
+    return repeat_buying.BuyAgainTables(model, repeat_buying.PastItems(
+        items, ones, ones * 0, np.ones(len(USERS) + 1, np.float32)))
+
+
+def _grow(module, size: int) -> None:
+    """The module's catalogue with clustered unit rows after its own, as
+    model_store.replace_catalogue writes it."""
+    own = module.candidates.numpy()
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((30, own.shape[1]))
+    extra = centres[rng.integers(0, 30, size - len(own) + 1)] + 0.4 * rng.standard_normal(
+        (size - len(own) + 1, own.shape[1]))
+    extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+    ids = np.array([b"<unknown>"] + ITEMS + [b"x%05d" % row for row in range(len(extra))], object)
+    module.candidates.assign(np.concatenate([own, extra]).astype(np.float32))
+    module.item_ids.assign(ids)
+    for table in export.DISPLAY_TABLES.values():
+        getattr(module, table).assign(np.concatenate([getattr(module, table).numpy(),
+                                                      np.full(len(extra), b"", object)]))
+    module.set_item_rows(tf.constant(ids))
+    catalogue_index.refresh_model(module)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    """(exact, partitioned) modules over the same grown catalogue, buy-again
+    bringing back p3 to a1b2 (p3 placed opposite a1b2's query), BM25 in search."""
+    tft_output = FakeTransformOutput(tmp_path_factory.mktemp("transform"))
+    modules = []
+    for kind in ("exact", "partitioned"):
+        module = export.ServingModule(tiny_model(rating_weight=0.0), tft_output, 0.5,
+                                      buy_again=_buy_again_of_user_1(3),
+                                      settings=ExportSettings(index=kind, index_probes=12))
+        _grow(module, GROWN_ITEMS)
+        query = module.user_queries.numpy()[module.user_index(tf.constant([b"a1b2"])).numpy()[0]]
+        candidates = module.candidates.numpy()
+        candidates[3] = -query / np.linalg.norm(query)
+        module.candidates.assign(candidates)
+        catalogue_index.refresh_model(module)
+        modules.append(module)
+    return modules
+
+
+def test_the_index_answers_as_the_exact_top_k_does(indexed):
+    exact, partitioned = indexed
+    assert len(partitioned.index.centroids.numpy()) == index_partitions(GROWN_ITEMS)
+    asked = {"recommend": {"user_id": USERS + [b"nobody"]},
+             "recommend_with_history": {"user_id": [b"", b""],
+                                        "recent_item_ids": [[b"p1", b""], [b"p2", b"p4"]]},
+             "search": {"query": [b"", b""], "user_id": [b"c3d4", b""]},
+             "similar_items": {"item_id": [b"p1", b"p2", b"x00007"]}}
+    found = expected = 0
+    for signature, inputs in asked.items():
+        inputs = {name: tf.constant(rows) for name, rows in inputs.items()}
+        approximate = _strings(getattr(partitioned, signature)(**inputs, k=tf.constant(10))["item_ids"])
+        exact_ids = _strings(getattr(exact, signature)(**inputs, k=tf.constant(10))["item_ids"])
+        assert all(len(row) == 10 and len(set(row)) == 10 for row in approximate), signature
+        found += sum(len(set(a) & set(b)) for a, b in zip(approximate, exact_ids))
+        expected += 10 * len(exact_ids)
+    assert found / expected >= 0.9
+    # 12 of 2 sqrt(3000) partitions read: not a disguised exact top-k.
+    assert len(partitioned.index.centroids.numpy()) > 100
+
+
+def test_buy_again_brings_back_a_past_item_the_index_does_not_list(indexed):
+    exact, partitioned = indexed
+    user = tf.constant([b"a1b2"])
+    query = export._rows(partitioned.user_queries, partitioned.user_index(user))
+    listed = partitioned.index.shortlist(query, tf.constant(200)).numpy()
+    assert 3 not in listed  # p3 is row 3
+    for module in indexed:
+        answer = _strings(module.recommend(user_id=user, k=tf.constant(5))["item_ids"])[0]
+        assert answer[0] == "p3" and len(set(answer)) == 5
+
+
+def test_more_than_the_shortlist_asked_is_answered_exactly(indexed):
+    exact, partitioned = indexed
+    k = tf.constant(GROWN_ITEMS - 1)
+    answer = partitioned.similar_items(item_id=tf.constant([b"p1"]), k=k)["item_ids"]
+    np.testing.assert_array_equal(answer.numpy(),
+                                  exact.similar_items(item_id=tf.constant([b"p1"]), k=k)["item_ids"].numpy())

@@ -213,7 +213,7 @@ def run_fn(fn_args: FnArgs) -> None:
     export.export_serving_model(
         model, tft_output, fn_args.serving_model_dir, config.lexical_weight,
         export.display_tables(data.load_display(catalog_files, tft_output), settings.export),
-        buy_again=buy_again)
+        buy_again=buy_again, settings=settings.export)
 
 
 def _fit_buy_again(recent_items, train_files, tft_output, counts, new_item_weight):
