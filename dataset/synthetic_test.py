@@ -1,6 +1,7 @@
 """Tests of the synthetic catalogue: the contract, determinism, streaming in
 chunks, and structure a model can learn."""
 import collections
+import json
 import csv
 import os
 
@@ -142,3 +143,12 @@ def test_brand_names_are_distinct_per_cluster():
 def test_bad_sizes_are_refused(tmp_path, arguments, message):
     with pytest.raises(ValueError, match=message):
         synthetic.write_synthetic_dataset(str(tmp_path), **arguments)
+
+
+def test_the_command_line_writes_it_and_refuses_a_bad_size(tmp_path, capsys):
+    from mmfuse.cli import main
+    assert main(["synthetic", str(tmp_path / "data"), "--items", "20", "--users", "4"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["items"] == 20 and summary["users"] == 4
+    assert main(["synthetic", str(tmp_path / "bad"), "--items", "3"]) == 2
+    assert "at least 10 items" in capsys.readouterr().err
