@@ -150,17 +150,31 @@ def read_encoder_inputs(data_dir: str, limit: int) -> Tuple[List[bytes], List[by
     return texts, photos
 
 
-def encode(data_dir: str, batch: int, intra: int, inter: int, limit: int) -> Dict[str, object]:
+def _eager_image_encode(batch: List[bytes]):
+    """The feature cache's photo encoding before it was one traced graph:
+    preprocess_batch run eagerly, then the encoder (for comparison)."""
+    import tensorflow as tf
+    from transform import image_preprocessor
+    from transform.preprocessing import _shared_image_encoder
+    return _shared_image_encoder()(image_preprocessor.preprocess_batch(tf.constant(batch))).numpy()
+
+
+def encode(data_dir: str, batch: int, intra: int, inter: int, limit: int,
+           eager: bool = False) -> Dict[str, object]:
     """Encodes `limit` texts and photos of `data_dir` in batches of `batch`
-    through the feature cache's own encode functions; wall and CPU seconds."""
+    through the feature cache's own encode functions (with `eager`, the
+    photos the old way too); wall and CPU seconds."""
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     from transform import cached_executor
     texts, photos = read_encoder_inputs(data_dir, limit)
     measured: Dict[str, object] = {"batch": batch, "intra": intra, "inter": inter}
-    for name, function, contents in (("text", cached_executor._text_encode, texts),
-                                     ("image", cached_executor._image_encode, photos)):
+    functions = [("text", cached_executor._text_encode, texts),
+                 ("image", cached_executor._image_encode, photos)]
+    if eager:
+        functions.append(("image_eager", _eager_image_encode, photos))
+    for name, function, contents in functions:
         function(contents[:batch])  # builds the encoder and traces its graph
         wall, cpu = time.perf_counter(), time.process_time()
         for start in range(0, len(contents), batch):
@@ -194,10 +208,10 @@ def measure_encoders(data_dir: str, settings: Sequence[Tuple[int, int, int]], li
                      log) -> List[Dict[str, object]]:
     """`encode` at each (batch, intra, inter), each in a fresh process."""
     measured = []
-    for batch, intra, inter in settings:
+    for index, (batch, intra, inter) in enumerate(settings):
         command = [PYTHON, "-m", "benchmarks.pipeline_cost", "encode", "--data", data_dir,
                    "--batch", str(batch), "--intra", str(intra), "--inter", str(inter),
-                   "--limit", str(limit)]
+                   "--limit", str(limit), *(["--eager"] if index == 0 else [])]
         print(f"[pipeline-cost] {shlex.join(command)}", file=log, flush=True)
         output = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=_env(),
                                 check=True).stdout
@@ -428,6 +442,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--intra", type=int, required=True)
     worker.add_argument("--inter", type=int, required=True)
     worker.add_argument("--limit", type=int, required=True)
+    worker.add_argument("--eager", action="store_true",
+                        help="also the photos with eager preprocessing (the path before)")
     return parser
 
 
@@ -451,7 +467,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = _parser().parse_args(argv)
     if options.command == "encode":
         print(json.dumps(encode(options.data, options.batch, options.intra, options.inter,
-                                options.limit)))
+                                options.limit, options.eager)))
         return 0
     if options.dataflow_workers < 1 or options.model_items < 1:
         raise SystemExit("--dataflow-workers and --model-items must be at least 1")
@@ -521,6 +537,12 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
         encoder_rows.append([m["batch"], m["intra"] or "all", m["inter"] or "all",
                              f"{text['per_s']:.0f}", f"{text['per_cpu_s']:.0f}",
                              f"{image['per_s']:.1f}", f"{image['per_cpu_s']:.1f}", f"{m['load']:.1f}"])
+        if "image_eager" in m:
+            eager = throughput(m, "image_eager")
+            encoder_rows.append([f"{m['batch']}, photos preprocessed eagerly (before)",
+                                 m["intra"] or "all", m["inter"] or "all", None, None,
+                                 f"{eager['per_s']:.1f}", f"{eager['per_cpu_s']:.1f}",
+                                 f"{m['load']:.1f}"])
     encoder_table = results.markdown_table(
         ["batch", "intra-op threads", "inter-op threads", "texts/s", "texts per CPU s",
          "photos/s", "photos per CPU s", "load average"], encoder_rows)

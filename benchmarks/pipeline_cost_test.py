@@ -164,8 +164,9 @@ def test_main_writes_its_section_from_the_runs_and_measurements(tmp_path, monkey
     def measure(data, settings, limit, log):
         return [{"batch": b, "intra": i, "inter": j, "load": 2.0,
                  "text": {"items": 100, "wall_s": 0.5, "cpu_s": 1.0 if i != 1 else 0.5},
-                 "image": {"items": 100, "wall_s": 2.0, "cpu_s": 4.0 if i != 1 else 2.5}}
-                for b, i, j in settings]
+                 "image": {"items": 100, "wall_s": 2.0, "cpu_s": 4.0 if i != 1 else 2.5},
+                 **({"image_eager": {"items": 100, "wall_s": 4.0, "cpu_s": 5.0}} if index == 0 else {})}
+                for index, (b, i, j) in enumerate(settings)]
 
     monkeypatch.setattr(cost, "run_size", run_size)
     monkeypatch.setattr(cost, "measure_encoders", measure)
@@ -176,6 +177,7 @@ def test_main_writes_its_section_from_the_runs_and_measurements(tmp_path, monkey
     text = results_file.read_text()
     assert "<!-- begin pipeline-cost -->" in text and "shared machine" in text
     assert "| 32 | all | all | 200 | 100 | 50.0 | 25.0 | 2.0 |" in text
+    assert "| 32, photos preprocessed eagerly (before) | all | all | - | - | 25.0 | 20.0 | 2.0 |" in text
     assert "Dataflow, 10 workers" in text and "dominant" in text
     saved = json.loads((tmp_path / "out" / "pipeline_cost.json").read_text())
     assert saved["target"]["items"] == 1_000_000
