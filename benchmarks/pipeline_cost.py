@@ -51,13 +51,16 @@ BAR_DONE = re.compile(r"^\[mmfuse\]\s+(.+?): 100% \((\d+)/(\d+)\), in ((?:\d+:)?
 ENCODING_BARS = {"encoding new or changed texts": "encode texts",
                  "encoding new or changed photos": "encode photos"}
 
+# The run's time outside its components: starting, and the dataset check
+# before TFX (it reads every row and every photo's header), in one process.
+OUTSIDE = "(start, dataset check)"
 # What each component's time grows with, beyond its fixed part. "rows":
 # items + interactions (ExampleGen, statistics and tf.Transform's passes read
 # every row); "training": training interactions x epochs. Components not named
 # here (ImportSchemaGen, ExampleValidator, AnomaliesGate, Pusher, the resolver)
 # are taken as fixed. The encoders are modelled from their own measurement.
 DRIVERS = {"FileBasedExampleGen": "rows", "StatisticsGen": "rows", "Transform": "rows",
-           "Trainer": "training", "Evaluator": "eval_rows"}
+           "Trainer": "training", "Evaluator": "eval_rows", OUTSIDE: "rows"}
 # Components whose per-unit work runs in Beam (parallel over workers); the
 # Trainer and the feature cache's encoders run in one process (its threads).
 BEAM = ("FileBasedExampleGen", "StatisticsGen", "Transform", "Evaluator")
@@ -375,8 +378,10 @@ def run_size(out: str, size: int, overrides: Sequence[str], log) -> Dict[str, ob
                            f"{os.path.join(run_dir, 'mmfuse.log')}")
     loads = open(load_path).read().split("\n") if os.path.exists(load_path) else []
     epochs = parsed["summary"]["config"]["trainer"]["epochs"]
+    components = dict(parsed["components"])
+    components[OUTSIDE] = max(parsed["summary"]["wall_time_s"] - sum(components.values()), 0.0)
     return {"items": dataset["items"], "interactions": dataset["interactions"],
-            "images": dataset["images"], "epochs": epochs, "components": parsed["components"],
+            "images": dataset["images"], "epochs": epochs, "components": components,
             "encoding": parsed["encoding"],
             "encoding_s": sum(seconds for _, seconds in parsed["encoding"].values()),
             "wall_s": parsed["summary"]["wall_time_s"], "blessed": parsed["summary"]["blessed"],
