@@ -431,7 +431,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="passed to every mmfuse run")
     parser.add_argument("--encoder-settings", type=parse_settings,
-                        default=parse_settings("32:0:0,16:0:0,64:0:0,128:0:0,32:1:1,32:2:1"),
+                        default=parse_settings("32:0:0,16:0:0,128:0:0,32:1:1"),
                         help="BATCH:INTRA:INTER thread settings to measure the encoders at; "
                         "the first is the pipeline's (cached_executor.ENCODE_BATCH, TF's "
                         "default threads 0:0); one with INTRA 1 gives the one-thread rate")
@@ -559,7 +559,7 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
     model_rows.append(["**total**"] + [f"**{results.duration(total)}**" for total in totals])
     model_rows.append(["dominant"] + [max(model, key=model.get) for _, model in models])
     core_hours = [total * where["trainer_cores"] / 3600 if where["startup_s"] == 0
-                  else _dataflow_core_hours(model, options.dataflow_workers)
+                  else _dataflow_core_hours(model, where)
                   for total, (_, model), where in zip(totals, models, wheres)]
     model_rows.append(["core-hours"] + [f"{hours:.1f}" for hours in core_hours])
     model_table = results.markdown_table(
@@ -601,14 +601,22 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
     return text
 
 
-def _dataflow_core_hours(model: Dict[str, float], workers: int) -> float:
-    """Core-hours billed on Dataflow: the Beam steps' workers while they run,
-    the Trainer's and Transform's pods for the whole of their steps."""
-    beam = sum(seconds for name, seconds in model.items() if name in BEAM and name != "Transform")
-    transform = sum(seconds for name, seconds in model.items() if name.startswith("Transform"))
-    return (beam * workers * DATAFLOW_WORKER_CORES
-            + transform * (workers * DATAFLOW_WORKER_CORES + POD_CORES["Transform"])
-            + model.get("Trainer", 0.0) * POD_CORES["Trainer"]) / 3600
+def _dataflow_core_hours(model: Dict[str, float], where: Dict[str, object]) -> float:
+    """Core-hours billed on Dataflow: each Beam step's workers while it runs
+    (the Transform's from its Beam job on), the Trainer's and Transform's pods
+    for their whole steps, one core for each small step."""
+    workers_cores = where["beam_cores"]
+    hours = 0.0
+    for name, seconds in model.items():
+        if name in BEAM:
+            cores = workers_cores + (POD_CORES[name] if name in POD_CORES else 0)
+        elif name.startswith("Transform: encode"):
+            on_workers = where["encoder_cores"] == workers_cores
+            cores = POD_CORES["Transform"] + (workers_cores if on_workers else 0)
+        else:
+            cores = POD_CORES.get(name, 1)
+        hours += seconds * cores / 3600
+    return hours
 
 
 if __name__ == "__main__":

@@ -182,3 +182,14 @@ def test_main_writes_its_section_from_the_runs_and_measurements(tmp_path, monkey
     saved = json.loads((tmp_path / "out" / "pipeline_cost.json").read_text())
     assert saved["target"]["items"] == 1_000_000
     assert saved["rates"]["image_per_core_s"] == pytest.approx(40.0)
+
+
+def test_dataflow_bills_the_workers_only_while_a_beam_step_runs():
+    where = cost.platform("dataflow", workers=5)
+    hours = cost._dataflow_core_hours({"StatisticsGen": 3600.0, "Trainer": 3600.0,
+                                       "Transform: encode photos": 3600.0, "Pusher": 3600.0}, where)
+    # 20 worker cores, the Trainer's 4, the Transform pod's 4 while it encodes, 1 for the Pusher.
+    assert hours == pytest.approx(20 + 4 + 4 + 1)
+    on_workers = cost.platform("dataflow", workers=5, encoders_on_workers=True)
+    assert cost._dataflow_core_hours({"Transform: encode photos": 3600.0}, on_workers) == \
+        pytest.approx(24)
