@@ -48,22 +48,33 @@ PYTHON = sys.executable
 # A progress line of `mmfuse run` (mmfuse/progress.py): a step's end, a bar's end.
 STEP_DONE = re.compile(r"^\[mmfuse\] (\S+) done in ((?:\d+:)?\d+:\d\d)(?: \(cached\))?\s*$")
 BAR_DONE = re.compile(r"^\[mmfuse\]\s+(.+?): 100% \((\d+)/(\d+)\), in ((?:\d+:)?\d+:\d\d)\s*$")
-ENCODING_BARS = {"encoding new or changed texts": "encode texts",
-                 "encoding new or changed photos": "encode photos"}
+# A bar's label (its start) -> the part of its component it times. The
+# encoders' parts are modelled from their own measurement, not fitted.
+BARS = {"encoding new or changed texts": "Transform: encode texts",
+        "encoding new or changed photos": "Transform: encode photos",
+        "training steps": "Trainer: training steps",
+        "ranking eval rows": "Evaluator: ranking eval rows"}
+ENCODERS = ("Transform: encode texts", "Transform: encode photos")
 
 # The run's time outside its components: starting, and the dataset check
 # before TFX (it reads every row and every photo's header), in one process.
 OUTSIDE = "(start, dataset check)"
-# What each component's time grows with, beyond its fixed part. "rows":
-# items + interactions (ExampleGen, statistics and tf.Transform's passes read
-# every row); "training": training interactions x epochs. Components not named
-# here (ImportSchemaGen, ExampleValidator, AnomaliesGate, Pusher, the resolver)
-# are taken as fixed. The encoders are modelled from their own measurement.
+# What each part of a run grows with, beyond its fixed time. "rows": items +
+# interactions (ExampleGen, statistics and tf.Transform's passes read every
+# row; the Trainer's export and the Evaluator load the catalogue and users);
+# "training": training interactions x epochs; "eval_rows". A component's part
+# timed by a bar is split out of it. Parts not named here (ImportSchemaGen,
+# ExampleValidator, AnomaliesGate, Pusher, the resolver) are taken as fixed.
 DRIVERS = {"FileBasedExampleGen": "rows", "StatisticsGen": "rows", "Transform": "rows",
-           "Trainer": "training", "Evaluator": "eval_rows", OUTSIDE: "rows"}
-# Components whose per-unit work runs in Beam (parallel over workers); the
-# Trainer and the feature cache's encoders run in one process (its threads).
-BEAM = ("FileBasedExampleGen", "StatisticsGen", "Transform", "Evaluator")
+           "Trainer": "rows", "Trainer: training steps": "training", "Evaluator": "rows",
+           "Evaluator: ranking eval rows": "eval_rows", OUTSIDE: "rows"}
+# Parts that are nothing but their units' work: fitted through zero.
+PROPORTIONAL = ("Trainer: training steps", "Evaluator: ranking eval rows")
+# Parts whose work runs in Beam (parallel over workers); the Trainer and the
+# feature cache's encoders run in one process (its threads).
+BEAM = ("FileBasedExampleGen", "StatisticsGen", "Transform", "Evaluator",
+        "Evaluator: ranking eval rows")
+TRAINER = ("Trainer", "Trainer: training steps")
 EVAL_SHARE = 0.2  # pipeline.split random: 20% of the interactions are eval rows
 TRAIN_SHARE = 1 - EVAL_SHARE
 
@@ -109,10 +120,10 @@ def parse_seconds(text: str) -> int:
 
 
 def parse_run_log(lines: Sequence[str]) -> Dict[str, object]:
-    """Component -> seconds, encoder bar -> (count, seconds), and the run's
-    final JSON line, from `mmfuse run`'s output."""
+    """Component -> seconds, bar part (BARS) -> (count, seconds), and the
+    run's final JSON line, from `mmfuse run`'s output."""
     components: Dict[str, int] = {}
-    encoding: Dict[str, Tuple[int, int]] = {}
+    bars: Dict[str, Tuple[int, int]] = {}
     summary = None
     for line in lines:
         line = line.rstrip("\n")
@@ -121,15 +132,17 @@ def parse_run_log(lines: Sequence[str]) -> Dict[str, object]:
             components[step.group(1)] = components.get(step.group(1), 0) + parse_seconds(step.group(2))
             continue
         bar = BAR_DONE.match(line)
-        if bar and bar.group(1) in ENCODING_BARS:
-            encoding[ENCODING_BARS[bar.group(1)]] = (int(bar.group(3)), parse_seconds(bar.group(4)))
+        part = bar and next((name for label, name in BARS.items()
+                             if bar.group(1).startswith(label)), None)
+        if part:
+            bars[part] = (int(bar.group(3)), parse_seconds(bar.group(4)))
             continue
         if line.startswith("{"):
             try:
                 summary = json.loads(line)
             except ValueError:
                 pass
-    return {"components": components, "encoding": encoding, "summary": summary}
+    return {"components": components, "bars": bars, "summary": summary}
 
 
 # -- the encoders, measured directly (run in a subprocess: `encode`)
@@ -235,11 +248,27 @@ def units(items: int, interactions: int, epochs: int) -> Dict[str, float]:
             "eval_rows": EVAL_SHARE * interactions}
 
 
-def fit(points: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
+def split_parts(components: Dict[str, float], bars: Dict[str, Tuple[int, int]]
+                ) -> Dict[str, float]:
+    """Components with the parts their bars timed taken out, and those parts."""
+    parts = dict(components)
+    for part, (_, seconds) in bars.items():
+        component = part.split(":")[0]
+        if component in parts:
+            parts[component] = max(parts[component] - seconds, 0.0)
+            parts[part] = float(seconds)
+    return parts
+
+
+def fit(points: Sequence[Tuple[float, float]], through_zero: bool = False
+        ) -> Tuple[float, float]:
     """(fixed, per unit) through (units, seconds) points: the least-squares
-    line, its parts clipped at 0; one point: all of it per unit."""
+    line, its parts clipped at 0 (`through_zero`: no fixed part); one point:
+    all of it per unit."""
     if not points:
         raise ValueError("no runs to fit")
+    if through_zero:
+        return 0.0, max(sum(x * y for x, y in points) / sum(x * x for x, _ in points), 0.0)
     if len({x for x, _ in points}) == 1:
         x, y = points[0]
         return 0.0, (sum(y for _, y in points) / len(points)) / x if x else 0.0
@@ -273,23 +302,17 @@ def platform(kind: str, cores: int = 0, workers: int = 0, encoders_on_workers: b
 
 
 def fitted_components(runs: Sequence[Dict[str, object]]) -> Dict[str, Tuple[str, float, float]]:
-    """Component -> (driver, fixed seconds, seconds per unit) through the runs.
-    The Transform's fit leaves out its encoders (modelled apart)."""
-    names = sorted({name for run in runs for name in run["components"]})
+    """Part -> (driver, fixed seconds, seconds per unit) through the runs'
+    parts; the encoders are left out (modelled from their own measurement)."""
+    names = sorted({name for run in runs for name in run["parts"]} - set(ENCODERS))
     fitted = {}
     for name in names:
         driver = DRIVERS.get(name)
-        points = []
-        for run in runs:
-            seconds = run["components"].get(name)
-            if seconds is None:
-                continue
-            if name == "Transform":
-                seconds = max(seconds - run["encoding_s"], 0.0)
-            points.append((units(run["items"], run["interactions"], run["epochs"])[driver]
-                           if driver else 1.0, float(seconds)))
+        points = [(units(run["items"], run["interactions"], run["epochs"])[driver]
+                   if driver else 1.0, float(run["parts"][name]))
+                  for run in runs if name in run["parts"]]
         if driver:
-            fitted[name] = (driver, *fit(points))
+            fitted[name] = (driver, *fit(points, through_zero=name in PROPORTIONAL))
         else:
             fitted[name] = ("", sum(s for _, s in points) / len(points), 0.0)
     return fitted
@@ -317,18 +340,21 @@ def cost_model(fitted: Dict[str, Tuple[str, float, float]], encoders: Dict[str, 
             if beam_cores is not None:
                 variable /= beam_cores * BEAM_EFFICIENCY
             fixed += where["startup_s"]
-        elif name == "Trainer":
+        elif name in TRAINER:
             variable *= measured_cores / trainer_cores
         model[name] = fixed + variable
     # The exact top-k over the catalogue: each epoch in the Trainer, once in the Evaluator.
     pairs = target_units["eval_rows"] * target["items"]
-    if "Trainer" in model:
-        model["Trainer"] += epochs * pairs * pair_cpu_s / (trainer_cores * efficiency)
-    if "Evaluator" in model:
-        model["Evaluator"] += pairs * pair_cpu_s / ((beam_cores or measured_cores) * efficiency)
+    trainer = "Trainer: training steps" if "Trainer: training steps" in model else "Trainer"
+    if trainer in model:
+        model[trainer] += epochs * pairs * pair_cpu_s / (trainer_cores * efficiency)
+    evaluator = ("Evaluator: ranking eval rows" if "Evaluator: ranking eval rows" in model
+                 else "Evaluator")
+    if evaluator in model:
+        model[evaluator] += pairs * pair_cpu_s / ((beam_cores or measured_cores) * efficiency)
     rate = where["encoder_cores"] * efficiency
-    model["Transform: encode texts"] = target["texts"] / (encoders["text_per_core_s"] * rate)
-    model["Transform: encode photos"] = target["photos"] / (encoders["image_per_core_s"] * rate)
+    model[ENCODERS[0]] = target["texts"] / (encoders["text_per_core_s"] * rate)
+    model[ENCODERS[1]] = target["photos"] / (encoders["image_per_core_s"] * rate)
     return model
 
 
@@ -380,18 +406,26 @@ def run_size(out: str, size: int, overrides: Sequence[str], log) -> Dict[str, ob
     epochs = parsed["summary"]["config"]["trainer"]["epochs"]
     components = dict(parsed["components"])
     components[OUTSIDE] = max(parsed["summary"]["wall_time_s"] - sum(components.values()), 0.0)
+    parts = split_parts(components, parsed["bars"])
     return {"items": dataset["items"], "interactions": dataset["interactions"],
             "images": dataset["images"], "epochs": epochs, "components": components,
-            "encoding": parsed["encoding"],
-            "encoding_s": sum(seconds for _, seconds in parsed["encoding"].values()),
+            "bars": parsed["bars"], "parts": parts,
             "wall_s": parsed["summary"]["wall_time_s"], "blessed": parsed["summary"]["blessed"],
             "metrics": parsed["summary"].get("metrics", {}),
             "load": " / ".join(line.replace("load ", "") for line in loads if line)}
 
 
+def _read_json(path: str) -> Dict[str, object]:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
 def _parse_file(path: str) -> Dict[str, object]:
     if not os.path.exists(path):
-        return {"components": {}, "encoding": {}, "summary": None}
+        return {"components": {}, "bars": {}, "summary": None}
     with open(path, encoding="utf-8", errors="replace") as handle:
         return parse_run_log(handle.readlines())
 
@@ -437,6 +471,9 @@ def _parser() -> argparse.ArgumentParser:
                         "default threads 0:0); one with INTRA 1 gives the one-thread rate")
     parser.add_argument("--encoder-items", type=int, default=512,
                         help="texts and photos encoded per setting")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure the encoders again even if OUT/pipeline_cost.json holds "
+                        "a measurement at the same settings")
     parser.add_argument("--model-items", type=int, default=1_000_000)
     parser.add_argument("--dataflow-workers", type=int, default=10)
     parser.add_argument("--results", default=results.DEFAULT_RESULTS, metavar="FILE")
@@ -485,15 +522,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs.append(run_size(out, size, options.overrides, sys.stdout))
         print(f"[pipeline-cost] {size} items: {json.dumps(runs[-1])}", flush=True)
     largest = runs[-1]
-    encoder_load = _load()
-    measured = measure_encoders(os.path.join(out, f"data-{options.sizes[-1]}"),
-                                options.encoder_settings, options.encoder_items, sys.stdout)
-    pair = top_k_cost()
+    previous = _read_json(os.path.join(out, "pipeline_cost.json"))
+    if (not options.remeasure and previous.get("top_k") and previous.get("encoders")
+            and [(m["batch"], m["intra"], m["inter"]) for m in previous["encoders"]]
+            == list(options.encoder_settings)):
+        # Measured by an earlier invocation into OUT: a resumed benchmark keeps them.
+        measured, pair = previous["encoders"], previous["top_k"]
+        encoder_load = f"{measured[0]['load']:.1f} (an earlier measurement into {out})"
+    else:
+        encoder_load = _load()
+        measured = measure_encoders(os.path.join(out, f"data-{options.sizes[-1]}"),
+                                    options.encoder_settings, options.encoder_items, sys.stdout)
+        pair = top_k_cost()
     rates = encoder_rates(measured)
     epochs = largest["epochs"]
     scale = options.model_items / largest["items"]
-    text_count = largest["encoding"].get("encode texts", (largest["items"], 0))[0]
-    photo_count = largest["encoding"].get("encode photos", (largest["images"], 0))[0]
+    text_count = largest["bars"].get(ENCODERS[0], (largest["items"], 0))[0]
+    photo_count = largest["bars"].get(ENCODERS[1], (largest["images"], 0))[0]
     target = {"items": options.model_items, "interactions": largest["interactions"] * scale,
               "texts": text_count * scale, "photos": photo_count * scale}
     fitted = fitted_components(runs)
@@ -524,12 +569,12 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
     names += sorted({n for run in runs for n in run["components"]} - set(names))
     rows = []
     for name in names:
-        rows.append([name] + [run["components"].get(name) for run in runs])
-        if name == "Transform":
-            for part in ("encode texts", "encode photos"):
-                rows.append([f"  of which {part} (count)"] + [
-                    f"{run['encoding'][part][1]} ({run['encoding'][part][0]})"
-                    if part in run["encoding"] else None for run in runs])
+        rows.append([name] + [_seconds(run["components"].get(name)) for run in runs])
+        for part in BARS.values():
+            if part.startswith(name + ":"):
+                rows.append([f"of which {part.split(': ')[1]} (count)"] + [
+                    f"{run['bars'][part][1]} ({run['bars'][part][0]})"
+                    if part in run["bars"] else None for run in runs])
     rows.append(["**whole run** (wall_time_s)"] + [f"{run['wall_s']:.0f}" for run in runs])
     rows.append(["interactions"] + [run["interactions"] for run in runs])
     rows.append(["gate recall (blessed)"] + [
@@ -601,6 +646,10 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
     return text
 
 
+def _seconds(value) -> Optional[str]:
+    return None if value is None else f"{value:.0f}"
+
+
 def _dataflow_core_hours(model: Dict[str, float], where: Dict[str, object]) -> float:
     """Core-hours billed on Dataflow: each Beam step's workers while it runs
     (the Transform's from its Beam job on), the Trainer's and Transform's pods
@@ -608,13 +657,14 @@ def _dataflow_core_hours(model: Dict[str, float], where: Dict[str, object]) -> f
     workers_cores = where["beam_cores"]
     hours = 0.0
     for name, seconds in model.items():
+        component = name.split(":")[0]
         if name in BEAM:
-            cores = workers_cores + (POD_CORES[name] if name in POD_CORES else 0)
-        elif name.startswith("Transform: encode"):
+            cores = workers_cores + POD_CORES.get(component, 0)
+        elif name in ENCODERS:
             on_workers = where["encoder_cores"] == workers_cores
             cores = POD_CORES["Transform"] + (workers_cores if on_workers else 0)
         else:
-            cores = POD_CORES.get(name, 1)
+            cores = POD_CORES.get(component, 1)
         hours += seconds * cores / 3600
     return hours
 

@@ -17,9 +17,11 @@ LOG = """\
 [mmfuse]   encoding new or changed texts: 76% (736/964), 0:02 left
 [mmfuse]   encoding new or changed texts: 100% (964/964), in 0:12
 [mmfuse]   encoding new or changed photos: 100% (882/882), in 0:38
-[mmfuse]   ranking eval rows: 100% (900/900), in 0:05
 [mmfuse] Transform done in 2:10
+[mmfuse]   training steps (3 epochs): 50% (57/114), 0:46 left
+[mmfuse]   training steps (3 epochs): 100% (114/114), in 1:58
 [mmfuse] Trainer done in 3:00
+[mmfuse]   ranking eval rows: 100% (900/900), in 0:05
 [mmfuse] Trainer done in 0:30
 {"blessed": true, "wall_time_s": 500.0, "config": {"trainer": {"epochs": 3}}}
 """
@@ -36,8 +38,14 @@ def test_the_run_log_gives_components_encoders_and_the_result():
     parsed = cost.parse_run_log(LOG.splitlines(keepends=True))
     assert parsed["components"] == {"FileBasedExampleGen": 41, "StatisticsGen": 3723,
                                     "ImportSchemaGen": 1, "Transform": 130, "Trainer": 210}
-    # Only the encoders' bars, at their end; the count is the bar's total.
-    assert parsed["encoding"] == {"encode texts": (964, 12), "encode photos": (882, 38)}
+    # The bars of BARS at their end; the count is the bar's total.
+    assert parsed["bars"] == {"Transform: encode texts": (964, 12),
+                              "Transform: encode photos": (882, 38),
+                              "Trainer: training steps": (114, 118),
+                              "Evaluator: ranking eval rows": (900, 5)}
+    parts = cost.split_parts(parsed["components"], parsed["bars"])
+    assert parts["Transform"] == 130 - 12 - 38 and parts["Trainer: training steps"] == 118
+    assert parts["Trainer"] == 210 - 118
     assert parsed["summary"]["wall_time_s"] == 500.0
 
 
@@ -52,18 +60,24 @@ def test_fit_separates_the_fixed_part_from_the_part_per_unit():
 
 
 def runs():
-    """Two runs whose components are linear in their drivers: 10 s fixed each."""
+    """Two runs whose parts are linear in their drivers: 10 s fixed each, the
+    training steps and the ranking of eval rows proportional."""
     made = []
     for items in (1000, 10000):
         interactions = 5 * items
         units = cost.units(items, interactions, 3)
+        training, ranking = 2e-3 * units["training"], 3e-3 * units["eval_rows"]
+        encoding = 50.0 * items / 1000
+        components = {"FileBasedExampleGen": 10 + 1e-3 * units["rows"],
+                      "Transform": 10 + 1e-3 * units["rows"] + encoding,
+                      "Trainer": 10 + 1e-3 * units["rows"] + training,
+                      "Evaluator": 10 + ranking, "Pusher": 4}
+        bars = {"Transform: encode photos": (items, encoding),
+                "Trainer: training steps": (100, training),
+                "Evaluator: ranking eval rows": (units["eval_rows"], ranking)}
         made.append({"items": items, "interactions": interactions, "epochs": 3,
-                     "encoding_s": 50.0 * items / 1000,
-                     "components": {"FileBasedExampleGen": 10 + 1e-3 * units["rows"],
-                                    "Transform": 10 + 1e-3 * units["rows"] + 50.0 * items / 1000,
-                                    "Trainer": 10 + 1e-3 * units["training"],
-                                    "Evaluator": 10 + 1e-3 * units["eval_rows"],
-                                    "Pusher": 4}})
+                     "components": components, "bars": bars,
+                     "parts": cost.split_parts(components, bars)})
     return made
 
 
@@ -78,17 +92,21 @@ def model(where, items=100_000, pair=0.0):
 
 def test_fitted_components_recover_the_fixed_and_per_unit_parts():
     fitted = cost.fitted_components(runs())
-    assert fitted["Trainer"][0] == "training"
-    assert fitted["Trainer"][1:] == pytest.approx((10.0, 1e-3))
-    # The encoders' time is taken out of the Transform before the fit.
+    assert fitted["Trainer: training steps"] == pytest.approx(("training", 0.0, 2e-3))
+    assert fitted["Trainer"] == pytest.approx(("rows", 10.0, 1e-3))
+    assert fitted["Evaluator: ranking eval rows"] == pytest.approx(("eval_rows", 0.0, 3e-3))
+    assert fitted["Evaluator"] == pytest.approx(("rows", 10.0, 0.0))
+    # The encoders' time is taken out of the Transform, and not fitted.
     assert fitted["Transform"][1:] == pytest.approx((10.0, 1e-3))
+    assert "Transform: encode photos" not in fitted
     assert fitted["Pusher"] == ("", 4.0, 0.0)
 
 
 def test_as_measured_the_model_extrapolates_each_line():
     measured = model(cost.platform("measured", 2))
     units = cost.units(100_000, 500_000, 3)
-    assert measured["Trainer"] == pytest.approx(10 + 1e-3 * units["training"])
+    assert measured["Trainer: training steps"] == pytest.approx(2e-3 * units["training"])
+    assert measured["Trainer"] == pytest.approx(10 + 1e-3 * units["rows"])
     assert measured["FileBasedExampleGen"] == pytest.approx(10 + 1e-3 * units["rows"])
     assert measured["Pusher"] == pytest.approx(4.0)
     assert measured["Transform: encode photos"] == pytest.approx(90_000 / (40.0 * 2 * 0.8))
@@ -97,7 +115,7 @@ def test_as_measured_the_model_extrapolates_each_line():
 def test_more_cores_shrink_the_parts_per_unit_not_the_fixed_ones():
     two, sixteen = model(cost.platform("measured", 2)), model(cost.platform("cores", 16))
     assert sixteen["Transform: encode photos"] == pytest.approx(two["Transform: encode photos"] / 8)
-    assert sixteen["Trainer"] - 10 == pytest.approx((two["Trainer"] - 10) / 8)
+    assert sixteen["Trainer: training steps"] == pytest.approx(two["Trainer: training steps"] / 8)
     assert sixteen["Pusher"] == two["Pusher"]
     assert sum(sixteen.values()) < sum(two.values())
 
@@ -105,8 +123,8 @@ def test_more_cores_shrink_the_parts_per_unit_not_the_fixed_ones():
 def test_on_dataflow_more_workers_do_not_speed_up_the_cached_encoders():
     few, many = (model(cost.platform("dataflow", workers=n)) for n in (2, 20))
     assert few["Transform: encode photos"] == many["Transform: encode photos"]
-    assert many["StatisticsGen" if "StatisticsGen" in many else "FileBasedExampleGen"] < \
-        few["FileBasedExampleGen"]
+    assert many["FileBasedExampleGen"] < few["FileBasedExampleGen"]
+    assert many["Trainer: training steps"] == few["Trainer: training steps"]
     # Every Beam step pays the workers' start.
     assert few["Evaluator"] >= cost.DATAFLOW_STARTUP_S
     on_workers = model(cost.platform("dataflow", workers=20, encoders_on_workers=True))
@@ -117,10 +135,9 @@ def test_the_exact_top_k_grows_with_the_square_of_the_catalogue():
     where = cost.platform("measured", 2)
     small, large = model(where, 100_000, pair=1e-9), model(where, 200_000, pair=1e-9)
     small0, large0 = model(where, 100_000), model(where, 200_000)
-    assert (large["Evaluator"] - large0["Evaluator"]) == pytest.approx(
-        4 * (small["Evaluator"] - small0["Evaluator"]))
-    assert large["Trainer"] - large0["Trainer"] == pytest.approx(
-        4 * (small["Trainer"] - small0["Trainer"]))
+    for part in ("Evaluator: ranking eval rows", "Trainer: training steps"):
+        assert large[part] - large0[part] == pytest.approx(4 * (small[part] - small0[part]))
+        assert small[part] > small0[part]
 
 
 def test_unknown_platform_is_refused():
@@ -158,8 +175,7 @@ def test_main_writes_its_section_from_the_runs_and_measurements(tmp_path, monkey
         run = next(r for r in made if r["items"] == size)
         return {**run, "images": int(0.9 * size), "wall_s": 100.0, "blessed": True,
                 "metrics": {"release_recall": 0.5}, "load": "3.0 / 4.0",
-                "encoding": {"encode texts": (int(0.9 * size), 1),
-                             "encode photos": (int(0.9 * size), 2)}}
+                "bars": {**run["bars"], "Transform: encode texts": (int(0.9 * size), 1)}}
 
     def measure(data, settings, limit, log):
         return [{"batch": b, "intra": i, "inter": j, "load": 2.0,
@@ -182,6 +198,14 @@ def test_main_writes_its_section_from_the_runs_and_measurements(tmp_path, monkey
     saved = json.loads((tmp_path / "out" / "pipeline_cost.json").read_text())
     assert saved["target"]["items"] == 1_000_000
     assert saved["rates"]["image_per_core_s"] == pytest.approx(40.0)
+    # Run again into the same OUT: the encoders' measurement is kept, unless asked.
+    monkeypatch.setattr(cost, "measure_encoders", lambda *args: pytest.fail("measured again"))
+    assert cost.main(["--sizes", "1000,10000", "--out", str(tmp_path / "out"),
+                      "--results", str(results_file), "--encoder-settings", "32:0:0,32:1:1"]) == 0
+    assert "an earlier measurement" in results_file.read_text()
+    with pytest.raises(pytest.fail.Exception):
+        cost.main(["--sizes", "1000,10000", "--out", str(tmp_path / "out"), "--remeasure",
+                   "--results", str(results_file), "--encoder-settings", "32:0:0,32:1:1"])
 
 
 def test_dataflow_bills_the_workers_only_while_a_beam_step_runs():
