@@ -79,10 +79,11 @@ EVAL_SHARE = 0.2  # pipeline.split random: 20% of the interactions are eval rows
 TRAIN_SHARE = 1 - EVAL_SHARE
 
 ASSUMPTIONS = (
-    "Each component's time is a fixed part plus a part proportional to what it reads "
-    "(items + interactions for ExampleGen, StatisticsGen and the Transform's own passes; "
-    "training rows x epochs for the Trainer; eval rows for the Evaluator), fitted through "
-    "the runs; the small steps are fixed.",
+    "Each component's time is a fixed part plus a part proportional to the rows it reads "
+    "(items + interactions), fitted through the runs (a negative slope from noise counts "
+    "as 0); the Trainer's training steps (training rows x epochs) and the Evaluator's "
+    "ranking of eval rows, timed by their own bars, are proportional to their rows; the "
+    "small steps are fixed.",
     "The encoders (in the Transform) cost texts / text rate + photos / photo rate, from "
     "the direct measurement at the default threads; on more cores, the per-core rate x "
     "cores x the efficiency measured from 1 to 2 threads.",
@@ -93,7 +94,7 @@ ASSUMPTIONS = (
     "Beam's per-unit work ran on about one core here (the local DirectRunner, "
     "`pipeline.beam_args` []); on c cores or workers' cores it divides by c x "
     "BEAM_EFFICIENCY (assumed, not measured here). The Trainer's per-unit work "
-    "divides by the cores of its machine x the encoders' measured thread efficiency.",
+    "divides by its machine's cores over the 2 it had here (linear: optimistic).",
     "Dataflow: N workers of DATAFLOW_WORKER_CORES vCPUs run the Beam steps, each Beam "
     "step pays DATAFLOW_STARTUP_S to start its workers; the Trainer and the feature "
     "cache's encoders run in their own pods with `resources` cores (Transform 4, "
@@ -339,7 +340,8 @@ def cost_model(fitted: Dict[str, Tuple[str, float, float]], encoders: Dict[str, 
         if name in BEAM:
             if beam_cores is not None:
                 variable /= beam_cores * BEAM_EFFICIENCY
-            fixed += where["startup_s"]
+            if ":" not in name:  # once per Beam step, not per part of it
+                fixed += where["startup_s"]
         elif name in TRAINER:
             variable *= measured_cores / trainer_cores
         model[name] = fixed + variable

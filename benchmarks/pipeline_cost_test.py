@@ -217,3 +217,10 @@ def test_dataflow_bills_the_workers_only_while_a_beam_step_runs():
     on_workers = cost.platform("dataflow", workers=5, encoders_on_workers=True)
     assert cost._dataflow_core_hours({"Transform: encode photos": 3600.0}, on_workers) == \
         pytest.approx(24)
+
+
+def test_a_beam_step_pays_the_workers_start_once():
+    where = cost.platform("dataflow", workers=1000)
+    modelled = model(where)
+    assert modelled["Evaluator"] == pytest.approx(10 + cost.DATAFLOW_STARTUP_S, rel=1e-3)
+    assert modelled["Evaluator: ranking eval rows"] < 1.0
