@@ -611,6 +611,8 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
     model_rows.append(["core-hours"] + [f"{hours:.1f}" for hours in core_hours])
     model_table = results.markdown_table(
         ["at " + f"{options.model_items:,} items"] + [name for name, _ in models], model_rows)
+    flat = [name for name, (driver, _, per_unit) in fitted.items()
+            if driver and not per_unit and name not in PROPORTIONAL]
     fit_rows = [[name, driver or "(fixed)", f"{fixed:.0f}", f"{per_unit * 1e6:.1f}" if driver else "-"]
                 for name, (driver, fixed, per_unit) in fitted.items()]
     fit_table = results.markdown_table(["component", "grows with", "fixed s", "µs per unit"], fit_rows)
@@ -635,6 +637,9 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
         f"largest run's proportions), {epochs} epochs; encoder rates "
         f"{rates['text_per_core_s']:.0f} texts and {rates['image_per_core_s']:.1f} photos per "
         f"core-second at one thread, thread efficiency {rates['thread_efficiency']:.2f}.",
+        *([f"Not separable from noise at these sizes: {', '.join(flat)} took no longer on "
+           f"the larger catalogue, so the fit counts only their fixed time and the model "
+           f"underestimates them at {options.model_items:,} items."] if flat else []),
         "Assumptions: " + " ".join(f"({i}) {text}" for i, text in enumerate(ASSUMPTIONS, 1))
         + f" BEAM_EFFICIENCY {BEAM_EFFICIENCY}, DATAFLOW_WORKER_CORES {DATAFLOW_WORKER_CORES}, "
         f"DATAFLOW_STARTUP_S {DATAFLOW_STARTUP_S:.0f}.",
