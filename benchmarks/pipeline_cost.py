@@ -599,9 +599,16 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
         ["batch", "intra-op threads", "inter-op threads", "texts/s", "texts per CPU s",
          "photos/s", "photos per CPU s", "load average"], encoder_rows)
     model_rows = []
-    parts = sorted({part for _, model in models for part in model})
-    for part in parts:
+    order = [OUTSIDE, "FileBasedExampleGen", "StatisticsGen", "Transform", *ENCODERS, "Trainer",
+             "Trainer: training steps", "Evaluator", "Evaluator: ranking eval rows"]
+    parts = sorted({part for _, model in models for part in model},
+                   key=lambda part: (order.index(part) if part in order else len(order), part))
+    # The small steps (schema, validation, gate, resolver, Pusher) take seconds.
+    shown = [part for part in parts if any(model.get(part, 0.0) >= 1.0 for _, model in models)]
+    for part in shown:
         model_rows.append([part] + [results.duration(model.get(part, 0.0)) for _, model in models])
+    if len(shown) < len(parts):
+        model_rows.append([f"{len(parts) - len(shown)} steps under 1 s each"] + [""] * len(models))
     totals = [sum(model.values()) for _, model in models]
     model_rows.append(["**total**"] + [f"**{results.duration(total)}**" for total in totals])
     model_rows.append(["dominant"] + [max(model, key=model.get) for _, model in models])
