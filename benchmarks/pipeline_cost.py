@@ -70,10 +70,14 @@ DRIVERS = {"FileBasedExampleGen": "rows", "StatisticsGen": "rows", "Transform": 
            "Evaluator: ranking eval rows": "eval_rows", OUTSIDE: "rows"}
 # Parts that are nothing but their units' work: fitted through zero.
 PROPORTIONAL = ("Trainer: training steps", "Evaluator: ranking eval rows")
+# The exact ranking of every eval row against the whole catalogue (eval rows x
+# items): modelled from the measured top-k cost, not fitted.
+TRAINER_SQUARE = "Trainer: each epoch's eval, rows x items"
+EVALUATOR_SQUARE = "Evaluator: rows x items"
 # Parts whose work runs in Beam (parallel over workers); the Trainer and the
 # feature cache's encoders run in one process (its threads).
 BEAM = ("FileBasedExampleGen", "StatisticsGen", "Transform", "Evaluator",
-        "Evaluator: ranking eval rows")
+        "Evaluator: ranking eval rows", EVALUATOR_SQUARE)
 TRAINER = ("Trainer", "Trainer: training steps")
 EVAL_SHARE = 0.2  # pipeline.split random: 20% of the interactions are eval rows
 TRAIN_SHARE = 1 - EVAL_SHARE
@@ -347,13 +351,10 @@ def cost_model(fitted: Dict[str, Tuple[str, float, float]], encoders: Dict[str, 
         model[name] = fixed + variable
     # The exact top-k over the catalogue: each epoch in the Trainer, once in the Evaluator.
     pairs = target_units["eval_rows"] * target["items"]
-    trainer = "Trainer: training steps" if "Trainer: training steps" in model else "Trainer"
-    if trainer in model:
-        model[trainer] += epochs * pairs * pair_cpu_s / (trainer_cores * efficiency)
-    evaluator = ("Evaluator: ranking eval rows" if "Evaluator: ranking eval rows" in model
-                 else "Evaluator")
-    if evaluator in model:
-        model[evaluator] += pairs * pair_cpu_s / ((beam_cores or measured_cores) * efficiency)
+    if "Trainer" in model:
+        model[TRAINER_SQUARE] = epochs * pairs * pair_cpu_s / (trainer_cores * efficiency)
+    if "Evaluator" in model:
+        model[EVALUATOR_SQUARE] = pairs * pair_cpu_s / ((beam_cores or measured_cores) * efficiency)
     rate = where["encoder_cores"] * efficiency
     model[ENCODERS[0]] = target["texts"] / (encoders["text_per_core_s"] * rate)
     model[ENCODERS[1]] = target["photos"] / (encoders["image_per_core_s"] * rate)
@@ -520,6 +521,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started, date, machine, commit = time.time(), results.today(), results.machine(), results.commit()
     cores = os.cpu_count() or 1
     runs = []
+    resumed = [size for size in options.sizes
+               if (_parse_file(os.path.join(out, f"run-{size}.log"))["summary"] or {}).get("wall_time_s")]
     for size in options.sizes:
         runs.append(run_size(out, size, options.overrides, sys.stdout))
         print(f"[pipeline-cost] {size} items: {json.dumps(runs[-1])}", flush=True)
@@ -531,6 +534,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Measured by an earlier invocation into OUT: a resumed benchmark keeps them.
         measured, pair = previous["encoders"], previous["top_k"]
         encoder_load = f"{measured[0]['load']:.1f} (an earlier measurement into {out})"
+        resumed.append("encoders")
     else:
         encoder_load = _load()
         measured = measure_encoders(os.path.join(out, f"data-{options.sizes[-1]}"),
@@ -553,7 +557,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     models = [(name, cost_model(fitted, rates, pair["cpu_s_per_pair"], target, epochs, cores, where))
               for name, where in platforms]
     report = _write(options, runs, measured, rates, pair, fitted, target, models,
-                    [where for _, where in platforms], epochs,
+                    [where for _, where in platforms], epochs, resumed,
                     date, commit, machine, encoder_load, time.time() - started)
     with open(os.path.join(out, "pipeline_cost.json"), "w") as handle:
         json.dump({"runs": runs, "encoders": measured, "rates": rates, "top_k": pair,
@@ -562,7 +566,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _write(options, runs, measured, rates, pair, fitted, target, models, wheres, epochs,
+def _write(options, runs, measured, rates, pair, fitted, target, models, wheres, epochs, resumed,
            date, commit, machine, encoder_load, wall_s) -> str:
     sizes = [run["items"] for run in runs]
     names = [name for name in ("FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen",
@@ -600,7 +604,8 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
          "photos/s", "photos per CPU s", "load average"], encoder_rows)
     model_rows = []
     order = [OUTSIDE, "FileBasedExampleGen", "StatisticsGen", "Transform", *ENCODERS, "Trainer",
-             "Trainer: training steps", "Evaluator", "Evaluator: ranking eval rows"]
+             "Trainer: training steps", TRAINER_SQUARE, "Evaluator",
+             "Evaluator: ranking eval rows", EVALUATOR_SQUARE]
     parts = sorted({part for _, model in models for part in model},
                    key=lambda part: (order.index(part) if part in order else len(order), part))
     # The small steps (schema, validation, gate, resolver, Pusher) take seconds.
@@ -627,6 +632,10 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
                           ",".join(map(str, sizes)),
                           *[a for o in options.overrides for a in ("--set", o)]])
     notes = [
+        *([f"Resumed: the runs at {', '.join(str(size) for size in resumed if size != 'encoders')} "
+           f"items{' and the encoder measurement' if 'encoders' in resumed else ''} came from "
+           f"earlier invocations into the same --out (their logs); each run's load average is in "
+           f"its column, the machine's above is this invocation's."] if resumed else []),
         f"Taken on a shared machine: other engineers' benchmarks ran at the same time (load "
         f"averages in the tables; 2 cores), so wall times are longer than on an idle machine, "
         f"by a different amount each. The per-CPU-second rates are much less affected.",
@@ -655,7 +664,8 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
         "Pipeline cost by component and size (benchmarks/pipeline_cost.py)", command,
         ["Measured runs:", runs_table, "The fit (fixed part + part per unit):", fit_table,
          "Encoder throughput:", encoder_table, "Modelled one run:", model_table],
-        measured=results.measured_line(date, commit, machine, wall_s), notes=notes)
+        measured=results.measured_line(date, commit, machine, None if resumed else wall_s),
+        notes=notes)
     results.write_section(options.results, SECTION, text)
     return text
 
