@@ -616,7 +616,9 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
         model_rows.append([f"{len(parts) - len(shown)} steps under 1 s each"] + [""] * len(models))
     totals = [sum(model.values()) for _, model in models]
     model_rows.append(["**total**"] + [f"**{results.duration(total)}**" for total in totals])
-    model_rows.append(["dominant"] + [max(model, key=model.get) for _, model in models])
+    model_rows.append(["dominant component"] + [
+        max(by_component(model).items(), key=lambda item: item[1])[0] for _, model in models])
+    model_rows.append(["dominant part"] + [max(model, key=model.get) for _, model in models])
     core_hours = [total * where["trainer_cores"] / 3600 if where["startup_s"] == 0
                   else _dataflow_core_hours(model, where)
                   for total, (_, model), where in zip(totals, models, wheres)]
@@ -668,6 +670,15 @@ def _write(options, runs, measured, rates, pair, fitted, target, models, wheres,
         notes=notes)
     results.write_section(options.results, SECTION, text)
     return text
+
+
+def by_component(model: Dict[str, float]) -> Dict[str, float]:
+    """A model's seconds summed over each component's parts ("Trainer: ...")."""
+    totals: Dict[str, float] = {}
+    for name, seconds in model.items():
+        component = name.split(":")[0]
+        totals[component] = totals.get(component, 0.0) + seconds
+    return totals
 
 
 def _seconds(value) -> Optional[str]:

@@ -196,7 +196,7 @@ def test_main_writes_its_section_from_the_runs_and_measurements(tmp_path, monkey
     assert "<!-- begin pipeline-cost -->" in text and "shared machine" in text
     assert "| 32 | all | all | 200 | 100 | 50.0 | 25.0 | 2.0 |" in text
     assert "| 32, photos preprocessed eagerly (before) | all | all | - | - | 25.0 | 20.0 | 2.0 |" in text
-    assert "Dataflow, 10 workers" in text and "dominant" in text
+    assert "Dataflow, 10 workers" in text and "| dominant component |" in text
     saved = json.loads((tmp_path / "out" / "pipeline_cost.json").read_text())
     assert saved["target"]["items"] == 1_000_000
     assert saved["rates"]["image_per_core_s"] == pytest.approx(40.0)
@@ -226,3 +226,9 @@ def test_a_beam_step_pays_the_workers_start_once():
     modelled = model(where)
     assert modelled["Evaluator"] == pytest.approx(10 + cost.DATAFLOW_STARTUP_S, rel=1e-3)
     assert modelled["Evaluator: ranking eval rows"] < 1.0
+
+
+def test_parts_add_up_to_their_component():
+    assert cost.by_component({"Trainer": 1.0, "Trainer: training steps": 2.0,
+                              cost.TRAINER_SQUARE: 3.0, "Transform: encode photos": 4.0}) == \
+        {"Trainer": 6.0, "Transform": 4.0}
