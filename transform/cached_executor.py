@@ -128,7 +128,7 @@ def _text_encode(batch: List[bytes]) -> np.ndarray:
 def _image_graph():
     """Photos [batch] -> features: the preprocessing and the encoder the
     Transform graph runs, traced as one graph. Eagerly, preprocess_batch's
-    tf.map_fn ran op by op from Python: about 35% more CPU per photo
+    tf.map_fn ran op by op from Python: about 25% more CPU per photo
     (benchmarks/RESULTS.md, pipeline-cost)."""
     from transform import image_preprocessor
     from transform.preprocessing import _shared_image_encoder
