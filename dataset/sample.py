@@ -160,16 +160,20 @@ def _draw_images(rng: np.random.RandomState, items: list[dict], dst: str) -> Non
     for item in items:
         if "image" not in item:
             continue
-        image = _draw_item(rng, item["kind"], COLOURS[item["colour"]])
-        path = os.path.join(dst, item["image"])
-        # Explicit encoder settings: the files must not change with Pillow's defaults.
-        if path.endswith(".jpg"):
-            image.save(path, format="JPEG", quality=90, subsampling=0)
-        else:
-            image.save(path, format="PNG", compress_level=6)
+        save_image(draw_item(rng, item["kind"], COLOURS[item["colour"]]),
+                   os.path.join(dst, item["image"]))
 
 
-def _draw_item(rng: np.random.RandomState, kind: str, rgb: tuple[int, int, int]) -> Image.Image:
+def save_image(image: Image.Image, path: str) -> None:
+    """Saves in the format the path's extension names (.jpg: JPEG, else PNG)."""
+    # Explicit encoder settings: the files must not change with Pillow's defaults.
+    if path.endswith(".jpg"):
+        image.save(path, format="JPEG", quality=90, subsampling=0)
+    else:
+        image.save(path, format="PNG", compress_level=6)
+
+
+def draw_item(rng: np.random.RandomState, kind: str, rgb: tuple[int, int, int]) -> Image.Image:
     """The kind's silhouette in (a jittered) ``rgb`` on a grey background, with noise."""
     colour = tuple(int(np.clip(channel + rng.randint(-20, 21), 0, 255)) for channel in rgb)
     grey = BACKGROUND_GREY + rng.randint(-12, 13)
@@ -211,7 +215,7 @@ def _make_interactions(rng: np.random.RandomState, items: list[dict], num_users:
     for index in anonymous:
         item = items[index]
         timestamp = rng.randint(START_TIME, end_time + 1)
-        rows.append(_row("", item, timestamp, _rating(rng, True), _query(rng, item)))
+        rows.append(_row("", item, timestamp, rating(rng, True), query(rng, item)))
     rows.sort(key=lambda row: (row["timestamp"], row["user_id"], row["item_id"]))
     return rows
 
@@ -228,8 +232,8 @@ def _user_rows(rng: np.random.RandomState, user_id: str, items: list[dict],
     times = START_TIME + rng.randint(0, 30 * DAY) + np.cumsum(rng.randint(600, 2 * DAY, size=count))
     rows = []
     for index, timestamp in zip(picks, times):
-        query = _query(rng, items[index]) if rng.random_sample() < QUERY_FRACTION else ""
-        rows.append(_row(user_id, items[index], timestamp, _rating(rng, preferred[index]), query))
+        searched = query(rng, items[index]) if rng.random_sample() < QUERY_FRACTION else ""
+        rows.append(_row(user_id, items[index], timestamp, rating(rng, preferred[index]), searched))
     return rows
 
 
@@ -247,13 +251,13 @@ def _user_weights(popularity: np.ndarray, preferred: np.ndarray) -> np.ndarray:
     return PREFERRED_SHARE * inside / inside.sum() + (1 - PREFERRED_SHARE) * outside / outside.sum()
 
 
-def _rating(rng: np.random.RandomState, preferred: bool) -> float:
+def rating(rng: np.random.RandomState, preferred: bool) -> float:
     if preferred:
         return float(rng.choice([3, 4, 5], p=[0.1, 0.4, 0.5]))
     return float(rng.choice([1, 2, 3, 4], p=[0.25, 0.35, 0.3, 0.1]))
 
 
-def _query(rng: np.random.RandomState, item: dict) -> str:
+def query(rng: np.random.RandomState, item: dict) -> str:
     """What a user looking for this item might type: two or three of its attributes."""
     templates = ("{colour} {kind}", "{material} {kind}", "{colour} {material} {kind}")
     return templates[rng.randint(len(templates))].format(**item)

@@ -14,6 +14,7 @@ from dataset import pseudonyms
 from dataset.contract import DatasetError, validate_for_run
 from dataset.converters import convert
 from dataset.sample import write_sample_dataset
+from dataset.synthetic import write_synthetic_dataset
 from evaluation.metrics import DEFAULT_KS
 from mmfuse import progress
 from mmfuse.config import (
@@ -191,6 +192,15 @@ def _parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="write the embedded sample dataset")
     sample.add_argument("dst")
     sample.add_argument("--seed", type=int, default=0)
+
+    synthetic = commands.add_parser(
+        "synthetic", help="write a synthetic catalogue of any size (titles, attributes, photos, "
+                          "interactions around latent clusters), for cost benchmarks")
+    synthetic.add_argument("dst")
+    synthetic.add_argument("--items", type=int, required=True)
+    synthetic.add_argument("--users", type=int, default=None,
+                           help="default: half the number of items")
+    synthetic.add_argument("--seed", type=int, default=0)
 
     predict = commands.add_parser(
         "predict", help="ask the newest pushed SavedModel directly (no server)")
@@ -565,6 +575,16 @@ def _sample(args) -> int:
     return 0
 
 
+def _synthetic(args) -> int:
+    try:
+        summary = write_synthetic_dataset(args.dst, args.items, seed=args.seed,
+                                          num_users=args.users)
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
+    print(json.dumps(summary))
+    return 0
+
+
 def _pseudonym(args) -> int:
     key = pseudonyms.load_key(args.user_key_file)
     print("\n".join(pseudonyms.pseudonym(user, key) for user in args.users))
@@ -572,6 +592,7 @@ def _pseudonym(args) -> int:
 
 
 COMMANDS = {"run": _run, "convert": _convert, "config": _config_show, "sample": _sample,
+            "synthetic": _synthetic,
             "predict": _predict, "evaluate": _evaluate, "report": _report, "serve": _serve,
             "query": _query, "demo": _demo, "catalog": _catalog, "pseudonym": _pseudonym,
             "kubeflow": _kubeflow_compile}

@@ -12,6 +12,7 @@ The Transform's `feature_cache.json` (beside its graph) records the hits,
 misses and refused cache shards of the run.
 """
 import copy
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -123,10 +124,21 @@ def _text_encode(batch: List[bytes]) -> np.ndarray:
     return _shared_text_encoder().embed(tf.constant(batch)).numpy()
 
 
-def _image_encode(batch: List[bytes]) -> np.ndarray:
+@functools.lru_cache(maxsize=1)
+def _image_graph():
+    """Photos [batch] -> features: the preprocessing and the encoder the
+    Transform graph runs, traced as one graph. Eagerly, preprocess_batch's
+    tf.map_fn ran op by op from Python: about 25% more CPU per photo
+    (benchmarks/RESULTS.md, pipeline-cost)."""
     from transform import image_preprocessor
     from transform.preprocessing import _shared_image_encoder
-    return _shared_image_encoder()(image_preprocessor.preprocess_batch(tf.constant(batch))).numpy()
+    encoder = _shared_image_encoder()
+    return tf.function(lambda encoded: encoder(image_preprocessor.preprocess_batch(encoded)),
+                       input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+
+
+def _image_encode(batch: List[bytes]) -> np.ndarray:
+    return _image_graph()(tf.constant(batch)).numpy()
 
 
 def encoder_caches(directory: str) -> Dict[str, EncoderCache]:

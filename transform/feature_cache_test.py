@@ -127,3 +127,23 @@ def test_encode_splits_attaches_features_and_drops_encoded_photos(tmp_path):
     assert f.IMAGE not in first and len(first[f.ENCODED_IMAGE].float_list.value) == DIM
     assert f.IMAGE in second and f.ENCODED_IMAGE not in second  # left to the graph
     assert list(third[f.ENCODED_QUERY].float_list.value) == [3, ord("h"), 1, -1]
+
+
+def test_the_caches_photo_features_are_the_transform_graphs(tmp_path):
+    """The cache encodes photos through one traced graph; its features must be
+    what preprocessing_fn's encoder gives, and a photo that does not decode
+    must fail (so the Transform graph is left to skip it)."""
+    from PIL import Image
+
+    from transform import image_preprocessor
+    from transform.preprocessing import _shared_image_encoder
+    photos = []
+    for index, colour in enumerate(((200, 30, 30), (30, 60, 200))):
+        path = tmp_path / f"photo{index}.{'jpg' if index else 'png'}"
+        Image.new("RGB", (48, 64), colour).save(path)
+        photos.append(path.read_bytes())
+    expected = _shared_image_encoder()(image_preprocessor.preprocess_batch(tf.constant(photos)))
+    np.testing.assert_allclose(cached_executor._image_encode(photos), expected.numpy(),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        cached_executor._image_encode([b"not a photo"])
