@@ -23,6 +23,7 @@ The table, with its command, date, commit and machine, replaces the
 """
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 import time
@@ -99,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     options = _parser().parse_args(argv)
-    name = options.name or options.data.rstrip("/").rsplit("/", 1)[-1]
+    name = options.name or os.path.basename(os.path.abspath(options.data).rstrip("/"))
     started, date, machine, commit = time.time(), results.today(), results.machine(), results.commit()
     try:
         dataset = read_dataset(options.data, check_images=False)
