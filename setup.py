@@ -31,6 +31,8 @@ setup(
         "safetensors",
         "pillow",
         "python-dateutil",
+        # The item-to-item stage's and EASE's sparse products.
+        "scipy",
         "grpcio",
         # The demo page (`mmfuse demo`).
         "flask",

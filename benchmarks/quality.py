@@ -1,6 +1,7 @@
 """Quality benchmark: the model's variants against the baselines on the real data sets.
 
-    .venv/bin/python -m benchmarks.quality [--datasets movielens,fashion,home-depot,online-retail]
+    .venv/bin/python -m benchmarks.quality [--datasets movielens,movielens-validation,fashion,
+                                                       home-depot,online-retail]
         [--variants popularity,own-history,ease,ease+buy-again,bm25,id,text,image,fusion,
                     fusion+buy-again,fusion-towers] [--epochs 5]
         [--config FILE.yaml] [--set section.key=value ...] [--seeds 42]
@@ -46,6 +47,9 @@ Protocols (all figures from evaluation/, see evaluation/evaluate.py):
   ndcg@10/20, coverage@100, averaged over held-out ratings; once with each
   user's train items excluded from their lists, once without (the TFRS
   tutorial's protocol and the pipeline Evaluator's).
+- movielens-validation (not in the default list): the same protocols on a
+  validation carve, MovieLens's train rows alone split 80/20 again, on which
+  settings are chosen (the eval split's figures are only reported).
 - fashion (44k products, no interactions): text -> image retrieval. A fixed 20%
   of the products that have an image (md5 of the id) are held out: the
   benchmark writes the dataset variant OUT/data/fashion-text-hidden in which
@@ -196,6 +200,29 @@ def _fashion_dir(options) -> str:
 
 def _prepare_movielens(options) -> str:
     return _converted(options, "movielens", "movielens-100k", "movielens-100k")
+
+
+def _prepare_movielens_validation(options) -> str:
+    """A validation carve of MovieLens: only the rows of its random split's
+    train side, split 80/20 again, so settings are chosen without the eval
+    rows. The random split hashes (user, item, time): every time one second
+    later keeps each user's order and draws an independent split. (Search
+    rows, split by their text, would all stay train: MovieLens has none.)"""
+    original = _prepare_movielens(options)
+    dst = os.path.join(options.out, "data", "movielens-validation")
+    if os.path.exists(os.path.join(dst, "interactions.csv")):
+        return dst
+    dataset = read_dataset(original, check_images=False)
+    train, _ = split_rows(dataset, "random")
+    items = [{"item_id": item.item_id, "title": item.title, "description": item.description,
+              "image": link_image(item.image_path, dst) if item.image_path else "",
+              **dict(item.attributes)} for item in dataset.items.values()]
+    rows = [{"user_id": row.user_id, "item_id": row.item_id, "query": row.query,
+             "timestamp": "" if row.timestamp is None else row.timestamp + 1,
+             "rating": "" if row.rating is None else row.rating} for row in train]
+    attributes = sorted({name for item in dataset.items.values() for name, _ in item.attributes})
+    write_dataset(dst, items, attributes, rows, ("user_id", "item_id", "timestamp", "rating", "query"))
+    return dst
 
 
 def _prepare_online_retail(options) -> str:
@@ -417,6 +444,8 @@ def _specs(options) -> Dict[str, DataSpec]:
     return {
         "movielens": DataSpec(_prepare_movielens, recommendation,
                               {"bm25": "no search rows"}),
+        "movielens-validation": DataSpec(_prepare_movielens_validation, recommendation,
+                                         {"bm25": "no search rows"}),
         "online-retail": DataSpec(_prepare_online_retail, [
             Protocol("each customer's last purchase held out, past items allowed",
                      rankers.RECOMMEND, RETAIL_COLUMNS, _last_purchase)],
@@ -499,12 +528,14 @@ def user_overrides(options) -> List[str]:
 
 def run_overrides(options, variant: str, seed: int, split: str = "random") -> List[str]:
     """The `--set`s of one model run: the user's, then what the benchmark fixes
-    (the variant's modalities and buy-again, the seed, no release floor, the
-    data set's split unless random), so those win."""
+    (the variant's modalities and buy-again, the seed, no release floor, no
+    warm start: the variants share a run directory, and each must train from
+    scratch, not from the one before; the data set's split unless random), so
+    those win."""
     return user_overrides(options) + [
         f"trainer.modalities={MODEL_MODALITIES[variant]}",
         f"export.buy_again={str(variant in BUY_AGAIN_VARIANTS).lower()}",
-        f"trainer.seed={seed}", "gate.min_recall=0"] + (
+        f"trainer.seed={seed}", "gate.min_recall=0", "trainer.warm_start=false"] + (
             [] if split == "random" else [f"pipeline.split={split}"])
 
 
@@ -639,7 +670,7 @@ def _seeds(text: str) -> List[int]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality",
                                      description=__doc__.split("\n")[0])
-    datasets = ("movielens", "fashion", "home-depot", "online-retail", "sample")
+    datasets = ("movielens", "movielens-validation", "fashion", "home-depot", "online-retail", "sample")
     parser.add_argument("--datasets", default="movielens,fashion,home-depot",
                         type=lambda text: _names(text, datasets, "--datasets"))
     parser.add_argument("--variants", default=",".join(VARIANTS),
@@ -670,6 +701,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 SECTION_TITLES = {"movielens": "MovieLens-100K: recommendation",
+                  "movielens-validation": "MovieLens-100K validation carve: recommendation",
                   "fashion": "Fashion: text -> image and image search",
                   "home-depot": "Home Depot: search",
                   "online-retail": "Online Retail: buying again", "sample": "The embedded sample"}

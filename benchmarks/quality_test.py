@@ -1,10 +1,14 @@
-"""The quality benchmark's own logic: seeds, what a row over seeds says, the fashion queries."""
+"""The quality benchmark's own logic: seeds, what a row over seeds says, the fashion queries,
+the MovieLens validation carve."""
 import argparse
 import os
 
 import pytest
 
 from benchmarks import quality
+from dataset.contract import read_dataset
+from dataset.sample import write_sample_dataset
+from evaluation.evaluate import split_rows
 
 
 def test_a_row_over_seeds_averages_the_figures_and_names_each_seed():
@@ -79,7 +83,7 @@ def test_model_runs_take_the_configuration_and_the_variant_wins(tmp_path, monkey
     sets = [command[index + 1] for index, word in enumerate(command) if word == "--set"]
     assert sets == ["trainer.epochs=3", "trainer.epochs=4", "trainer.modalities=[id]",
                     "trainer.modalities=text", "export.buy_again=false", "trainer.seed=7",
-                    "gate.min_recall=0"]
+                    "gate.min_recall=0", "trainer.warm_start=false"]
     # What `mmfuse run` makes of them: the later --set wins.
     settings = quality.load_config(None, sets)
     assert (settings.trainer.epochs, settings.trainer.modalities) == (4, ["text"])
@@ -119,3 +123,22 @@ def test_fashion_queries_are_the_most_frequent_pairs_or_every_pair_with_enough_p
         ("Green Shirts", "Green", "Shirts")]
     assert [text for text, _, _ in quality.fashion_queries(products, min_products=2)] == [
         "Red Shirts", "Blue Shirts"]
+
+
+def test_the_movielens_validation_carve_keeps_only_train_rows_and_splits_them_again(
+        tmp_path, monkeypatch):
+    original = str(tmp_path / "original")
+    write_sample_dataset(original)
+    monkeypatch.setattr(quality, "_prepare_movielens", lambda options: original)
+    carve_dir = quality._prepare_movielens_validation(argparse.Namespace(out=str(tmp_path)))
+    assert carve_dir == str(tmp_path / "data" / "movielens-validation")
+    train, eval_rows = split_rows(read_dataset(original, check_images=False), "random")
+    carve = read_dataset(carve_dir)  # its images are checked, inside its own directory
+    assert len(carve.items) == len(read_dataset(original, check_images=False).items)
+    assert sorted((r.user_id, r.item_id, r.query, r.timestamp - 1) for r in carve.interactions
+                  ) == sorted((r.user_id, r.item_id, r.query, r.timestamp) for r in train)
+    carve_train, carve_eval = split_rows(carve, "random")
+    # A fresh 80/20 draw over the train rows, not the original's (which would be all train).
+    users_rows = [row for row in carve.interactions if not row.query]
+    assert 0.1 < sum(not row.query for row in carve_eval) / len(users_rows) < 0.3
+    assert len(carve_train) + len(carve_eval) == len(train) and eval_rows

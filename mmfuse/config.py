@@ -162,6 +162,12 @@ class ExportSettings:
                                      "user: a past item takes a slot of `recommend` when its "
                                      "probability beats this times popularity's hit rate there; "
                                      "higher: more new items, fewer past ones", minimum=0.0)
+    item_item_weight: float = setting(0.5, "weight of the item-to-item stage (the user's "
+                                      "items against each item, trainer/item_item.py) beside "
+                                      "the towers in `recommend`; 0: the towers alone",
+                                      minimum=0.0)
+    item_item_max_items: int = setting(5000, "largest catalogue that gets the item-to-item "
+                                       "stage (its table is items x items)", minimum=0)
     index: str = setting("auto", "top-k over the catalogue: `exact` (every item scored), "
                          "`partitioned` (k-means partitions, each query reading its nearest "
                          "ones, the shortlist re-scored exactly: trainer/index.py) or `auto` "

@@ -11,7 +11,8 @@ Serving has.
 sparse product with the catalogue's BM25 table, also computed at export.
 `recommend_with_history` runs the query tower per request on the recent items
 a request names (merged with the user's known history), so a click a second
-ago counts. `embed_items` and `set_item_rows` are for `mmfuse catalog`
+ago counts. Both add, on a catalogue small enough for it, the item-to-item
+stage's scores of the user's items (trainer/item_item.py). `embed_items` and `set_item_rows` are for `mmfuse catalog`
 (serving/catalog.py): new items embedded by this model's own Transform graph
 and item tower, and the id -> catalogue row table rebuilt after an edit.
 
@@ -46,6 +47,7 @@ import tensorflow_transform as tft
 from mmfuse.config import ExportSettings
 from trainer import index as catalogue_index
 from trainer import lexical, repeat_buying
+from trainer.item_item import ItemItemStage
 from trainer.data import CATALOG_FEATURES, QUERY_FEATURES, dense_embeddings, vocabulary_sizes
 from trainer.model import RetrievalModel, no_text_queries, ranks_of_items
 from transform import features as f
@@ -80,8 +82,10 @@ class CatalogueModule(tf.Module):
     """The catalogue (ids, vectors, display fields, the id -> row table), its
     index and the top-k over it: what `ServingModule` answers from, and the
     serving benchmark's stand-in model (benchmarks/serving.py) too."""
-    # None: no buy-again mix; 0: no lexical scores (ServingModule sets both).
+    # None: no buy-again mix, no item-to-item stage; 0: no lexical scores
+    # (ServingModule sets them).
     buy_again = None
+    item_item = None
     lexical_weight = 0.0
 
     def __init__(self, item_ids: Sequence[bytes], candidates: np.ndarray,
@@ -159,13 +163,15 @@ class CatalogueModule(tf.Module):
         return answer
 
     def _with_buy_again(self, scores: tf.Tensor, past_items, k: tf.Tensor,
-                        shortlist: tf.Tensor = None, query: tf.Tensor = None):
+                        shortlist: tf.Tensor = None, query: tf.Tensor = None,
+                        item_item: tf.Tensor = None):
         """The towers' scores with the user's past items (items, counts,
         recency, lengths: repeat_buying.PastItems rows, by item index) mixed
         in by their buy-again probability. Given a `shortlist` [batch, n] of
         catalogue rows that `scores` score, (mixed scores, rows) over the
         shortlist and the past items, which are scored for `query` and
-        added after it (each item once)."""
+        added after it (each item once), with `item_item` [batch, catalogue]
+        added to them."""
         items, counts, recency, lengths = past_items
         # Item index -> catalogue row: they part after `mmfuse catalog` edits,
         # and a removed item (row 0) must not come back as a past item.
@@ -182,26 +188,34 @@ class CatalogueModule(tf.Module):
         shortlist = tf.where(again, tf.zeros_like(shortlist), shortlist)
         none = tf.zeros_like(shortlist[:, :1])
         rows = tf.concat([none, shortlist, past], axis=1)
-        scores = self._exact_scores(query, rows)
+        scores = self._exact_scores(query, rows, item_item)
         columns = 1 + tf.shape(shortlist, out_type=tf.int64)[1] + tf.range(
             tf.shape(past, out_type=tf.int64)[1])
         past_columns = tf.where(past > 0, columns[None, :], 0)
         return repeat_buying.mix_scores(scores, past_columns, probability,
                                         self.buy_again.new_item_rates, k), rows
 
-    def _exact_scores(self, query: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    def _exact_scores(self, query: tf.Tensor, rows: tf.Tensor,
+                      item_item: tf.Tensor = None) -> tf.Tensor:
         """[batch, n] the towers' cosine of each query with its catalogue
-        `rows` [batch, n]; -inf where a row is 0 (none)."""
+        `rows` [batch, n] (plus their `item_item` scores, [batch, catalogue]);
+        -inf where a row is 0 (none)."""
         scores = tf.einsum("bnd,bd->bn", _rows(self.candidates, rows), query)
+        if item_item is not None:
+            scores += tf.gather(item_item, rows, batch_dims=1)
         return tf.where(rows > 0, scores, -np.inf)
 
     def _ranked(self, query: tf.Tensor, k: tf.Tensor, exclude: tf.Tensor = None,
-                query_tokens: tf.Tensor = None, past_items=None) -> Dict[str, tf.Tensor]:
+                query_tokens: tf.Tensor = None, past_items=None,
+                item_item: tf.Tensor = None) -> Dict[str, tf.Tensor]:
         """The top-k answer for `query` [batch, dim]: exact, or through the
         index (module docstring); `query_tokens` adds search's lexical
-        scores, `past_items` mixes in buy-again."""
+        scores, `item_item` [batch, catalogue] the item-to-item stage's,
+        `past_items` mixes in buy-again."""
         def exact():
             scores = self._scores(query, query_tokens)
+            if item_item is not None:
+                scores += item_item
             if past_items is not None:
                 scores = self._with_buy_again(scores, past_items, k)
             return self._top_k(scores, k, exclude)
@@ -218,9 +232,10 @@ class CatalogueModule(tf.Module):
 
             def answer():
                 if past_items is not None:
-                    scores, all_rows = self._with_buy_again(None, past_items, k, rows, query)
+                    scores, all_rows = self._with_buy_again(None, past_items, k, rows, query,
+                                                            item_item)
                     return self._top_k(scores, k, exclude, all_rows)
-                scores = self._exact_scores(query, rows)
+                scores = self._exact_scores(query, rows, item_item)
                 if query_tokens is not None and self.lexical_weight > 0:
                     scores += self.lexical_weight * tf.gather(lexical_scores, rows, batch_dims=1)
                 return self._top_k(scores, k, exclude, rows)
@@ -272,12 +287,14 @@ class ServingModule(CatalogueModule):
     def __init__(self, model: RetrievalModel, tft_output: tft.TFTransformOutput,
                  lexical_weight: float, display: Optional[Dict[str, Sequence[bytes]]] = None,
                  buy_again: Optional[repeat_buying.BuyAgainTables] = None,
-                 settings: ExportSettings = ExportSettings()):
+                 settings: ExportSettings = ExportSettings(),
+                 item_item: Optional[ItemItemStage] = None):
         # Index -> item id; index 0 is "unknown" and is never returned.
         item_ids = [b"<unknown>"] + tft_output.vocabulary_by_name(f.ITEM_VOCABULARY)
         super().__init__(item_ids, model.catalog_embeddings(), display, settings)
         # None: `recommend` is the towers' ranking alone.
         self.buy_again = buy_again
+        self.item_item = item_item
         self.model = model
         self.tft_layer = tft_output.transform_features_layer()
         self._raw_spec = tft_output.raw_feature_spec()
@@ -336,6 +353,14 @@ class ServingModule(CatalogueModule):
         merged = tf.ragged.boolean_mask(merged, merged > 0)[:, :f.RECENT_ITEMS_LENGTH]
         return merged.to_tensor(default_value=0, shape=[None, f.RECENT_ITEMS_LENGTH])
 
+    def _item_item_scores(self, items: tf.Tensor) -> Optional[tf.Tensor]:
+        """[batch, catalogue] the item-to-item stage's scores for users who
+        had `items` [batch, M] (item indices), or None without the stage."""
+        if self.item_item is None:
+            return None
+        # Item index of each catalogue row; 0 (no id weights) for an added item.
+        return self.item_item.scores(items, self.item_index(self.item_ids.value()))
+
     def _user_query_embeddings(self, transformed):
         """A request names its user; the user's recent items are the ones
         training saw (the users split), looked up by user index."""
@@ -346,7 +371,10 @@ class ServingModule(CatalogueModule):
     def recommend(self, user_id, k):
         user_index = self.user_index(user_id)
         past_items = None if self.buy_again is None else self.buy_again.user_past_items(user_index)
-        answer = self._ranked(_rows(self.user_queries, user_index), k, past_items=past_items)
+        item_item = (None if self.item_item is None
+                     else self._item_item_scores(self.item_item.user_items_of(user_index)))
+        answer = self._ranked(_rows(self.user_queries, user_index), k, past_items=past_items,
+                              item_item=item_item)
         answer["known_user"] = user_index > 0
         return answer
 
@@ -361,8 +389,10 @@ class ServingModule(CatalogueModule):
         history = self._history(user_index, recent)
         past_items = (None if self.buy_again is None
                       else repeat_buying.past_items_of_history(history))
+        item_item = (None if self.item_item is None else self._item_item_scores(
+            tf.concat([recent, self.item_item.user_items_of(user_index)], axis=1)))
         answer = self._ranked(self.model.query_tower(no_text_queries(user_index, history)), k,
-                              past_items=past_items)
+                              past_items=past_items, item_item=item_item)
         return {**answer, "known_user": user_index > 0,
                 "unknown_recent_items": unknown}
 
@@ -408,13 +438,17 @@ class ServingModule(CatalogueModule):
         scores = self._scores(self._query_embeddings(transformed), transformed[f.QUERY_TOKENS])
         # Row 0 of the catalogue is the unknown item, which is never ranked.
         catalogue_size = tf.shape(self.candidates, out_type=tf.int64)[0] - 1
+        no_query = transformed[f.QUERY_TEXT_EMBEDDING + "_present"] == 0
+        if self.item_item is not None:
+            item_item = self._item_item_scores(
+                self.item_item.user_items_of(transformed[f.USER_INDEX]))
+            scores = tf.where(no_query[:, None], scores + item_item, scores)
         if self.buy_again is not None:
             # The gate must judge what `recommend` serves; every rank is
             # exact, so the whole catalogue is mixed (k = its size).
             mixed = self._with_buy_again(
                 scores, self.buy_again.user_past_items(transformed[f.USER_INDEX]),
                 tf.shape(scores)[1])
-            no_query = transformed[f.QUERY_TEXT_EMBEDDING + "_present"] == 0
             scores = tf.where(no_query[:, None], mixed, scores)
         ranks = ranks_of_items(scores, transformed[f.ITEM_INDEX])
         return {"rank": ranks, "catalogue_size": tf.fill(tf.shape(ranks), catalogue_size)}
@@ -433,11 +467,13 @@ def export_serving_model(model: RetrievalModel, tft_output: tft.TFTransformOutpu
                          lexical_weight: float,
                          display: Optional[Dict[str, Sequence[bytes]]] = None,
                          buy_again: Optional[repeat_buying.BuyAgainTables] = None,
-                         settings: ExportSettings = ExportSettings()) -> None:
+                         settings: ExportSettings = ExportSettings(),
+                         item_item: Optional[ItemItemStage] = None) -> None:
     """Saves the serving model; `display` is `display_tables`' output (None:
     empty titles and attributes); `buy_again` None: `recommend` is the towers' alone;
-    `settings`' index settings choose the top-k."""
-    module = ServingModule(model, tft_output, lexical_weight, display, buy_again, settings)
+    `item_item` None: no item-to-item stage; `settings`' index settings choose the top-k."""
+    module = ServingModule(model, tft_output, lexical_weight, display, buy_again, settings,
+                           item_item)
     signatures = {
         "recommend": module.recommend,
         "recommend_with_history": module.recommend_with_history,

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from mmfuse.config import ExportSettings
 from serving import client
-from trainer import export, repeat_buying
+from trainer import export, item_item, repeat_buying
 from trainer import index as catalogue_index
 from trainer.index import partitions_for as index_partitions
 from trainer.model_test import SIZES, tiny_model
@@ -234,3 +234,66 @@ def test_more_than_the_shortlist_asked_is_answered_exactly(indexed):
     answer = partitioned.similar_items(item_id=tf.constant([b"p1"]), k=k)["item_ids"]
     np.testing.assert_array_equal(answer.numpy(),
                                   exact.similar_items(item_id=tf.constant([b"p1"]), k=k)["item_ids"].numpy())
+
+
+def _item_item_of_user_1(*items) -> item_item.ItemItemStage:
+    """User index 1 (a1b2) had p1, whose item-to-item weights point, strongly,
+    at `items` (indices, best first)."""
+    weights = np.zeros((len(ITEMS) + 1,) * 2, np.float32)
+    for place, item in enumerate(items):
+        weights[1, item] = 1.0 - 0.1 * place
+    user_items = np.zeros((len(USERS) + 1, 2), np.int64)
+    user_items[1, 0] = 1
+    return item_item.ItemItemStage(weights, user_items, weight=1.0, spread=100.0)
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    """(without, with) the item-to-item stage pointing a1b2 at p4 then p3."""
+    tft_output = FakeTransformOutput(tmp_path_factory.mktemp("transform"))
+    model = tiny_model(rating_weight=0.0)
+    return (export.ServingModule(model, tft_output, 0.0),
+            export.ServingModule(model, tft_output, 0.0, item_item=_item_item_of_user_1(4, 3)))
+
+
+def test_the_item_to_item_stage_moves_only_users_with_items(staged):
+    towers, stage = staged
+    users = tf.constant([b"a1b2", b"c3d4", b"nobody"])
+    with_stage = _strings(stage.recommend(user_id=users, k=tf.constant(4))["item_ids"])
+    alone = _strings(towers.recommend(user_id=users, k=tf.constant(4))["item_ids"])
+    assert with_stage[0][:2] == ["p4", "p3"]
+    assert with_stage[1:] == alone[1:]
+
+
+def test_the_item_to_item_stage_reads_a_visitors_recent_items(staged):
+    towers, stage = staged
+    inputs = {"user_id": tf.constant([b"", b""]),
+              "recent_item_ids": tf.constant([[b"p1", b""], [b"p2", b"unknown"]])}
+    with_stage = _strings(stage.recommend_with_history(**inputs, k=tf.constant(4))["item_ids"])
+    alone = _strings(towers.recommend_with_history(**inputs, k=tf.constant(4))["item_ids"])
+    assert with_stage[0][:2] == ["p4", "p3"]
+    assert with_stage[1] == alone[1]  # p2 points nowhere
+
+
+def test_the_release_gate_ranks_as_recommend_with_the_stage_answers(staged, tmp_path):
+    towers, _ = staged
+    stage = export.ServingModule(towers.model, FakeTransformOutput(tmp_path), 0.0,
+                                 item_item=_item_item_of_user_1(4, 3, 2))
+    example = tf.train.Example()
+    example.features.feature[f.USER_ID].bytes_list.value.append(b"a1b2")
+    examples = tf.constant([example.SerializeToString()])
+    # The stand-in Transform layer names item index 1 (p1) as every example's
+    # item; the stage puts the three others before it, as recommend does.
+    assert _strings(stage.recommend(user_id=tf.constant([b"a1b2"]), k=tf.constant(4))["item_ids"]
+                    )[0][-1] == "p1"
+    assert stage.rank_examples(examples)["rank"].numpy().tolist() == [4.0]
+    assert towers.rank_examples(examples)["rank"].numpy().tolist() != [4.0]
+
+
+def test_an_added_item_gets_no_item_to_item_score(tmp_path):
+    tft_output = FakeTransformOutput(tmp_path)
+    module = export.ServingModule(tiny_model(rating_weight=0.0), tft_output, 0.0,
+                                  item_item=_item_item_of_user_1(4))
+    _grow(module, 40)  # rows x00000... after the vocabulary's items: unknown to the stage
+    scores = module._item_item_scores(module.item_item.user_items_of(tf.constant([1]))).numpy()[0]
+    assert scores[4] > 0 and not scores[len(ITEMS) + 1:].any()

@@ -17,7 +17,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from evaluation.metrics import metrics_from_ranks
 from mmfuse import progress
 from mmfuse.config import Config, TrainerSettings, from_dict
-from trainer import data, export, lexical, repeat_buying, warm_start
+from trainer import data, export, item_item, lexical, repeat_buying, warm_start
 from trainer.data import QUERY_FEATURES
 from trainer.model import Catalog, RetrievalModel, Users, ranks_of_items
 from transform import features as f
@@ -206,19 +206,42 @@ def run_fn(fn_args: FnArgs) -> None:
     ]
     model.fit(train, epochs=epochs, validation_data=evaluation, callbacks=callbacks,
               verbose=2)
-    buy_again = (_fit_buy_again(recent_items, train_files, tft_output, counts,
+    user_counts = data.user_item_counts(train_files, tft_output)
+    buy_again = (_fit_buy_again(recent_items, user_counts, train_files, tft_output, counts,
                                 settings.export.new_item_weight)
                  if settings.export.buy_again else None)
+    item_item = _fit_item_item(model, recent_items, user_counts, settings.export)
     progress_log.info("exporting the serving model")
     export.export_serving_model(
         model, tft_output, fn_args.serving_model_dir, config.lexical_weight,
         export.display_tables(data.load_display(catalog_files, tft_output), settings.export),
-        buy_again=buy_again, settings=settings.export)
+        buy_again=buy_again, settings=settings.export, item_item=item_item)
 
 
-def _fit_buy_again(recent_items, train_files, tft_output, counts, new_item_weight):
+def _fit_item_item(model, recent_items, user_counts, settings):
+    """The item-to-item stage of the export, or None: weight 0, a catalogue
+    above its size limit, or no user with items."""
+    items = model.catalog.size
+    if settings.item_item_weight == 0:
+        return None
+    if items - 1 > settings.item_item_max_items:
+        progress_log.info("item-to-item stage: off (%d items, more than export.item_item_max_items "
+                          "%d)", items - 1, settings.item_item_max_items)
+        return None
+    weights = item_item.fit(user_counts, items)
+    if weights is None:
+        progress_log.info("item-to-item stage: off (no user has items)")
+        return None
+    spread = item_item.tower_spread(model.user_embeddings().numpy(),
+                                    model.catalog_embeddings().numpy())
+    progress_log.info("item-to-item stage: %d items, weight %g, towers' spread %.3f", items - 1,
+                      settings.item_item_weight, spread)
+    return item_item.ItemItemStage(weights, repeat_buying.past_items(recent_items, user_counts).items,
+                                   settings.item_item_weight, spread)
+
+
+def _fit_buy_again(recent_items, user_counts, train_files, tft_output, counts, new_item_weight):
     """The buy-again tables of the export, or None without users with 2+ rows."""
-    user_counts = data.user_item_counts(train_files, tft_output)
     fitted = repeat_buying.fit(recent_items, user_counts, counts, new_item_weight,
                                data.last_visit_rows(train_files, tft_output))
     if fitted is None:
