@@ -112,7 +112,8 @@ def test_recommend_asks_what_search_without_words_asks(run):
     """recommend reads each user's query from a table made at export; search
     runs the query tower on the request. Without past items (unknown users,
     no user) both give the same answer; for users with past items, recommend
-    mixes some of them back in (buy-again) and keeps the towers' order for the rest."""
+    mixes some of them back in (buy-again) and keeps search's order (the towers
+    and the item-to-item stage) for the rest."""
     import csv
 
     from dataset import pseudonyms

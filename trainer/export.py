@@ -361,6 +361,17 @@ class ServingModule(CatalogueModule):
         # Item index of each catalogue row; 0 (no id weights) for an added item.
         return self.item_item.scores(items, self.item_index(self.item_ids.value()))
 
+    def _item_item_without_words(self, transformed) -> Optional[tf.Tensor]:
+        """[batch, catalogue] the item-to-item stage's scores for the rows of
+        `transformed` without words, which ask what `recommend` asks, and 0
+        for rows with words; None without the stage."""
+        if self.item_item is None:
+            return None
+        items = self.item_item.user_items_of(transformed[f.USER_INDEX])
+        no_words = transformed[f.QUERY_TEXT_EMBEDDING + "_present"] == 0
+        # Rows with words pass no items: their share of the sparse product is empty.
+        return self._item_item_scores(tf.where(no_words[:, None], items, tf.zeros_like(items)))
+
     def _user_query_embeddings(self, transformed):
         """A request names its user; the user's recent items are the ones
         training saw (the users split), looked up by user index."""
@@ -400,7 +411,8 @@ class ServingModule(CatalogueModule):
     def search(self, query, user_id, k):
         transformed = self._transform(query=query, user_id=user_id)
         answer = self._ranked(self._user_query_embeddings(transformed), k,
-                              query_tokens=transformed[f.QUERY_TOKENS])
+                              query_tokens=transformed[f.QUERY_TOKENS],
+                              item_item=self._item_item_without_words(transformed))
         answer["known_user"] = transformed[f.USER_INDEX] > 0
         return answer
 
@@ -439,10 +451,9 @@ class ServingModule(CatalogueModule):
         # Row 0 of the catalogue is the unknown item, which is never ranked.
         catalogue_size = tf.shape(self.candidates, out_type=tf.int64)[0] - 1
         no_query = transformed[f.QUERY_TEXT_EMBEDDING + "_present"] == 0
-        if self.item_item is not None:
-            item_item = self._item_item_scores(
-                self.item_item.user_items_of(transformed[f.USER_INDEX]))
-            scores = tf.where(no_query[:, None], scores + item_item, scores)
+        item_item = self._item_item_without_words(transformed)
+        if item_item is not None:
+            scores += item_item
         if self.buy_again is not None:
             # The gate must judge what `recommend` serves; every rank is
             # exact, so the whole catalogue is mixed (k = its size).
