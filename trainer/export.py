@@ -11,8 +11,9 @@ Serving has.
 sparse product with the catalogue's BM25 table, also computed at export.
 `recommend_with_history` runs the query tower per request on the recent items
 a request names (merged with the user's known history), so a click a second
-ago counts. Both add, on a catalogue small enough for it, the item-to-item
-stage's scores of the user's items (trainer/item_item.py). `embed_items` and `set_item_rows` are for `mmfuse catalog`
+ago counts. Both, and `search` without words, add on a catalogue small
+enough for it the item-to-item stage's scores of the user's items
+(trainer/item_item.py). `embed_items` and `set_item_rows` are for `mmfuse catalog`
 (serving/catalog.py): new items embedded by this model's own Transform graph
 and item tower, and the id -> catalogue row table rebuilt after an edit.
 
