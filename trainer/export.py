@@ -354,24 +354,26 @@ class ServingModule(CatalogueModule):
         merged = tf.ragged.boolean_mask(merged, merged > 0)[:, :f.RECENT_ITEMS_LENGTH]
         return merged.to_tensor(default_value=0, shape=[None, f.RECENT_ITEMS_LENGTH])
 
-    def _item_item_scores(self, items: tf.Tensor) -> Optional[tf.Tensor]:
-        """[batch, catalogue] the item-to-item stage's scores for users who
-        had `items` [batch, M] (item indices), or None without the stage."""
+    def _item_item_scores(self, user_index: tf.Tensor,
+                          recent: tf.Tensor = None) -> Optional[tf.Tensor]:
+        """[batch, catalogue] the item-to-item stage's scores for users by
+        index (0: no user, no items) who also had `recent` [batch, n] (item
+        indices, 0 pads), or None without the stage."""
         if self.item_item is None:
             return None
+        items = self.item_item.user_items_of(user_index)
+        if recent is not None:
+            items = tf.concat([recent, items], axis=1)
         # Item index of each catalogue row; 0 (no id weights) for an added item.
         return self.item_item.scores(items, self.item_index(self.item_ids.value()))
 
     def _item_item_without_words(self, transformed) -> Optional[tf.Tensor]:
-        """[batch, catalogue] the item-to-item stage's scores for the rows of
-        `transformed` without words, which ask what `recommend` asks, and 0
-        for rows with words; None without the stage."""
-        if self.item_item is None:
-            return None
-        items = self.item_item.user_items_of(transformed[f.USER_INDEX])
+        """`_item_item_scores` for the rows of `transformed` without words,
+        which ask what `recommend` asks, and 0 for rows with words."""
+        user_index = transformed[f.USER_INDEX]
         no_words = transformed[f.QUERY_TEXT_EMBEDDING + "_present"] == 0
-        # Rows with words pass no items: their share of the sparse product is empty.
-        return self._item_item_scores(tf.where(no_words[:, None], items, tf.zeros_like(items)))
+        # Rows with words ask as no user: their share of the sparse product is empty.
+        return self._item_item_scores(tf.where(no_words, user_index, tf.zeros_like(user_index)))
 
     def _user_query_embeddings(self, transformed):
         """A request names its user; the user's recent items are the ones
@@ -383,10 +385,8 @@ class ServingModule(CatalogueModule):
     def recommend(self, user_id, k):
         user_index = self.user_index(user_id)
         past_items = None if self.buy_again is None else self.buy_again.user_past_items(user_index)
-        item_item = (None if self.item_item is None
-                     else self._item_item_scores(self.item_item.user_items_of(user_index)))
         answer = self._ranked(_rows(self.user_queries, user_index), k, past_items=past_items,
-                              item_item=item_item)
+                              item_item=self._item_item_scores(user_index))
         answer["known_user"] = user_index > 0
         return answer
 
@@ -401,10 +401,9 @@ class ServingModule(CatalogueModule):
         history = self._history(user_index, recent)
         past_items = (None if self.buy_again is None
                       else repeat_buying.past_items_of_history(history))
-        item_item = (None if self.item_item is None else self._item_item_scores(
-            tf.concat([recent, self.item_item.user_items_of(user_index)], axis=1)))
         answer = self._ranked(self.model.query_tower(no_text_queries(user_index, history)), k,
-                              past_items=past_items, item_item=item_item)
+                              past_items=past_items,
+                              item_item=self._item_item_scores(user_index, recent))
         return {**answer, "known_user": user_index > 0,
                 "unknown_recent_items": unknown}
 

@@ -295,5 +295,5 @@ def test_an_added_item_gets_no_item_to_item_score(tmp_path):
     module = export.ServingModule(tiny_model(rating_weight=0.0), tft_output, 0.0,
                                   item_item=_item_item_of_user_1(4))
     _grow(module, 40)  # rows x00000... after the vocabulary's items: unknown to the stage
-    scores = module._item_item_scores(module.item_item.user_items_of(tf.constant([1]))).numpy()[0]
+    scores = module._item_item_scores(tf.constant([1])).numpy()[0]
     assert scores[4] > 0 and not scores[len(ITEMS) + 1:].any()
