@@ -105,9 +105,6 @@ class TrainerSettings:
     modality_dropout: float = setting(0.5, "chance that each of an item's modalities is hidden "
                                       "from a training row (one always stays): cold start and "
                                       "photo-only items", minimum=0, maximum=1)
-    catalogue_negatives: int = setting(0, "items drawn uniformly from the catalogue each step as "
-                                       "negatives beside the batch's own; 0: in-batch only",
-                                       minimum=0)
     recent_item_dropout: float = setting(0.3, "share of a user's recent items hidden per "
                                          "training row", minimum=0, maximum=1)
     token_dropout: float = setting(0.3, "share of words and attribute values hidden per "

@@ -83,8 +83,6 @@ class RetrievalModel(tfrs.Model):
             sampling-bias correction of in-batch negatives.
         modality_dropout, recent_item_dropout, time_dropout, token_dropout:
             the training-time dropouts (mmfuse/config.py `TrainerSettings`).
-        catalogue_negatives: items drawn uniformly from the catalogue each
-            step as negatives beside the batch's own (0: in-batch only).
         rating_weight, photo_search_weight, photo_item_weight: the weights of
             the extra tasks beside retrieval; 0 builds none.
         mixed_precision: the Keras mixed precision policy the towers compute
@@ -104,7 +102,7 @@ class RetrievalModel(tfrs.Model):
                  recent_item_dropout: float = 0.0, time_dropout: float = 1.0,
                  rating_weight: float = 0.0, token_dropout: float = 0.0,
                  photo_search_weight: float = 0.0, photo_item_weight: float = 0.0,
-                 mixed_precision: Optional[str] = None, catalogue_negatives: int = 0):
+                 mixed_precision: Optional[str] = None):
         super().__init__()
         for name, weight in (("rating_weight", rating_weight),
                              ("photo_search_weight", photo_search_weight),
@@ -118,9 +116,6 @@ class RetrievalModel(tfrs.Model):
         # to push popular items down (Yi et al., RecSys 2019).
         self.item_probabilities = (None if item_probabilities is None
                                    else tf.constant(item_probabilities, tf.float32))
-        # In-batch negatives are the popular items; uniform ones add the long
-        # tail and items no row had (mixed negative sampling, Yang et al. 2020).
-        self.catalogue_negatives = catalogue_negatives if catalog.size > 1 else 0
         # Only the towers: the tfrs tasks build their layers as they are
         # called, and must find the float32 policy then.
         with dtype_policy(mixed_precision):
@@ -213,23 +208,6 @@ class RetrievalModel(tfrs.Model):
         return {**{metric.name: metric.result() for metric in self.metrics}, "loss": loss,
                 "regularization_loss": regularization_loss, "total_loss": total_loss}
 
-    def _with_catalogue_negatives(self, items: tf.Tensor, item_index: tf.Tensor):
-        """The batch's item vectors and ids followed by `catalogue_negatives`
-        items drawn uniformly from the catalogue (row 0, the unknown item,
-        never), and each candidate's sampling probability under the mixture
-        (an item is a candidate by being in the batch or by being drawn; None
-        without `item_probabilities`)."""
-        batch = tf.cast(tf.shape(item_index)[0], tf.float32)
-        drawn = tf.random.uniform([self.catalogue_negatives], 1, self.catalog.size, tf.int64)
-        ids = tf.concat([item_index, drawn], axis=0)
-        vectors = tf.concat([items, self.item_tower(self.catalog.lookup(drawn), training=True)], 0)
-        # Expected appearances among the candidates, over the batch size (a
-        # constant factor, which the softmax ignores).
-        uniform = self.catalogue_negatives / (self.catalog.size - 1) / batch
-        if self.item_probabilities is None:  # no correction, as in-batch alone has none
-            return vectors, ids, None
-        return vectors, ids, tf.gather(self.item_probabilities, ids) + uniform
-
     def compute_loss(self, inputs, training=False):
         # TFRS calls compute_loss directly, not through a layer call, so
         # `training` (modality dropout) has to be passed on by hand.
@@ -238,12 +216,8 @@ class RetrievalModel(tfrs.Model):
         items = self.item_tower(item, training=training)
         probabilities = (None if self.item_probabilities is None
                          else tf.gather(self.item_probabilities, inputs[f.ITEM_INDEX]))
-        candidates, candidate_ids, candidate_probabilities = items, inputs[f.ITEM_INDEX], probabilities
-        if training and self.catalogue_negatives > 0:
-            candidates, candidate_ids, candidate_probabilities = self._with_catalogue_negatives(
-                items, inputs[f.ITEM_INDEX])
-        loss = self.task(query, candidates, candidate_ids=candidate_ids,
-                         candidate_sampling_probability=candidate_probabilities)
+        loss = self.task(query, items, candidate_ids=inputs[f.ITEM_INDEX],
+                         candidate_sampling_probability=probabilities)
         if self.photo_search_weight > 0:
             photos = self.photo_queries(item)
             # Rows whose item has no photo ask nothing, but their items are

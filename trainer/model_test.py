@@ -154,38 +154,6 @@ def test_the_photo_search_task_asks_each_item_with_a_photo_by_it():
     assert model.compute_loss(batch) < expected
 
 
-def test_catalogue_negatives_follow_the_batchs_items_with_their_mixture_probability():
-    """Drawn from the catalogue's real items (never row 0), after the batch's
-    own; each candidate's probability is its in-batch share plus its share of
-    the uniform draws, both over the batch size."""
-    items = 3000
-    model = tiny_model(rating_weight=0.0, catalogue_negatives=items,
-                       item_probabilities=np.array([0.0, 0.4, 0.3, 0.2, 0.1]))
-    batch = tiny_batch()
-    item_vectors = model.item_tower(model.catalog.lookup(batch[f.ITEM_INDEX]))
-    vectors, ids, probabilities = model._with_catalogue_negatives(item_vectors, batch[f.ITEM_INDEX])
-    assert vectors.shape == (6 + items, DIM)
-    np.testing.assert_array_equal(ids[:6], batch[f.ITEM_INDEX])
-    drawn = ids[6:].numpy()
-    assert drawn.min() >= 1 and drawn.max() <= 4 and len(set(drawn)) == 4
-    np.testing.assert_allclose(vectors[:6], item_vectors)
-    expected = np.array([0.0, 0.4, 0.3, 0.2, 0.1])[ids.numpy()] + items / 4 / 6
-    np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
-
-
-def test_catalogue_negatives_are_for_training_only():
-    """Evaluation (the Evaluator's loss, Keras's validation) stays in-batch."""
-    batch = tiny_batch()
-    plain = tiny_model(rating_weight=0.0).compute_loss(batch)
-    np.testing.assert_allclose(
-        tiny_model(rating_weight=0.0, catalogue_negatives=8).compute_loss(batch), plain, rtol=1e-6)
-    # The tiny model has no dropout: in training only the drawn negatives differ.
-    np.testing.assert_allclose(tiny_model(rating_weight=0.0).compute_loss(batch, training=True),
-                               plain, rtol=1e-6)
-    trained = tiny_model(rating_weight=0.0, catalogue_negatives=8).compute_loss(batch, training=True)
-    assert float(trained) > float(plain)
-
-
 def test_without_the_image_modality_there_is_no_photo_search_task():
     model = tiny_model(rating_weight=0.0, photo_search_weight=1.0, modalities=["id", "text"])
     assert model.query_tower.image is None and model.photo_search_weight == 0

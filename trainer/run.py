@@ -174,8 +174,7 @@ def run_fn(fn_args: FnArgs) -> None:
                                token_dropout=config.token_dropout,
                                photo_search_weight=config.photo_search_weight,
                                photo_item_weight=config.photo_item_weight,
-                               mixed_precision=config.mixed_precision,
-                               catalogue_negatives=config.catalogue_negatives)
+                               mixed_precision=config.mixed_precision)
         # Zero epochs still means the untrained model.
         base = (warm_start.latest_blessed(fn_args.custom_config.get("warm_start_from"))
                 if config.warm_start and config.epochs > 0 else None)
