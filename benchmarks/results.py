@@ -58,21 +58,38 @@ def commit() -> str:
 
 
 def machine() -> str:
-    """Cores, CPU model, memory, system, and the load average when asked:
-    how many other jobs shared the cores is part of a figure."""
-    model, memory_gb = platform.processor() or platform.machine(), None
+    """Cores, CPU model and its widest vector extension, memory, system, and
+    the load average when asked: how many other jobs shared the cores is part
+    of a figure, and hosts of one CPU model name differ in their extensions."""
+    model, memory_gb, flags = platform.processor() or platform.machine(), None, set()
     try:
         with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle
-                          if line.startswith("model name")), model)
+            lines = handle.read().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines
+                      if line.startswith("model name")), model)
+        flags = set(next((line.split(":", 1)[1].split() for line in lines
+                          if line.startswith("flags")), ()))
         with open("/proc/meminfo") as handle:
             kilobytes = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal"))
             memory_gb = round(kilobytes / 2**20)
     except (OSError, StopIteration, ValueError):
         pass
+    extension = vector_extension(flags)
+    cpu = f"{model}, {extension}" if extension else model
     memory = f", {memory_gb} GB" if memory_gb else ""
-    return (f"{os.cpu_count()} cores ({model}){memory}, {platform.system()} "
+    return (f"{os.cpu_count()} cores ({cpu}){memory}, {platform.system()} "
             f"{platform.machine()}, load average {os.getloadavg()[0]:.1f} at the start")
+
+
+def vector_extension(flags) -> str:
+    """The widest x86 vector extension among /proc/cpuinfo's `flags`. Hosts
+    with one CPU model name differ in it, and TensorFlow's matmuls with them:
+    serving figures from an AVX2-only host are not comparable with AVX-512's."""
+    if "avx512_bf16" in flags:
+        return "AVX-512 with BF16"
+    if "avx512f" in flags:
+        return "AVX-512"
+    return "AVX2" if "avx2" in flags else ""
 
 
 def today() -> str:

@@ -37,3 +37,12 @@ def test_tables_and_sections_read_as_markdown():
                                   notes=["", "note"])
     assert text == "## T\n\nMeasured on D.\n\n```sh\ncmd --x\n```\n\n| a |\n\nnote\n"
     assert [results.duration(s) for s in (42, 890, 7322)] == ["42 s", "14 min 50 s", "2 h 2 min"]
+
+
+def test_the_machine_line_names_the_widest_vector_extension():
+    assert results.vector_extension({"sse2", "avx", "avx2", "fma"}) == "AVX2"
+    assert results.vector_extension({"avx2", "avx512f", "avx512bw"}) == "AVX-512"
+    assert results.vector_extension({"avx2", "avx512f", "avx512_bf16"}) == "AVX-512 with BF16"
+    assert results.vector_extension({"neon"}) == ""
+    line = results.machine()
+    assert line.startswith(f"{os.cpu_count()} cores (") and "load average" in line
