@@ -40,6 +40,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from benchmarks import results
+from mmfuse.config import load_config
 
 REPO = results.REPO
 SECTION = "pipeline-cost"
@@ -91,10 +92,12 @@ ASSUMPTIONS = (
     "The encoders (in the Transform) cost texts / text rate + photos / photo rate, from "
     "the direct measurement at the default threads; on more cores, the per-core rate x "
     "cores x the efficiency measured from 1 to 2 threads.",
-    "The Trainer's per-epoch evaluation and the Evaluator also rank every eval row "
-    "against the whole catalogue: eval rows x items x the measured top-k cost per "
-    "(row, item) pair, once per epoch and once in the Evaluator. Negligible at the "
-    "measured sizes, it grows with the square of the catalogue.",
+    "The Trainer's per-epoch evaluation (at most `trainer.epoch_eval_rows` eval rows, an "
+    "even sample) and the Evaluator (every eval row) also rank against the whole "
+    "catalogue: rows x items x the measured top-k cost per (row, item) pair, once per "
+    "epoch and once in the Evaluator. It is taken out of the measured runs' bars before "
+    "the fit and added back at the target's size: the Evaluator's grows with the square "
+    "of the catalogue, the Trainer's, past the cap, with the items alone.",
     "Beam's per-unit work ran on about one core here (the local DirectRunner, "
     "`pipeline.beam_args` []); on c cores or workers' cores it divides by c x "
     "BEAM_EFFICIENCY (assumed, not measured here). The Trainer's per-unit work "
@@ -306,6 +309,27 @@ def platform(kind: str, cores: int = 0, workers: int = 0, encoders_on_workers: b
     raise ValueError(f"unknown platform {kind!r} ({PLATFORMS_HELP})")
 
 
+def without_top_k(runs: Sequence[Dict[str, object]], pair_cpu_s: float, cores: int,
+                  efficiency: float) -> List[Dict[str, object]]:
+    """The runs with the exact top-k over the catalogue taken out of the bars
+    that paid it (the model adds it back at the target's size: TRAINER_SQUARE,
+    EVALUATOR_SQUARE): each epoch's eval rows, as many as the run's
+    `trainer.epoch_eval_rows` kept (runs from before the setting kept all), in
+    the training steps, and every eval row in the Evaluator's ranking."""
+    adjusted = []
+    for run in runs:
+        eval_rows = run["bars"].get("Evaluator: ranking eval rows", (0, 0))[0]
+        epoch_rows = min(eval_rows, run.get("epoch_eval_rows") or eval_rows)
+        seconds_per_row = pair_cpu_s * run["items"] / (cores * efficiency)
+        parts = dict(run["parts"])
+        for part, rows in (("Trainer: training steps", run["epochs"] * epoch_rows),
+                           ("Evaluator: ranking eval rows", eval_rows)):
+            if part in parts:
+                parts[part] = max(parts[part] - rows * seconds_per_row, 0.0)
+        adjusted.append({**run, "parts": parts})
+    return adjusted
+
+
 def fitted_components(runs: Sequence[Dict[str, object]]) -> Dict[str, Tuple[str, float, float]]:
     """Part -> (driver, fixed seconds, seconds per unit) through the runs'
     parts; the encoders are left out (modelled from their own measurement)."""
@@ -325,7 +349,8 @@ def fitted_components(runs: Sequence[Dict[str, object]]) -> Dict[str, Tuple[str,
 
 def cost_model(fitted: Dict[str, Tuple[str, float, float]], encoders: Dict[str, float],
                pair_cpu_s: float, target: Dict[str, float], epochs: int, measured_cores: int,
-               where: Dict[str, object]) -> Dict[str, float]:
+               where: Dict[str, object], epoch_eval_rows: Optional[int] = None
+               ) -> Dict[str, float]:
     """Seconds per component of a run on `target` ("items", "interactions",
     "texts", "photos") at `where` (`platform`).
 
@@ -334,6 +359,8 @@ def cost_model(fitted: Dict[str, Tuple[str, float, float]], encoders: Dict[str, 
     encoders: "text_per_core_s", "image_per_core_s" (items per CPU second)
         and "thread_efficiency" (rate at the default threads / cores x rate at one).
     pair_cpu_s: CPU seconds to score and rank one (eval row, item) pair.
+    epoch_eval_rows: the eval rows each epoch's evaluation ranks at the most
+        (`trainer.epoch_eval_rows`); None: all.
     """
     target_units = units(target["items"], target["interactions"], epochs)
     efficiency = encoders["thread_efficiency"]
@@ -352,7 +379,9 @@ def cost_model(fitted: Dict[str, Tuple[str, float, float]], encoders: Dict[str, 
     # The exact top-k over the catalogue: each epoch in the Trainer, once in the Evaluator.
     pairs = target_units["eval_rows"] * target["items"]
     if "Trainer" in model:
-        model[TRAINER_SQUARE] = epochs * pairs * pair_cpu_s / (trainer_cores * efficiency)
+        epoch_rows = min(target_units["eval_rows"], epoch_eval_rows or target_units["eval_rows"])
+        model[TRAINER_SQUARE] = (epochs * epoch_rows * target["items"] * pair_cpu_s
+                                 / (trainer_cores * efficiency))
     if "Evaluator" in model:
         model[EVALUATOR_SQUARE] = pairs * pair_cpu_s / ((beam_cores or measured_cores) * efficiency)
     rate = where["encoder_cores"] * efficiency
@@ -406,12 +435,14 @@ def run_size(out: str, size: int, overrides: Sequence[str], log) -> Dict[str, ob
         raise RuntimeError(f"the run on {size} items did not finish; see {log_path} and "
                            f"{os.path.join(run_dir, 'mmfuse.log')}")
     loads = open(load_path).read().split("\n") if os.path.exists(load_path) else []
-    epochs = parsed["summary"]["config"]["trainer"]["epochs"]
+    trainer = parsed["summary"]["config"]["trainer"]
+    epochs = trainer["epochs"]
     components = dict(parsed["components"])
     components[OUTSIDE] = max(parsed["summary"]["wall_time_s"] - sum(components.values()), 0.0)
     parts = split_parts(components, parsed["bars"])
     return {"items": dataset["items"], "interactions": dataset["interactions"],
-            "images": dataset["images"], "epochs": epochs, "components": components,
+            "images": dataset["images"], "epochs": epochs,
+            "epoch_eval_rows": trainer.get("epoch_eval_rows"), "components": components,
             "bars": parsed["bars"], "parts": parts,
             "wall_s": parsed["summary"]["wall_time_s"], "blessed": parsed["summary"]["blessed"],
             "metrics": parsed["summary"].get("metrics", {}),
@@ -547,14 +578,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     photo_count = largest["bars"].get(ENCODERS[1], (largest["images"], 0))[0]
     target = {"items": options.model_items, "interactions": largest["interactions"] * scale,
               "texts": text_count * scale, "photos": photo_count * scale}
-    fitted = fitted_components(runs)
+    fitted = fitted_components(without_top_k(runs, pair["cpu_s_per_pair"], cores,
+                                             rates["thread_efficiency"]))
+    epoch_eval_rows = load_config(None, options.overrides).trainer.epoch_eval_rows
     workers = options.dataflow_workers
     platforms = [(f"{cores} cores (as run here)", platform("measured", cores)),
                  ("16 cores, one machine", platform("cores", 16)),
                  (f"Dataflow, {workers} workers", platform("dataflow", workers=workers)),
                  (f"Dataflow, {workers} workers, encoders on the workers",
                   platform("dataflow", workers=workers, encoders_on_workers=True))]
-    models = [(name, cost_model(fitted, rates, pair["cpu_s_per_pair"], target, epochs, cores, where))
+    models = [(name, cost_model(fitted, rates, pair["cpu_s_per_pair"], target, epochs, cores, where,
+                                epoch_eval_rows))
               for name, where in platforms]
     report = _write(options, runs, measured, rates, pair, fitted, target, models,
                     [where for _, where in platforms], epochs, resumed,

@@ -84,10 +84,11 @@ def runs():
 RATES = {"text_per_core_s": 200.0, "image_per_core_s": 40.0, "thread_efficiency": 0.8}
 
 
-def model(where, items=100_000, pair=0.0):
+def model(where, items=100_000, pair=0.0, epoch_eval_rows=None):
     target = {"items": items, "interactions": 5 * items, "texts": 0.9 * items,
               "photos": 0.9 * items}
-    return cost.cost_model(cost.fitted_components(runs()), RATES, pair, target, 3, 2, where)
+    return cost.cost_model(cost.fitted_components(runs()), RATES, pair, target, 3, 2, where,
+                           epoch_eval_rows)
 
 
 def test_fitted_components_recover_the_fixed_and_per_unit_parts():
@@ -140,6 +141,40 @@ def test_the_exact_top_k_grows_with_the_square_of_the_catalogue():
         assert small0[part] == 0
     # Each epoch's evaluation ranks every eval row: 3 epochs, 3 times the Evaluator's CPU.
     assert small[cost.TRAINER_SQUARE] == pytest.approx(3 * small[cost.EVALUATOR_SQUARE])
+
+
+def test_past_the_cap_each_epochs_top_k_grows_with_the_items_alone():
+    where = cost.platform("measured", 2)
+    small, large = (model(where, items, pair=1e-9, epoch_eval_rows=1000)
+                    for items in (100_000, 200_000))
+    assert large[cost.TRAINER_SQUARE] == pytest.approx(2 * small[cost.TRAINER_SQUARE])
+    assert large[cost.EVALUATOR_SQUARE] == pytest.approx(4 * small[cost.EVALUATOR_SQUARE])
+    assert small[cost.TRAINER_SQUARE] == pytest.approx(3 * 1000 * 100_000 * 1e-9 / (2 * 0.8))
+
+
+def test_the_top_k_a_run_paid_is_taken_out_before_the_fit():
+    """Runs whose bars hold the exact top-k (each epoch's eval capped at 600
+    rows, the Evaluator's over all) fit as the runs without it."""
+    pair, cores, efficiency = 1e-5, 2, 0.8
+    paid = []
+    for run in runs():
+        eval_rows = run["bars"]["Evaluator: ranking eval rows"][0]
+        per_row = pair * run["items"] / (cores * efficiency)
+        bars = dict(run["bars"])
+        steps, ranking = bars["Trainer: training steps"], bars["Evaluator: ranking eval rows"]
+        bars["Trainer: training steps"] = (steps[0], steps[1] + 3 * min(eval_rows, 600) * per_row)
+        bars["Evaluator: ranking eval rows"] = (ranking[0], ranking[1] + eval_rows * per_row)
+        components = dict(run["components"])
+        components["Trainer"] += bars["Trainer: training steps"][1] - steps[1]
+        components["Evaluator"] += bars["Evaluator: ranking eval rows"][1] - ranking[1]
+        paid.append({**run, "epoch_eval_rows": 600, "components": components, "bars": bars,
+                     "parts": cost.split_parts(components, bars)})
+    unadjusted = cost.fitted_components(paid)["Trainer: training steps"][2]
+    assert unadjusted > 2e-3 * 1.2
+    adjusted = cost.fitted_components(cost.without_top_k(paid, pair, cores, efficiency))
+    for name, (driver, fixed, per_unit) in cost.fitted_components(runs()).items():
+        assert adjusted[name][0] == driver
+        assert adjusted[name][1:] == pytest.approx((fixed, per_unit), abs=1e-9)
 
 
 def test_unknown_platform_is_refused():

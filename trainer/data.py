@@ -1,7 +1,7 @@
 """Reads the Transform output: training batches and the catalogue table."""
 
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -95,13 +95,34 @@ def last_visit_rows(file_pattern: str, tft_output: tft.TFTransformOutput) -> np.
 
 
 def interaction_batches(file_pattern: str, tft_output: tft.TFTransformOutput, batch_size: int,
-                        shuffle_seed=None) -> tf.data.Dataset:
-    """Batches of the features the query tower and the tasks need."""
+                        shuffle_seed=None, max_rows: Optional[int] = None) -> tf.data.Dataset:
+    """Batches of the features the query tower and the tasks need.
+
+    Args:
+      file_pattern: the transformed examples (GZIP TFRecords).
+      tft_output: the Transform's output, for the feature spec.
+      batch_size: rows per batch.
+      shuffle_seed: shuffle the rows (a new order each pass) with this seed; None: in file order.
+      max_rows: keep an even sample of at most this many rows (every n-th, in file
+        order); None: every row.
+    """
     dataset = _parsed_records(file_pattern, tft_output, batch_size,
                               QUERY_FEATURES + RATING_FEATURES + (f.ITEM_INDEX,)).unbatch()
+    if max_rows is not None:
+        stride = -(-record_count(file_pattern) // max_rows)
+        if stride > 1:
+            dataset = (dataset.enumerate().filter(lambda position, _: position % stride == 0)
+                       .map(lambda _, row: row))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(100_000, seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).map(dense_embeddings).prefetch(tf.data.AUTOTUNE)
+
+
+def record_count(file_pattern: str) -> int:
+    """How many transformed examples match `file_pattern` (read, not parsed)."""
+    files = sorted(tf.io.gfile.glob(file_pattern))
+    return int(tf.data.TFRecordDataset(files, compression_type="GZIP")
+               .reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
 
 
 def dense_embeddings(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:

@@ -158,7 +158,10 @@ def run_fn(fn_args: FnArgs) -> None:
     counts = data.item_counts(train_files, tft_output)
     batch_size = config.batch_size or _batch_size(int(counts.sum()))
     train = data.interaction_batches(train_files, tft_output, batch_size, shuffle_seed=config.seed)
-    evaluation = data.interaction_batches(fn_args.eval_files[0], tft_output, batch_size)
+    # Each epoch ranks its eval rows against the whole catalogue: at a million
+    # items all of them would cost as much as the training steps.
+    evaluation = data.interaction_batches(fn_args.eval_files[0], tft_output, batch_size,
+                                          max_rows=config.epoch_eval_rows)
     progress_log.info("training on %s with batch size %d", strategy.__class__.__name__, batch_size)
     vocabulary_sizes = data.vocabulary_sizes(tft_output)
 
