@@ -122,9 +122,10 @@ class TrainerSettings:
     id_min_rows: int = setting(5, "training rows an item needs before its id embedding joins "
                                "its content (fewer would be memorised)", minimum=1)
     epoch_eval_rows: Optional[int] = setting(50_000, "eval rows of each epoch's evaluation "
-                                             "(TensorBoard), an even sample: it ranks each "
-                                             "against the whole catalogue; `null`: all. The "
-                                             "Evaluator, which gates release, ranks all",
+                                             "(TensorBoard's validation loss and retrieval_eval), "
+                                             "an even sample: it ranks each against the whole "
+                                             "catalogue; `null`: all. The Evaluator, which gates "
+                                             "release, ranks all",
                                              minimum=1)
     warm_start: bool = setting(True, "train from the latest blessed model in the run directory "
                                "(ids copied by id, new ones fresh), unless `epochs` is 0")
