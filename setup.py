@@ -39,7 +39,8 @@ setup(
         # `mmfuse report`'s plots.
         "matplotlib",
     ],
-    # selenium drives the demo page in Debian's chromium (chromium-driver) in its browser test.
-    extras_require={"test": ["pytest", "selenium"]},
+    # selenium drives the demo page in Debian's chromium (chromium-driver) in its browser test;
+    # pytest-xdist runs `make test` on two workers (conftest.py says why).
+    extras_require={"test": ["pytest", "pytest-xdist", "selenium"]},
     entry_points={"console_scripts": ["mmfuse=mmfuse.cli:console_main"]},
 )

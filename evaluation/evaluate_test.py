@@ -144,7 +144,10 @@ def _tiny_dataset(path):
 
 def test_cli_missing_model_is_exit_2(tmp_path, capsys):
     data = _tiny_dataset(tmp_path / "data")
-    code = main(["evaluate", "--data", str(data), "--model", str(tmp_path / "no-model")])
+    key = tmp_path / "user_key"
+    key.write_bytes(b"0123456789abcdef0123456789abcdef")
+    code = main(["evaluate", "--data", str(data), "--model", str(tmp_path / "no-model"),
+                 "--user-key-file", str(key)])
     assert code == 2
     err = capsys.readouterr().err
     assert "mmfuse evaluate: error" in err and "no-model" in err

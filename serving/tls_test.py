@@ -69,7 +69,14 @@ def _ask(port, credentials=None, timeout=5.0):
                           timeout)
 
 
-def test_tls_answers_clients_that_trust_its_ca_only(model_base, pki, capsys):
+def _user_key_file(tmp_path) -> str:
+    """`mmfuse query --user` pseudonymises the user under a key: one of the test's own."""
+    path = tmp_path / "user_key"
+    path.write_bytes(b"0123456789abcdef0123456789abcdef")
+    return str(path)
+
+
+def test_tls_answers_clients_that_trust_its_ca_only(model_base, pki, capsys, tmp_path):
     served = _served(model_base, tls_cert=pki["server.pem"], tls_key=pki["server.key"])
     try:
         assert _ask(served.port, client.tls_credentials(pki["ca.pem"])).model_version == 1
@@ -78,13 +85,15 @@ def test_tls_answers_clients_that_trust_its_ca_only(model_base, pki, capsys):
         with pytest.raises(ConnectionError):  # the system's CAs do not know ours
             _ask(served.port, client.tls_credentials(), timeout=1)
         assert main(["query", "--server", f"localhost:{served.port}", "--user", "u1",
-                     "--tls-ca", pki["ca.pem"], "--json"]) == 0
+                     "--user-key-file", _user_key_file(tmp_path), "--tls-ca", pki["ca.pem"],
+                     "--json"]) == 0
         assert '"model_version": 1' in capsys.readouterr().out
     finally:
         served.stop(grace=0)
 
 
-def test_mutual_tls_needs_a_client_certificate_signed_by_the_client_ca(model_base, pki, capsys):
+def test_mutual_tls_needs_a_client_certificate_signed_by_the_client_ca(model_base, pki, capsys,
+                                                                      tmp_path):
     served = _served(model_base, tls_cert=pki["server.pem"], tls_key=pki["server.key"],
                      tls_client_ca=pki["ca.pem"])
     try:
@@ -93,7 +102,7 @@ def test_mutual_tls_needs_a_client_certificate_signed_by_the_client_ca(model_bas
         mutual = client.tls_credentials(pki["ca.pem"], pki["client.pem"], pki["client.key"])
         assert _ask(served.port, mutual).model_version == 1
         assert main(["query", "--server", f"127.0.0.1:{served.port}", "--user", "u1", "--json",
-                     "--tls-ca", pki["ca.pem"], "--tls-cert", pki["client.pem"],
+                     "--user-key-file", _user_key_file(tmp_path), "--tls-ca", pki["ca.pem"], "--tls-cert", pki["client.pem"],
                      "--tls-key", pki["client.key"]]) == 0
         capsys.readouterr()
     finally:
