@@ -391,7 +391,8 @@ def _question(args):
 
     asked = dict(user=args.user, text=args.text, image=image, item=args.item, recent=args.recent)
     client.question(**asked)  # a malformed question is told before a missing key
-    user_key = pseudonyms.load_key(args.user_key_file) if args.user is not None else None
+    # An anonymous visitor (--user "") is sent as is: no key is needed.
+    user_key = pseudonyms.load_key(args.user_key_file) if args.user else None
     return client.question(**asked, user_key=user_key)
 
 

@@ -89,47 +89,89 @@ def _photo_twin(tmp_path, sample_run):
                     "image": "photo.jpg", "colour": source["colour"], "kind": source["kind"]}
 
 
-def test_catalog_add_is_found_by_every_signature_and_served(tmp_path, base, sample_run):
-    source, row = _photo_twin(tmp_path, sample_run)
-    items_csv = _new_items_csv(tmp_path, sample_run, [row])
+@pytest.fixture(scope="module")
+def added(tmp_path_factory, pushed, sample_run):
+    """`mmfuse catalog add` of one new product to a model base of its own
+    holding the sample's first version, while a server watches the base.
+    test_catalog_edits_chain, which edits it further, is the last to use it."""
+    root = tmp_path_factory.mktemp("added")
+    base = root / "mmfuse"
+    shutil.copytree(pushed, base / "1")
+    source, row = _photo_twin(root, sample_run)
+    items_csv = _new_items_csv(root, sample_run, [row])
     before = model_store.file_manifest(str(base / "1"))
     server = ModelServer(str(base), port=0, poll_seconds=0.2, announce=lambda line: None)
     server.start()
     try:
         assert main(["catalog", "add", "--model-base", str(base), "--items", str(items_csv)]) == 0
-        versions = model_store.versions(str(base))
-        assert len(versions) == 2 and model_store.check_manifest(str(base / str(versions[-1])))
-        assert model_store.file_manifest(str(base / "1")) == before  # never changes what it read
-        model = _newest(base)
-        search = model.signatures["search"](query=tf.constant(["zebra striped"]),
-                                            user_id=tf.constant([""]), k=tf.constant(3))
-        assert search["item_ids"].numpy()[0][0] == b"new-zebra-mug"
-        # Within a tenth of the catalogue: the sample's photos of one colour
-        # and kind differ little, and the new title pulls the item away from them.
-        tenth = tf.constant(len(sample_run["items"]) // 10)
-        photo = (tmp_path / "new" / "photo.jpg").read_bytes()
-        image = model.signatures["image_search"](image=tf.constant([photo]), k=tenth)
-        assert b"new-zebra-mug" in image["item_ids"].numpy()[0]
-        similar = model.signatures["similar_items"](item_id=tf.constant(["new-zebra-mug",
-                                                                         source["item_id"]]),
-                                                    k=tenth)
-        own, related = similar["item_ids"].numpy()
-        assert len(own) == tenth and b"new-zebra-mug" not in own
-        assert b"new-zebra-mug" in related
-        recommended = model.signatures["recommend"](user_id=tf.constant(["u0001"]),
-                                                    k=tf.constant(EVERY))
-        assert b"new-zebra-mug" in recommended["item_ids"].numpy()[0]
-        # A running server moves to the new version.
-        deadline = time.time() + 60
-        while server.watcher.servable.version != versions[-1] and time.time() < deadline:
-            time.sleep(0.2)
-        assert server.watcher.servable.version == versions[-1]
-        with client.connect(server.address) as channel:
-            signature, inputs = client.question(text="zebra striped")
-            answer = client.ask(channel, client.predict_request(signature, inputs, k=1))
-        assert answer.item_ids == [["new-zebra-mug"]]
+        yield {"base": base, "source": source, "photo": root / "new" / "photo.jpg",
+               "before": before, "server": server}
     finally:
         server.stop(grace=0)
+
+
+def test_catalog_add_is_found_by_every_signature_and_served(added, sample_run):
+    base, source = added["base"], added["source"]
+    versions = model_store.versions(str(base))
+    assert len(versions) == 2 and model_store.check_manifest(str(base / str(versions[-1])))
+    assert model_store.file_manifest(str(base / "1")) == added["before"]  # never changes what it read
+    model = _newest(base)
+    search = model.signatures["search"](query=tf.constant(["zebra striped"]),
+                                        user_id=tf.constant([""]), k=tf.constant(3))
+    assert search["item_ids"].numpy()[0][0] == b"new-zebra-mug"
+    # Within a tenth of the catalogue: the sample's photos of one colour
+    # and kind differ little, and the new title pulls the item away from them.
+    tenth = tf.constant(len(sample_run["items"]) // 10)
+    image = model.signatures["image_search"](image=tf.constant([added["photo"].read_bytes()]),
+                                             k=tenth)
+    assert b"new-zebra-mug" in image["item_ids"].numpy()[0]
+    similar = model.signatures["similar_items"](item_id=tf.constant(["new-zebra-mug",
+                                                                     source["item_id"]]),
+                                                k=tenth)
+    own, related = similar["item_ids"].numpy()
+    assert len(own) == tenth and b"new-zebra-mug" not in own
+    assert b"new-zebra-mug" in related
+    recommended = model.signatures["recommend"](user_id=tf.constant(["u0001"]),
+                                                k=tf.constant(EVERY))
+    assert b"new-zebra-mug" in recommended["item_ids"].numpy()[0]
+    # The server that watched the base moves to the new version.
+    server = added["server"]
+    deadline = time.time() + 60
+    while server.watcher.servable.version != versions[-1] and time.time() < deadline:
+        time.sleep(0.2)
+    assert server.watcher.servable.version == versions[-1]
+    with client.connect(server.address) as channel:
+        signature, inputs = client.question(text="zebra striped")
+        answer = client.ask(channel, client.predict_request(signature, inputs, k=1))
+    assert answer.item_ids == [["new-zebra-mug"]]
+
+
+def test_a_catalog_version_warm_starts_the_next_training_like_the_version_it_came_from(added):
+    """The next-day Trainer warm-starts from the newest version, which may be
+    one `catalog add` wrote: the same tables and vocabularies must be found there."""
+    from trainer import warm_start
+
+    base = added["base"]
+    original, edited = (str(base / str(version)) for version in model_store.versions(str(base)))
+    assert warm_start.latest_blessed(str(base)) == edited
+    assert warm_start.old_vocabularies(edited) == warm_start.old_vocabularies(original)
+    readers = [tf.train.load_checkpoint(f"{path}/variables/variables") for path in (original, edited)]
+    keys = [warm_start.checkpoint_keys(reader, warm_start.VOCABULARY_TABLES) for reader in readers]
+    assert set(keys[1]) == set(keys[0]) and keys[0]
+    for path in keys[0]:
+        np.testing.assert_array_equal(readers[1].get_tensor(keys[1][path]),
+                                      readers[0].get_tensor(keys[0][path]))
+
+
+def test_catalog_edits_chain(added):
+    """A version written by `catalog` can be edited again (it keeps embed_items)."""
+    base = added["base"]
+    result = catalog.remove_items(str(base), ["new-zebra-mug"])
+    assert result["from_version"] == model_store.versions(str(base))[-2]
+    model = _newest(base)
+    assert b"new-zebra-mug" not in model.item_ids.numpy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unknown to the model.*new-zebra-mug"):
+        model.signatures["similar_items"](item_id=tf.constant(["new-zebra-mug"]), k=tf.constant(EVERY))
 
 
 def test_catalog_remove_is_never_answered_again(tmp_path, base, sample_run, capsys):
@@ -174,37 +216,6 @@ def test_catalog_add_refuses_bad_rows(tmp_path, base, sample_run, capsys, change
     assert main(["catalog", "add", "--model-base", str(base), "--items", str(items_csv)]) == 2
     assert message in capsys.readouterr().err
     assert model_store.versions(str(base)) == [1]
-
-
-def test_catalog_edits_chain(tmp_path, base, sample_run):
-    """A version written by `catalog` can be edited again (it keeps embed_items)."""
-    _, row = _photo_twin(tmp_path, sample_run)
-    catalog.add_items(str(base), str(_new_items_csv(tmp_path, sample_run, [row])))
-    result = catalog.remove_items(str(base), ["new-zebra-mug"])
-    assert result["from_version"] == model_store.versions(str(base))[-2]
-    model = _newest(base)
-    assert b"new-zebra-mug" not in model.item_ids.numpy()
-    with pytest.raises(tf.errors.InvalidArgumentError, match="unknown to the model.*new-zebra-mug"):
-        model.signatures["similar_items"](item_id=tf.constant(["new-zebra-mug"]), k=tf.constant(EVERY))
-
-
-def test_a_catalog_version_warm_starts_the_next_training_like_the_version_it_came_from(
-        tmp_path, base, sample_run):
-    """The next-day Trainer warm-starts from the newest version, which may be
-    one `catalog add` wrote: the same tables and vocabularies must be found there."""
-    from trainer import warm_start
-
-    _, row = _photo_twin(tmp_path, sample_run)
-    catalog.add_items(str(base), str(_new_items_csv(tmp_path, sample_run, [row])))
-    original, edited = (str(base / str(version)) for version in model_store.versions(str(base)))
-    assert warm_start.latest_blessed(str(base)) == edited
-    assert warm_start.old_vocabularies(edited) == warm_start.old_vocabularies(original)
-    readers = [tf.train.load_checkpoint(f"{path}/variables/variables") for path in (original, edited)]
-    keys = [warm_start.checkpoint_keys(reader, warm_start.VOCABULARY_TABLES) for reader in readers]
-    assert set(keys[1]) == set(keys[0]) and keys[0]
-    for path in keys[0]:
-        np.testing.assert_array_equal(readers[1].get_tensor(keys[1][path]),
-                                      readers[0].get_tensor(keys[0][path]))
 
 
 def test_the_readme_catalog_commands_run_as_written(tmp_path, pushed, sample_run, monkeypatch,
