@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT ?= runs/sample
 PYTEST_ARGS ?=
-# Two pytest workers: a pipeline run keeps about one core busy, so the sample's
+# Two pytest workers: a pipeline run keeps about one core busy, so the
 # end-to-end tests and the rest overlap (conftest.py); 0 runs in one process.
 TEST_WORKERS ?= 2
 
@@ -29,10 +29,10 @@ run: venv
 	$(VENV)/bin/mmfuse predict --model-base $(OUT)/serving/mmfuse --user u0001 --k 5
 
 test: venv
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: venv
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not real_data" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) -m "not slow and not real_data" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

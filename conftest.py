@@ -6,26 +6,21 @@ earlier test or `make run` left there."""
 import os
 import tempfile
 
-import pytest
-
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["HOME"] = tempfile.mkdtemp(prefix="mmfuse-test-home-")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
 def pytest_collection_modifyitems(config, items):
-    """`make test` runs on two pytest-xdist workers (--dist loadgroup). A
-    pipeline run keeps about one core of two busy, so the longest chains go
-    first and side by side: every test on the sample's run (tests/conftest.py)
-    in one group, so that one worker makes the run once, and beside it the
-    whole-pipeline runs on real data sets; the rest fill in after them."""
+    """`make test` runs on two pytest-xdist workers. A pipeline run keeps
+    about one core of two busy, so the longest chains go first, side by side:
+    the tests on the sample's run (tests/conftest.py; each worker that gets one
+    makes that run) and the whole-pipeline runs on real data sets; the rest
+    fill in after them. (xdist's --dist loadgroup would keep the sample's tests
+    on one worker, but under pytest 9 it ignores its groups.)"""
     def chain(item) -> int:
         if "sample_run" in item.fixturenames:
             return 0
         return 1 if item.get_closest_marker("slow") and item.get_closest_marker("real_data") else 2
 
-    for item in items:
-        if chain(item) == 0:
-            item.add_marker(pytest.mark.xdist_group("sample_run"))
     items.sort(key=chain)  # stable: each chain keeps its order (the sample's run is mutated last)

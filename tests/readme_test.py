@@ -249,7 +249,7 @@ def test_make_run_is_two_readme_commands():
 
 def test_make_test_runs_pytest():
     assert _make_recipe("test") == [
-        "$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)"]
+        "$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)"]
 
 
 def test_the_quick_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
