@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from dataset import pseudonyms
 from dataset.contract import Dataset, Interaction, Item
 from dataset.converters import write_dataset
 from dataset.splits import EVAL, TRAIN
@@ -144,10 +145,10 @@ def _tiny_dataset(path):
 
 def test_cli_missing_model_is_exit_2(tmp_path, capsys):
     data = _tiny_dataset(tmp_path / "data")
-    key = tmp_path / "user_key"
-    key.write_bytes(b"0123456789abcdef0123456789abcdef")
+    key = str(tmp_path / "user_key")
+    pseudonyms.load_key(key, create=True)
     code = main(["evaluate", "--data", str(data), "--model", str(tmp_path / "no-model"),
-                 "--user-key-file", str(key)])
+                 "--user-key-file", key])
     assert code == 2
     err = capsys.readouterr().err
     assert "mmfuse evaluate: error" in err and "no-model" in err

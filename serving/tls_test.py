@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dataset import pseudonyms
 from mmfuse.cli import main
 from serving import client
 from serving.conftest import small_batches
@@ -71,9 +72,9 @@ def _ask(port, credentials=None, timeout=5.0):
 
 def _user_key_file(tmp_path) -> str:
     """`mmfuse query --user` pseudonymises the user under a key: one of the test's own."""
-    path = tmp_path / "user_key"
-    path.write_bytes(b"0123456789abcdef0123456789abcdef")
-    return str(path)
+    path = str(tmp_path / "user_key")
+    pseudonyms.load_key(path, create=True)
+    return path
 
 
 def test_tls_answers_clients_that_trust_its_ca_only(model_base, pki, capsys, tmp_path):
@@ -102,8 +103,8 @@ def test_mutual_tls_needs_a_client_certificate_signed_by_the_client_ca(model_bas
         mutual = client.tls_credentials(pki["ca.pem"], pki["client.pem"], pki["client.key"])
         assert _ask(served.port, mutual).model_version == 1
         assert main(["query", "--server", f"127.0.0.1:{served.port}", "--user", "u1", "--json",
-                     "--user-key-file", _user_key_file(tmp_path), "--tls-ca", pki["ca.pem"], "--tls-cert", pki["client.pem"],
-                     "--tls-key", pki["client.key"]]) == 0
+                     "--user-key-file", _user_key_file(tmp_path), "--tls-ca", pki["ca.pem"],
+                     "--tls-cert", pki["client.pem"], "--tls-key", pki["client.key"]]) == 0
         capsys.readouterr()
     finally:
         served.stop(grace=0)
