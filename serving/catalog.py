@@ -55,23 +55,27 @@ def load_editable(version_dir: str):
     return model
 
 
-def read_new_items(path: str, known_ids: Sequence[str]) -> List[Item]:
+def read_new_items(path: str) -> List[Item]:
     """The rows of an items.csv to add, checked as a dataset's items are, plus:
-    every image must be usable, an id must not be in the catalogue already, and
-    a row must have something to embed."""
+    every image must be usable and a row must have something to embed."""
     try:
         items = read_items(path, check_images=True, max_bad_image_fraction=0)
     except DatasetError as error:
         raise CatalogError(str(error)) from None
-    known = set(known_ids)
     for item in items.values():
-        if item.item_id in known:
-            raise CatalogError(f"{path}: line {item.line}: field item_id: {item.item_id!r} is "
-                               "already in the catalogue (remove it first to replace it)")
         if not (item.title or item.description or item.attributes or item.image_path):
             raise CatalogError(f"{path}: line {item.line}: item {item.item_id!r} has no title, "
                                "description, attribute or image to embed it from")
     return list(items.values())
+
+
+def refuse_known_ids(path: str, items: Sequence[Item], known_ids: Sequence[str]) -> None:
+    """An added id must not be in the catalogue already."""
+    known = set(known_ids)
+    for item in items:
+        if item.item_id in known:
+            raise CatalogError(f"{path}: line {item.line}: field item_id: {item.item_id!r} is "
+                               "already in the catalogue (remove it first to replace it)")
 
 
 def embed(model, items: Sequence[Item]) -> Tuple[np.ndarray, np.ndarray, Dict[str, list]]:
@@ -147,9 +151,11 @@ def _lexical_table(model):
 def add_items(model_base: str, items_csv: str) -> Dict[str, object]:
     """Adds the items of `items_csv` to the newest version as a new version."""
     version, version_dir = newest_version(model_base)
+    # The rows' own checks first: a bad row is refused before the model loads.
+    items = read_new_items(items_csv)
     model = load_editable(version_dir)
     item_ids = model.item_ids.numpy()
-    items = read_new_items(items_csv, [item.decode() for item in item_ids[1:]])
+    refuse_known_ids(items_csv, items, [item.decode() for item in item_ids[1:]])
     vectors, tokens, new_display = embed(model, items)
     table = _lexical_table(model)
     if table is not None:

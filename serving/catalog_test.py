@@ -25,15 +25,23 @@ def _write(tmp_path, text):
 ])
 def test_bad_rows_are_refused_naming_the_row_and_field(tmp_path, rows, message):
     with pytest.raises(catalog.CatalogError, match=None) as error:
-        catalog.read_new_items(_write(tmp_path, rows), ["old"])
+        path = _write(tmp_path, rows)
+        catalog.refuse_known_ids(path, catalog.read_new_items(path), ["old"])
     assert message in str(error.value)
 
 
 def test_good_rows_are_read_with_their_attributes(tmp_path):
     (tmp_path / "photo.png").write_bytes(b"")  # never read: no image named
-    items = catalog.read_new_items(_write(tmp_path, "n1,New mug,Tall,,red\nn2,,,,green\n"), ["old"])
+    items = catalog.read_new_items(_write(tmp_path, "n1,New mug,Tall,,red\nn2,,,,green\n"))
     assert [(item.item_id, item.title, item.attributes) for item in items] == [
         ("n1", "New mug", (("colour", "red"),)), ("n2", "", (("colour", "green"),))]
+
+
+def test_a_bad_row_is_refused_before_the_model_is_read(tmp_path):
+    (tmp_path / "base" / "1").mkdir(parents=True)
+    (tmp_path / "base" / "1" / "saved_model.pb").write_bytes(b"not a model")
+    with pytest.raises(catalog.CatalogError, match="line 2: field image 'missing.jpg'"):
+        catalog.add_items(str(tmp_path / "base"), _write(tmp_path, "n1,New mug,,missing.jpg,red\n"))
 
 
 def test_an_empty_model_base_is_refused(tmp_path):
