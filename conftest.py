@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
     the tests on the sample's run (tests/conftest.py; each worker that gets one
     makes that run) and the whole-pipeline runs on real data sets; the rest
     fill in after them. (Keeping the sample's tests on one worker, so that its
-    run is made once, made that worker the critical path: 36 min, not 27.)"""
+    run is made once, made that worker the critical path.)"""
     def chain(item) -> int:
         if "sample_run" in item.fixturenames:
             return 0
@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_xdist_make_scheduler(config, log):
     """Hands the tests out one at a time, in the order above, as workers free
     up. xdist's default sends a quarter of them round robin up front, which
-    queued the MovieLens run behind half of the sample's tests (30 minutes in)."""
+    queued the MovieLens run behind half of the sample's tests."""
     from xdist.scheduler import LoadScopeScheduling
 
     class InOrder(LoadScopeScheduling):

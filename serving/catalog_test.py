@@ -24,8 +24,8 @@ def _write(tmp_path, text):
     ("n1,A,,,red\nn1,B,,,red\n", "line 3: item_id 'n1' repeats line 2"),
 ])
 def test_bad_rows_are_refused_naming_the_row_and_field(tmp_path, rows, message):
+    path = _write(tmp_path, rows)
     with pytest.raises(catalog.CatalogError, match=None) as error:
-        path = _write(tmp_path, rows)
         catalog.refuse_known_ids(path, catalog.read_new_items(path), ["old"])
     assert message in str(error.value)
 
