@@ -14,18 +14,21 @@ os.environ["HOME"] = tempfile.mkdtemp(prefix="mmfuse-test-home-")
 
 
 def pytest_collection_modifyitems(config, items):
-    """`make test` runs on two pytest-xdist workers. A pipeline run keeps
-    about one core of two busy, so the longest chains go first, side by side:
-    the tests on the sample's run (tests/conftest.py; each worker that gets one
-    makes that run) and the whole-pipeline runs on real data sets; the rest
-    fill in after them. (Keeping the sample's tests on one worker, so that its
-    run is made once, made that worker the critical path.)"""
+    """`make test` runs on two pytest-xdist workers, which take the tests one
+    at a time in this order. A pipeline run keeps about one core of two busy,
+    so the longest chains start at once, side by side: the whole-pipeline
+    runs on real data on one worker, the sample's run (made once, for both
+    workers: tests/conftest.py) and the next-day runs on it on the other;
+    the rest of the sample's tests, the other slow tests and the unit tests
+    fill in after them."""
     def chain(item) -> int:
-        if "sample_run" in item.fixturenames:
+        if item.get_closest_marker("slow") and item.get_closest_marker("real_data"):
             return 0
-        return 1 if item.get_closest_marker("slow") and item.get_closest_marker("real_data") else 2
+        if "sample_run" in item.fixturenames:
+            return 1 if item.module.__name__ == "tests.serving_e2e_test" else 2
+        return 3 if item.get_closest_marker("slow") else 4
 
-    items.sort(key=chain)  # stable: each chain keeps its order (the sample's run is mutated last)
+    items.sort(key=chain)  # stable: each chain keeps its order
 
 
 @pytest.hookimpl(optionalhook=True)

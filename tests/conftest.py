@@ -1,5 +1,7 @@
-"""The embedded sample's pipeline runs, shared by the end-to-end tests."""
+"""The embedded sample's pipeline run, shared by the end-to-end tests."""
 import csv
+import fcntl
+import json
 
 import pytest
 
@@ -9,24 +11,49 @@ from tests.mmfuse_runs import run_pipeline, user_key_file
 
 
 @pytest.fixture(scope="session")
-def sample_run(tmp_path_factory):
+def sample_run(tmp_path_factory, worker_id):
     """`mmfuse run` on the sample with one corrupt image, as a user runs it.
     The sample is split in two days (benchmarks/next_day.py): this run is day
     1, which lacks 1% of the items and the latest tenth of the interactions;
-    `next_day` (day 2, the whole sample) is for the next-day run into the same
+    `next_day` (day 2, the whole sample) is for a next-day run into a copy of
     `root/out` (tests/serving_e2e_test.py), which sees this one's blessed model
-    as its baseline."""
-    root = tmp_path_factory.mktemp("e2e")
+    as its baseline.
+
+    The run is made once per test session: the first pytest-xdist worker to
+    ask makes it while the other waits on a lock, then both read it. So no
+    test may write into `root`."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # the workers' common directory
+    root, made, failed = shared / "sample-e2e", shared / "sample-e2e.json", shared / "sample-e2e.failed"
+    with open(shared / "sample-e2e.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not made.exists() and not failed.exists():
+            try:
+                stdout, result = _make_sample_run(root)
+            except BaseException as error:
+                failed.write_text(f"{type(error).__name__}: {error}")
+                raise
+            made.write_text(json.dumps({"stdout": stdout, "result": result}))
+    if failed.exists():
+        pytest.fail(f"the sample's run failed on another worker: {failed.read_text()[-6000:]}")
+    with open(root / "day1" / "items.csv", newline="") as handle:
+        items = {row["item_id"]: row for row in csv.DictReader(handle)}
+    return {"root": root, "data": root / "day1", "next_day": root / "day2", "items": items,
+            "corrupt": _corrupt(items), "user_key_file": user_key_file(root / "out"),
+            **json.loads(made.read_text())}
+
+
+def _corrupt(items: dict) -> dict:
+    return next(row for row in items.values() if row["image"])
+
+
+def _make_sample_run(root):
+    root.mkdir()
     write_sample_dataset(str(root / "sample"))
     make_days(str(root / "sample"), str(root), new_items=0.01, new_interactions=0.1)
-    data = root / "day1"
-    with open(data / "items.csv", newline="") as handle:
-        items = {row["item_id"]: row for row in csv.DictReader(handle)}
+    with open(root / "day1" / "items.csv", newline="") as handle:
+        corrupt = _corrupt({row["item_id"]: row for row in csv.DictReader(handle)})
     # One corrupt image must be skipped and reported, not crash either run.
-    corrupt = next(row for row in items.values() if row["image"])
     for day in ("day1", "day2"):
         (root / day / corrupt["image"]).write_bytes(b"\xff\xd8 truncated jpeg")
-    stdout, result = run_pipeline(data, root / "out", epochs=3)
-    return {"root": root, "data": data, "next_day": root / "day2", "items": items,
-            "stdout": stdout, "result": result, "corrupt": corrupt,
-            "user_key_file": user_key_file(root / "out")}
+    return run_pipeline(root / "day1", root / "out", epochs=3)

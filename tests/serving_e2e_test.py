@@ -7,6 +7,7 @@ not pushed. What the next-day run saves in time is benchmarks/next_day.py's
 to measure: on a shared machine a wall-time comparison failed by load alone."""
 
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -20,14 +21,19 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from dataset import pseudonyms
 from serving import client, model_store
-from tests.mmfuse_runs import run_pipeline
+from tests.mmfuse_runs import run_pipeline, user_key_file
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(sample_run):
-    model_base = sample_run["root"] / "out" / "serving" / "mmfuse"
+def server(sample_run, tmp_path_factory):
+    # The next-day runs below write into a copy of the sample run's outputs:
+    # the other tests read the original.
+    root = tmp_path_factory.mktemp("next-day")
+    shutil.copytree(sample_run["root"] / "out", root / "out", symlinks=True)
+    shutil.copy(sample_run["user_key_file"], user_key_file(root / "out"))
+    model_base = root / "out" / "serving" / "mmfuse"
     process = subprocess.Popen(
         [sys.executable, "-m", "mmfuse", "serve", "--model-base", str(model_base), "--port", "0",
          "--poll-seconds", "1"],
@@ -42,8 +48,8 @@ def server(sample_run):
     # Keep reading the server's output, so that it never blocks on a full pipe.
     threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
     channel = client.connect(address)
-    yield {"channel": channel, "model_base": str(model_base),
-           "user_key": pseudonyms.load_key(sample_run["user_key_file"]), **sample_run}
+    yield {**sample_run, "root": root, "channel": channel, "model_base": str(model_base),
+           "user_key": pseudonyms.load_key(sample_run["user_key_file"])}
     channel.close()
     process.terminate()
     process.wait(timeout=30)
