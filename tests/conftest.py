@@ -36,14 +36,20 @@ def sample_run(tmp_path_factory, worker_id):
             made.write_text(json.dumps({"stdout": stdout, "result": result}))
     if failed.exists():
         pytest.fail(f"the sample's run failed on another worker: {failed.read_text()[-6000:]}")
-    with open(root / "day1" / "items.csv", newline="") as handle:
-        items = {row["item_id"]: row for row in csv.DictReader(handle)}
+    items = _day1_items(root)
     return {"root": root, "data": root / "day1", "next_day": root / "day2", "items": items,
             "corrupt": _corrupt(items), "user_key_file": user_key_file(root / "out"),
             **json.loads(made.read_text())}
 
 
+def _day1_items(root) -> dict:
+    """Day 1's items.csv rows by item id."""
+    with open(root / "day1" / "items.csv", newline="") as handle:
+        return {row["item_id"]: row for row in csv.DictReader(handle)}
+
+
 def _corrupt(items: dict) -> dict:
+    """The item whose photo the run is given corrupt: the first with a photo."""
     return next(row for row in items.values() if row["image"])
 
 
@@ -51,8 +57,7 @@ def _make_sample_run(root):
     root.mkdir()
     write_sample_dataset(str(root / "sample"))
     make_days(str(root / "sample"), str(root), new_items=0.01, new_interactions=0.1)
-    with open(root / "day1" / "items.csv", newline="") as handle:
-        corrupt = _corrupt({row["item_id"]: row for row in csv.DictReader(handle)})
+    corrupt = _corrupt(_day1_items(root))
     # One corrupt image must be skipped and reported, not crash either run.
     for day in ("day1", "day2"):
         (root / day / corrupt["image"]).write_bytes(b"\xff\xd8 truncated jpeg")
